@@ -1,0 +1,65 @@
+"""Dense attention: the plain XLA computation, the reference every other pattern is tested against."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from transformer_jax.attention import masks
+from transformer_jax.attention.base import check_qkv
+
+
+def masked_softmax_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+    """softmax(q k^T / sqrt(H)) v with a boolean mask broadcastable to [B, N, T, S].
+
+    Scores and softmax in float32; rows with no visible key give zeros (not a uniform average).
+    """
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    s = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale  # [B N T S]
+    if mask is not None:
+        s = jnp.where(mask, s, -jnp.inf)
+    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    p = jnp.exp(s - m)  # [B N T S], 0 where masked
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    p = p / jnp.where(denom == 0.0, 1.0, denom)
+    return jnp.einsum("bnts,bsnh->btnh", p.astype(v.dtype), v)  # [B T N H]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """Full n x n attention. `backend="cudnn"` uses cuDNN's fused kernel on a GPU through
+    `jax.nn.dot_product_attention`, and falls back to XLA elsewhere (or when it rejects the input)."""
+
+    backend: Literal["xla", "cudnn"] = "xla"
+
+    def __post_init__(self):
+        if self.backend not in ("xla", "cudnn"):
+            raise ValueError(f"Dense.backend must be 'xla' or 'cudnn'; got {self.backend!r}")
+
+    def mask(self, q_len: int, kv_len: int, causal: bool = False) -> np.ndarray:
+        return masks.causal_mask(q_len, kv_len) if causal else np.ones((q_len, kv_len), bool)
+
+    def __call__(self, q, k, v, *, causal=False, q_segment_ids=None, kv_segment_ids=None):
+        check_qkv(q, k, v, q_segment_ids, kv_segment_ids)
+        seg = None
+        if q_segment_ids is not None or kv_segment_ids is not None:
+            qs = q_segment_ids if q_segment_ids is not None else jnp.ones(q.shape[:2], jnp.int32)
+            ks = kv_segment_ids if kv_segment_ids is not None else jnp.ones(k.shape[:2], jnp.int32)
+            seg = masks.segment_mask(qs, ks)
+        pattern = masks.causal_mask(q.shape[1], k.shape[1]) if causal else None
+        mask = masks.combine(pattern, seg)
+        if self.backend == "cudnn" and jax.default_backend() == "gpu":
+            try:
+                out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+                if mask is not None:  # cuDNN averages fully masked rows; the contract gives zeros
+                    out = jnp.where(jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None], out, 0)
+                return out
+            except (NotImplementedError, ValueError, RuntimeError):
+                pass
+        return masked_softmax_attention(q, k, v, mask)
