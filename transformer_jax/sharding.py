@@ -1,0 +1,135 @@
+"""Logical axis names, the one rules table, and mesh construction.
+
+Every parameter and activation in the model is annotated with *logical* axis names
+(`nn.with_logical_partitioning`, `nn.with_logical_constraint`). This module resolves them onto
+the three mesh axes, in one place:
+
+- `data`   pure data parallelism: parameters replicated, batch split;
+- `fsdp`   batch split AND parameters split along `embed` (ZeRO-3 / fully sharded data parallel);
+- `tensor` Megatron-style model parallelism over heads, MLP hidden units and the vocabulary.
+
+The same code runs on 1 CPU, 8 simulated CPU devices, a GPU or a TPU slice, single- or multi-host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# The one rules table: logical name -> mesh axis (or axes, or None = replicated).
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("classes", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    """Fill a single -1 entry so the product equals `num_devices`; check divisibility.
+
+    Errors name the field (`mesh.<axis>`), the value, and what would be valid.
+    """
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh has unknown axes {sorted(unknown)}; valid axes: {', '.join(MESH_AXES)}")
+    sizes = {axis: int(shape.get(axis, 1)) for axis in MESH_AXES}
+    fill = [axis for axis, size in sizes.items() if size == -1]
+    for axis, size in sizes.items():
+        if size == 0 or size < -1:
+            raise ValueError(f"mesh.{axis}={size} is invalid; use a positive size or -1 (fill the rest)")
+    if len(fill) > 1:
+        raise ValueError(f"mesh: only one axis may be -1; got {', '.join('mesh.' + a for a in fill)}")
+    known = math.prod(size for size in sizes.values() if size != -1)
+    if fill:
+        if num_devices % known:
+            raise ValueError(
+                f"mesh.{fill[0]}=-1 cannot fill {num_devices} devices: the other axes multiply to {known}, "
+                f"which does not divide {num_devices}")
+        sizes[fill[0]] = num_devices // known
+    elif known != num_devices:
+        raise ValueError(
+            f"mesh sizes {sizes} multiply to {known}, but there are {num_devices} devices; "
+            "make the product equal the device count or set one axis to -1")
+    return sizes
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; by default all devices on `data`.
+
+    `jax.make_mesh` orders devices so that each host's devices are contiguous along the
+    batch axes, which `jax.make_array_from_process_local_data` relies on.
+    """
+    shape = dict(shape or {"data": -1})
+    devices = list(devices) if devices is not None else jax.devices()
+    sizes = resolve_mesh_shape(shape, len(devices))
+    axis_shapes = tuple(sizes[a] for a in MESH_AXES)
+    # Auto axes: the compiler propagates shardings from our logical constraints.
+    return jax.make_mesh(axis_shapes, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                         devices=devices)
+
+
+def mesh_summary(mesh: Mesh) -> str:
+    axes = " × ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    kinds = sorted({d.device_kind for d in mesh.devices.flat})
+    return f"mesh {axes} over {mesh.devices.size} {'/'.join(kinds)} device(s), {jax.process_count()} process(es)"
+
+
+def batch_size_divisor(mesh: Mesh) -> int:
+    """The global batch must be a multiple of this (the number of batch shards)."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+    """NamedShardings for a tree of (possibly `nn.Partitioned`-boxed) leaves; unannotated leaves replicate."""
+    specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) dim split over data×fsdp, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble global arrays from this process's part of the batch.
+
+    Each process passes the rows it loaded (its `1 / process_count` of the global batch);
+    on one process this is simply a sharded `device_put`.
+    """
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+            for k, v in batch.items()}
+
+
+def batch_spec_tree(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
+    return {k: batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules=LOGICAL_RULES):
+    """Mesh + logical rules in scope, so the model's `nn.with_logical_constraint` calls take effect.
+
+    Trace and compile (and call) jitted steps inside this context.
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield

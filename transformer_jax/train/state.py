@@ -1,0 +1,108 @@
+"""Train state, created already sharded.
+
+Following flax/examples/lm1b: the state is described abstractly with `jax.eval_shape`, its
+logical axis annotations are resolved to `NamedSharding`s through the one rules table, and the
+real state is materialised by `jit(init, out_shardings=...)` so no device ever holds a full copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from transformer_jax import sharding as shd
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: step count, params, optimiser state, base rng (raw uint32 key).
+
+    The dropout rng of step s is `fold_in(rng, s)`: it depends only on the step, so a resumed run
+    draws the same masks as an uninterrupted one.
+    """
+
+    step: jax.Array  # int32 []
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32 [2]
+
+
+def model_inputs(batch: dict[str, Any]) -> tuple[tuple, dict]:
+    """(args, kwargs) for the model call, chosen by the batch's keys (static under jit).
+
+    encoder-decoder: `tgt_out` present; classification: `label`; (masked/causal) LM: `targets`.
+    """
+    if "tgt_in" in batch:
+        kwargs = {k: batch[k] for k in ("src_segment_ids", "src_positions", "tgt_segment_ids", "tgt_positions")
+                  if k in batch}
+        return (batch["src"], batch["tgt_in"]), kwargs
+    if "inputs" in batch:
+        return (batch["inputs"],), {k: batch[k] for k in ("segment_ids", "positions") if k in batch}
+    raise ValueError(f"batch has neither 'src'/'tgt_in' nor 'inputs'; keys: {sorted(batch)}")
+
+
+def targets_and_weights(batch: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
+    """Targets and per-token (per-example for classification) loss weights; pad id 0 gets weight 0."""
+    if "tgt_out" in batch:
+        targets = batch["tgt_out"]
+        return targets, batch.get("tgt_weights", (targets > 0).astype(jnp.float32))
+    if "label" in batch:
+        label = batch["label"]
+        return label, batch.get("weights", jnp.ones(label.shape, jnp.float32))
+    if "targets" in batch:
+        targets = batch["targets"]
+        return targets, batch.get("weights", (targets > 0).astype(jnp.float32))
+    raise ValueError(f"batch has no targets ('tgt_out', 'label' or 'targets'); keys: {sorted(batch)}")
+
+
+def abstract_batch(batch: dict[str, Any], global_batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """ShapeDtypeStructs for a (process-local or global) example batch with the global batch size."""
+    out = {}
+    for k, v in batch.items():
+        shape = np.shape(v)
+        if global_batch_size is not None:
+            shape = (global_batch_size, *shape[1:])
+        out[k] = jax.ShapeDtypeStruct(shape, np.asarray(v).dtype)
+    return out
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, example_batch: dict[str, Any],
+                       mesh: Mesh, seed: int = 0, rules=shd.LOGICAL_RULES) -> tuple[TrainState, TrainState]:
+    """Initialise (state, state_shardings) directly sharded on `mesh`.
+
+    `example_batch` may be shapes only; its values are never used (the model is initialised on zeros).
+    """
+    shapes = {k: jax.ShapeDtypeStruct(np.shape(v), getattr(v, "dtype", np.asarray(v).dtype))
+              for k, v in example_batch.items()}
+
+    def boxed_init(seed_key):
+        params_key, dropout_key = jax.random.split(seed_key)
+        zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
+        args, kwargs = model_inputs(zeros)
+        params = model.init({"params": params_key}, *args, **kwargs, deterministic=True)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=dropout_key)
+
+    key = jax.random.PRNGKey(seed)
+    with shd.activate(mesh, rules):
+        abstract = jax.eval_shape(boxed_init, key)
+        shardings = shd.logical_shardings(abstract, mesh, rules)
+        init = jax.jit(lambda k: nn.meta.unbox(boxed_init(k)), out_shardings=shardings)
+        state = init(key)
+    return state, shardings
+
+
+def abstract_state(state_or_shapes: TrainState, shardings: TrainState) -> TrainState:
+    """ShapeDtypeStructs carrying target shardings: what `checkpoint.restore` fills in."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_or_shapes, shardings)
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -1,0 +1,125 @@
+"""Pure train and eval steps, and their sharded compilation.
+
+`train_step(state, batch) -> (state, metrics)` is a pure function: same state and batch, same
+result, bit for bit on CPU. That is what makes kill-and-resume exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from transformer_jax import sharding as shd
+from transformer_jax.train.loss import cross_entropy_sums
+from transformer_jax.train.state import TrainState, model_inputs, targets_and_weights
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Loss and step settings (the scalars the step uses, nothing else)."""
+
+    micro_batches: int = 1  # gradient accumulation: the batch is split and scanned over
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    skip_nonfinite: bool = False  # True: keep the old params/opt state on a non-finite step
+
+
+def _loss_sums(model: nn.Module, params, batch, rng, *, deterministic: bool, cfg: StepConfig):
+    args, kwargs = model_inputs(batch)
+    rngs = None if deterministic else {"dropout": rng}
+    logits = model.apply({"params": params}, *args, **kwargs, deterministic=deterministic, rngs=rngs)
+    targets, weights = targets_and_weights(batch)
+    return cross_entropy_sums(logits, targets, weights, label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
+
+
+def _split_micro(x: jax.Array, micro: int) -> jax.Array:
+    """[B ...] -> [M B/M ...], micro-batch m = rows m, m+M, m+2M, ...
+
+    Interleaving keeps each device's contiguous block of rows spread over all micro-batches,
+    so the split needs no communication.
+    """
+    b = x.shape[0]
+    return jnp.swapaxes(x.reshape(b // micro, micro, *x.shape[1:]), 0, 1)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Callable,
+                    cfg: StepConfig = StepConfig()) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The pure training step: forward, backward (accumulated over micro-batches), clip, update.
+
+    The loss is normalised once over the non-pad tokens of the whole batch, so M micro-batches of
+    B/M equal one batch of B (up to float rounding), and memory is that of one micro-batch.
+    """
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+        step_rng = jax.random.fold_in(state.rng, state.step)
+
+        def micro_loss(params, mb, index):
+            sums = _loss_sums(model, params, mb, jax.random.fold_in(step_rng, index), deterministic=False, cfg=cfg)
+            return sums["loss"], sums
+
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+        if cfg.micro_batches == 1:
+            (_, sums), grads = grad_fn(state.params, batch, 0)
+        else:
+            micro = jax.tree.map(lambda x: _split_micro(x, cfg.micro_batches), batch)
+
+            def body(carry, xs):
+                index, mb = xs
+                (_, s), g = grad_fn(state.params, mb, index)
+                return jax.tree.map(jnp.add, carry, (g, s)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("loss", "nll", "weight", "correct")}
+            (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums),
+                                            (jnp.arange(cfg.micro_batches), micro))
+
+        denom = jnp.maximum(sums["weight"], 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        loss = sums["loss"] / denom
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if cfg.skip_nonfinite:
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            params = jax.tree.map(keep, params, state.params)
+            opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        metrics = {"loss": loss, "nll": sums["nll"] / denom, "accuracy": sums["correct"] / denom,
+                   "tokens": sums["weight"], "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+                   "finite": finite}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module, cfg: StepConfig = StepConfig()) -> Callable[[Any, dict], dict]:
+    """Pure eval step on params: summed loss/NLL/correct/token count (sum across batches, then divide)."""
+
+    def eval_step(params, batch):
+        return _loss_sums(model, params, batch, None, deterministic=True, cfg=cfg)
+
+    return eval_step
+
+
+def jit_train_step(train_step: Callable, state_shardings: TrainState, batch_shapes: dict, mesh: Mesh):
+    """jit with explicit in/out shardings and the state donated (updated in place).
+
+    Returns (jitted, batch_shardings); trace and call under `sharding.activate(mesh)` so logical constraints apply.
+    """
+    batch_shardings = shd.batch_spec_tree(batch_shapes, mesh)
+    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                     out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
+    return jitted, batch_shardings
+
+
+def jit_eval_step(eval_step: Callable, params_shardings, batch_shapes: dict, mesh: Mesh):
+    batch_shardings = shd.batch_spec_tree(batch_shapes, mesh)
+    return jax.jit(eval_step, in_shardings=(params_shardings, batch_shardings), out_shardings=shd.replicated(mesh))
