@@ -1,0 +1,140 @@
+"""Checkpoints: the one module that touches Orbax (its API changes often; keep it in one place).
+
+A checkpoint at step s holds the train state after s updates (params, optimiser state, step, rng)
+and each process's data-iterator state (JSON), so a restart continues exactly where the run was.
+Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it), so a
+run killed mid-save leaves the previous checkpoint as the latest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+log = logging.getLogger(__name__)
+
+STATE, DATA = "state", "data"
+
+
+def _allgather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-serialisable `obj`, as a list indexed by process (a no-op on one process)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([raw.size], np.int32))
+    padded = np.zeros(int(np.max(lengths)), np.uint8)
+    padded[: raw.size] = raw
+    gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(jax.process_count(), -1)
+    lengths = np.asarray(lengths).reshape(-1)
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(gathered, lengths)]
+
+
+class Checkpointer:
+    """Periodic, asynchronous checkpoints; keeps the last `max_to_keep` and the best by `best_metric`.
+
+    `restore` picks the latest complete checkpoint and falls back to earlier ones (with a warning)
+    when one cannot be read. Restoring takes target shardings, so a checkpoint saved on one mesh
+    loads onto another.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, best_metric: str | None = None,
+                 best_mode: str = "min", async_save: bool = True):
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"checkpoint best_mode={best_mode!r} is not one of min, max")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.best_metric, self.best_mode = best_metric, best_mode
+        policies: list[pp.PreservationPolicy] = [pp.LatestN(max_to_keep)]
+        best_fn = None
+        if best_metric:
+            best_fn = lambda m: m[best_metric]  # noqa: E731
+            policies.append(pp.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
+                                     keep_checkpoints_without_metrics=False))
+        # `best_fn` makes Orbax write the metrics; `preservation_policy` alone decides what is deleted.
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=pp.AnyPreservationPolicy(policies), best_fn=best_fn, best_mode=best_mode,
+            create=True,
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA))
+
+    # -- queries -----------------------------------------------------------------------------------
+    def all_steps(self) -> Sequence[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> int | None:
+        """The kept step with the best `best_metric` (None without a metric or scored checkpoints)."""
+        if not self.best_metric:
+            return None
+        self.wait()
+        scored = [(m[self.best_metric], s) for s in self.all_steps()
+                  if (m := self._manager.metrics(s)) and self.best_metric in m]
+        if not scored:
+            return None
+        return (min(scored) if self.best_mode == "min" else max(scored))[1]
+
+    # -- save / restore ----------------------------------------------------------------------------
+    def save(self, step: int, state: Any, data_state: Any = None, *, metrics: dict | None = None,
+             force: bool = True) -> bool:
+        """Start an (asynchronous) save of `state` and this process's `data_state` at `step`.
+
+        Every process must call this (collective). Returns whether a save was started.
+        """
+        if step in self._manager.all_steps():
+            return False
+        data = {"processes": _allgather_json(data_state)}
+        args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data)})
+        metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        return self._manager.save(step, args=args, metrics=metrics, force=force)
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, int] | None:
+        """(state, this process's data state, step) from `step` or the latest readable checkpoint.
+
+        `abstract_state` holds `jax.ShapeDtypeStruct`s with the *target* shardings (see
+        `train.state.abstract_state`), which may come from a different mesh than the save.
+        Returns None when there is no checkpoint.
+        """
+        self.wait()
+        steps = [step] if step is not None else list(reversed(self.all_steps()))
+        for candidate in steps:
+            try:
+                restored = self._manager.restore(candidate, args=ocp.args.Composite(
+                    **{STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
+            except Exception as err:  # a partial or corrupt checkpoint: try the one before
+                if step is not None:
+                    raise
+                log.warning("checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one",
+                            candidate, self.directory, type(err).__name__, err)
+                print(f"warning: checkpoint step {candidate} unreadable ({type(err).__name__}); "
+                      "falling back to the previous one", flush=True)
+                continue
+            processes = (restored[DATA] or {}).get("processes") or [None]
+            index = jax.process_index() if len(processes) == jax.process_count() else 0
+            return restored[STATE], processes[index], candidate
+        return None
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
