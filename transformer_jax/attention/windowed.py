@@ -1,0 +1,56 @@
+"""Sliding-window attention computed blockwise in O(n * window) time and memory (Beltagy et al. 2020)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from jax import Array
+
+from transformer_jax.attention import masks
+from transformer_jax.attention.base import check_qkv
+from transformer_jax.attention.blockwise import blockwise_attention, cdiv
+
+
+def _check_self(name: str, q_len: int, kv_len: int) -> None:
+    if q_len != kv_len:
+        raise ValueError(f"{name} is self-attention: needs query length == key length; got T={q_len}, S={kv_len}")
+
+
+def window_block_size(window: int, length: int) -> int:
+    """Block size for a window: about the window (so a query block reads 2-3 key blocks), a multiple
+    of 8, at least 16 and at most 256 rows (larger windows read more, smaller-tiled blocks), and no
+    larger than the sequence needs."""
+    b = min(256, max(16, cdiv(window, 8) * 8))
+    return min(b, cdiv(length, 8) * 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Windowed:
+    """Query i sees key j iff |i - j| <= window, or 0 <= i - j <= window when causal.
+
+    Blocks of b ~ window rows; query block i reads key blocks i - r .. i + r (i - r .. i if causal),
+    r = ceil(window / b), as contiguous slices; the exact band is masked inside each tile.
+    """
+
+    window: int
+
+    def __post_init__(self):
+        if not isinstance(self.window, int) or self.window < 0:
+            raise ValueError(f"Windowed.window must be an int >= 0; got {self.window!r}")
+
+    def mask(self, q_len: int, kv_len: int, causal: bool = False) -> np.ndarray:
+        _check_self("Windowed", q_len, kv_len)
+        return masks.window_mask(q_len, kv_len, self.window, causal)
+
+    def __call__(self, q: Array, k: Array, v: Array, *, causal: bool = False,
+                 q_segment_ids: Array | None = None, kv_segment_ids: Array | None = None) -> Array:
+        check_qkv(q, k, v, q_segment_ids, kv_segment_ids)
+        n = q.shape[1]
+        _check_self("Windowed", n, k.shape[1])
+        b = window_block_size(self.window, n)
+        nb, r = cdiv(n, b), cdiv(self.window, b)
+        blocks = np.arange(nb)[:, None] + np.arange(-r, 1 if causal else r + 1)[None, :]  # [nb, m]
+        table = np.where((blocks >= 0) & (blocks < nb), blocks, -1)
+        return blockwise_attention(q, k, v, table, block_q=b, block_k=b, causal=causal, window=self.window,
+                                   q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
