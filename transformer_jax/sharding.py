@@ -125,11 +125,20 @@ def batch_spec_tree(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedShar
     return {k: batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
 
 
-@contextlib.contextmanager
-def activate(mesh: Mesh, rules=LOGICAL_RULES):
-    """Mesh + logical rules in scope, so the model's `nn.with_logical_constraint` calls take effect.
+# Whether `activate` puts the mesh in scope, which turns the model's `nn.with_logical_constraint`
+# calls into real constraints. Off for now: flax's DenseGeneral (multi-dim features) re-boxes its
+# flattened kernel and, with a mesh in scope, constrains it with the 3-D names at rank 2 (also in
+# apply, through flax's parameter shape check). Without the mesh, parameters and batches still
+# carry their shardings and XLA propagates them to the activations; results are identical.
+CONSTRAIN_ACTIVATIONS = False
 
-    Trace and compile (and call) jitted steps inside this context.
-    """
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules=LOGICAL_RULES, constrain_activations: bool | None = None):
+    """Logical rules (and, if enabled, the mesh) in scope while tracing and compiling the steps."""
+    constrain = CONSTRAIN_ACTIVATIONS if constrain_activations is None else constrain_activations
+    with contextlib.ExitStack() as stack:
+        if constrain:
+            stack.enter_context(jax.set_mesh(mesh))
+        stack.enter_context(nn.logical_axis_rules(rules))
         yield

@@ -91,11 +91,12 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, examp
                           rng=dropout_key)
 
     key = jax.random.PRNGKey(seed)
-    with shd.activate(mesh, rules):
-        abstract = jax.eval_shape(boxed_init, key)
-        shardings = shd.logical_shardings(abstract, mesh, rules)
-        init = jax.jit(lambda k: nn.meta.unbox(boxed_init(k)), out_shardings=shardings)
-        state = init(key)
+    # Traced without a mesh in scope: placement comes from out_shardings alone. (With a mesh in
+    # scope, flax's DenseGeneral re-boxes a reshaped kernel and constrains it with the wrong rank.)
+    abstract = jax.eval_shape(boxed_init, key)
+    shardings = shd.logical_shardings(abstract, mesh, rules)
+    init = jax.jit(lambda k: nn.meta.unbox(boxed_init(k)), out_shardings=shardings)
+    state = init(key)
     return state, shardings
 
 

@@ -1,0 +1,556 @@
+"""The training loop: the impure edge around the pure step (data, logging, checkpoints, signals).
+
+    config -> validate (before anything compiles) -> mesh -> model -> sharded state
+           -> restore latest checkpoint (state + data position) -> compiled step
+           -> for each step: next batch, step, log, checkpoint, eval -> final BLEU
+
+Exact resume: the step is deterministic, the dropout rng is `fold_in(rng, step)`, and the
+checkpoint holds the data iterator's position, so a run killed at any point (SIGKILL included)
+and restarted reproduces the uninterrupted run's losses and parameters bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pickle
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from transformer_jax import sharding as shd
+from transformer_jax.config import TransformerConfig, preset
+from transformer_jax.train import optim
+from transformer_jax.train.state import TrainState, abstract_state, count_params, create_train_state
+from transformer_jax.train.step import (StepConfig, jit_eval_step, jit_train_step, make_eval_step,
+                                        make_train_step)
+
+MODEL_TYPES = ("transformer", "encoder_classifier", "masked_lm", "decoder_lm")
+NONFINITE = ("stop", "skip")
+SYNTHETIC = "synthetic"
+_TASK_MODEL = {"translation": "transformer", "classification": "encoder_classifier", "lm": "decoder_lm"}
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or gradient norm became NaN/inf; the last checkpoint on disk is left as it was."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Config -> objects, with validation that names the field
+
+
+def model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+    """`config.model` (optionally `preset` + overrides) -> TransformerConfig, errors prefixed by the field."""
+    fields = dict(config.model)
+    name = fields.pop("preset", "") or ""
+    valid = {f.name for f in dataclasses.fields(TransformerConfig)}
+    unknown = sorted(set(fields) - valid)
+    if unknown:
+        raise ValueError(f"config.model.{unknown[0]} is not a TransformerConfig field; valid: {', '.join(sorted(valid))}")
+    try:
+        return preset(name, **fields) if name else TransformerConfig(**fields)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"config.model: {err}") from None
+
+
+def build_model(config: ml_collections.ConfigDict):
+    from transformer_jax import model as models
+
+    kind = config.model_type
+    classes = {"transformer": models.Transformer, "encoder_classifier": models.EncoderClassifier,
+               "masked_lm": models.MaskedLM, "decoder_lm": models.DecoderLM}
+    if kind not in classes:
+        raise ValueError(f"config.model_type={kind!r} is not one of {', '.join(MODEL_TYPES)}")
+    return classes[kind](model_config(config))
+
+
+def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None,
+                    num_devices: int | None = None, process_count: int | None = None) -> dict[str, int]:
+    """Check everything that can be checked without data or compilation; return the mesh sizes.
+
+    Errors name the field, the value and what would be valid.
+    """
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    process_count = jax.process_count() if process_count is None else process_count
+    if workdir is not None:
+        parent = os.path.dirname(os.path.abspath(workdir))
+        if not os.path.isdir(parent):
+            raise ValueError(f"--workdir={workdir!r}: its parent directory {parent!r} does not exist")
+    if config.model_type not in MODEL_TYPES:
+        raise ValueError(f"config.model_type={config.model_type!r} is not one of {', '.join(MODEL_TYPES)}")
+    model_config(config)
+    sizes = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
+    for name in ("batch_size", "micro_batches", "num_train_steps", "log_every", "checkpoint_every"):
+        value = config[name]
+        if not isinstance(value, int) or value < (0 if name == "num_train_steps" else 1):
+            raise ValueError(f"config.{name}={value!r} must be a positive integer")
+    shards = sizes["data"] * sizes["fsdp"]
+    if config.batch_size % shards:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the batch shards "
+                         f"mesh.data×mesh.fsdp={shards}; use a multiple of {shards}")
+    if config.batch_size % process_count:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
+    if config.batch_size % config.micro_batches:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
+                         f"config.micro_batches={config.micro_batches}")
+    if (config.batch_size // config.micro_batches) % shards:
+        raise ValueError(f"config.batch_size/config.micro_batches={config.batch_size // config.micro_batches} "
+                         f"must be divisible by the batch shards mesh.data×mesh.fsdp={shards}")
+    if config.optimizer.name not in optim.OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name={config.optimizer.name!r} is not one of {', '.join(optim.OPTIMIZERS)}")
+    if config.schedule.name not in optim.SCHEDULES:
+        raise ValueError(f"config.schedule.name={config.schedule.name!r} is not one of {', '.join(optim.SCHEDULES)}")
+    if config.schedule.warmup_steps < 0 or (config.schedule.name == "inverse_sqrt" and config.schedule.warmup_steps == 0):
+        raise ValueError(f"config.schedule.warmup_steps={config.schedule.warmup_steps} must be positive")
+    if config.nonfinite not in NONFINITE:
+        raise ValueError(f"config.nonfinite={config.nonfinite!r} is not one of {', '.join(NONFINITE)}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
+    if config.best_mode not in ("min", "max"):
+        raise ValueError(f"config.best_mode={config.best_mode!r} is not one of min, max")
+    return sizes
+
+
+def _step_config(config) -> StepConfig:
+    return StepConfig(micro_batches=config.micro_batches, label_smoothing=config.label_smoothing,
+                      z_loss=config.z_loss, skip_nonfinite=config.nonfinite == "skip")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def make_tokenizer(config, workdir: str):
+    if config.data.task == SYNTHETIC:
+        return None
+    from transformer_jax import data
+
+    return data.make_task_tokenizer(config.data.tokenizer, config.data.task, workdir=workdir,
+                                    vocab_size=config.data.vocab_size or None,
+                                    data_dir=config.data.data_dir or None)
+
+
+def make_data_iterator(config, split: str, tokenizer, *, repeat: bool, batch_size: int | None = None,
+                       seed: int | None = None):
+    """This process's iterator over `split` (its `1/process_count` share of each global batch)."""
+    batch_size = config.batch_size if batch_size is None else batch_size
+    local = batch_size // jax.process_count()
+    seed = config.seed if seed is None else seed
+    if config.data.task == SYNTHETIC:
+        from transformer_jax.train.synthetic import SyntheticIterator
+
+        return SyntheticIterator(global_batch_size=batch_size, max_len=config.data.max_src_len,
+                                 vocab_size=config.model.vocab_size, seed=seed if split == "train" else seed + 1,
+                                 shard_index=jax.process_index(), shard_count=jax.process_count())
+    from transformer_jax import data
+
+    return data.make_iterator(config.data.task, split, tokenizer=tokenizer, batch_size=local,
+                              max_src_len=config.data.max_src_len, max_tgt_len=config.data.max_tgt_len,
+                              pack=config.data.pack if repeat else False, seed=seed,
+                              shard_index=jax.process_index(), shard_count=jax.process_count(),
+                              repeat=repeat, data_dir=config.data.data_dir or None)
+
+
+def _peek(iterator) -> dict[str, np.ndarray]:
+    """The next batch without consuming it (for shapes)."""
+    saved = iterator.get_state()
+    batch = next(iterator)
+    iterator.set_state(saved)
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsWriter:
+    """`metrics.jsonl` (whole lines, flushed, so a kill never leaves a torn record) + TensorBoard.
+
+    After a resume, steps between the last checkpoint and the kill are logged again; readers
+    should keep the last record of each step. Only process 0 writes.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled and jax.process_index() == 0
+        self._file = self._tb = None
+        if self.enabled:
+            self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except Exception as err:  # tensorboard is a convenience; never fail training for it
+                print(f"warning: tensorboardX unavailable ({err}); writing metrics.jsonl only", file=sys.stderr)
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _jsonable(v):
+    v = np.asarray(v) if isinstance(v, (jax.Array, np.ndarray, np.generic)) else v
+    if isinstance(v, np.ndarray):
+        v = v.item() if v.ndim == 0 else v.tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def read_metrics(workdir: str) -> dict[int, dict]:
+    """The last record of each step in `workdir/metrics.jsonl`."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            if line.endswith("\n"):
+                record = json.loads(line)
+                out[record["step"]] = record
+    return out
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _log(*args):
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """Turn SIGTERM into a flag the loop checks between steps (save, then exit)."""
+    flag = {"set": False}
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__("set", True))
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield flag
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _any_process(flag: bool) -> bool:
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def save_config(config, workdir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    tmp = os.path.join(workdir, f"config.pkl.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        pickle.dump(config, f)
+    os.replace(tmp, os.path.join(workdir, "config.pkl"))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.pkl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--workdir={workdir!r} has no config.pkl; pass --config (the one used to train)")
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup shared by train / eval / decode
+
+
+@dataclasses.dataclass
+class Setup:
+    config: Any
+    workdir: str
+    mesh: Any
+    model: Any
+    tx: Any
+    schedule: Callable
+    state: TrainState
+    shardings: TrainState
+    tokenizer: Any
+    example: dict
+
+
+def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Setup, Any]:
+    """Validate, build the mesh, model, optimiser and sharded state (not yet restored)."""
+    sizes = validate_config(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = shd.make_mesh(sizes)
+    model = build_model(config)
+    tx, schedule = optim.optimizer_from_config(config.optimizer, config.schedule,
+                                               total_steps=config.num_train_steps, d_model=model.cfg.d_model)
+    if tokenizer is None:
+        tokenizer = make_tokenizer(config, workdir)
+    if tokenizer is not None and tokenizer.vocab_size > model.cfg.vocab_size:
+        raise ValueError(f"config.model.vocab_size={model.cfg.vocab_size} is smaller than the tokenizer's "
+                         f"vocabulary ({tokenizer.vocab_size}); set it to at least {tokenizer.vocab_size}")
+    if train_iter is None:
+        train_iter = make_data_iterator(config, "train", tokenizer, repeat=True)
+    example = _peek(train_iter)
+    shapes = {k: jax.ShapeDtypeStruct((config.batch_size, *np.shape(v)[1:]), np.asarray(v).dtype)
+              for k, v in example.items()}
+    state, shardings = create_train_state(model, tx, shapes, mesh, seed=config.seed)
+    return Setup(config, workdir, mesh, model, tx, schedule, state, shardings, tokenizer, shapes), train_iter
+
+
+def _checkpointer(config, workdir):
+    from transformer_jax.checkpoint import Checkpointer
+
+    return Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+                        best_metric=config.best_metric or None, best_mode=config.best_mode,
+                        async_save=config.async_checkpoints)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_loss(s: Setup, params, eval_iter, max_batches: int = 0) -> dict[str, float]:
+    """Mean loss / NLL / accuracy over the non-pad targets of (up to `max_batches` of) an iterator."""
+    fn = jit_eval_step(make_eval_step(s.model, _step_config(s.config)), s.shardings.params, s.example, s.mesh)
+    totals: dict[str, float] = {}
+    with shd.activate(s.mesh):
+        for i, batch in enumerate(eval_iter):
+            if max_batches and i >= max_batches:
+                break
+            sums = jax.device_get(fn(params, shd.shard_batch(batch, s.mesh)))
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+    w = max(totals.get("weight", 0.0), 1.0)
+    return {"eval_loss": totals.get("loss", 0.0) / w, "eval_nll": totals.get("nll", 0.0) / w,
+            "eval_accuracy": totals.get("correct", 0.0) / w, "eval_tokens": totals.get("weight", 0.0)}
+
+
+def translate(s: Setup, params, sources: list[str], *, beam_size: int, max_len: int,
+              length_penalty: float, batch_size: int) -> list[str]:
+    """Beam-search translations of `sources` (strings) with `transformer_jax.generate`."""
+    from transformer_jax.config import EOS_ID
+    from transformer_jax.decode import generate
+
+    src_len = s.config.data.max_src_len
+    outputs = []
+    replicated = shd.replicated(s.mesh)
+    params = jax.device_put(params, jax.tree.map(lambda _: replicated, params))
+    gen = jax.jit(lambda p, src: generate(s.model, {"params": p}, src, max_len=max_len, beam_size=beam_size,
+                                          length_penalty=length_penalty))
+    for start in range(0, len(sources), batch_size):
+        chunk = sources[start:start + batch_size]
+        src = np.zeros((batch_size, src_len), np.int32)
+        for r, text in enumerate(chunk):
+            ids = list(s.tokenizer.encode(text))[: src_len - 1] + [EOS_ID]
+            src[r, : len(ids)] = ids
+        with shd.activate(s.mesh):
+            out = np.asarray(jax.device_get(gen(params, jax.device_put(src, replicated))))
+        for row in out[: len(chunk)]:
+            ids = row.tolist()
+            if EOS_ID in ids:
+                ids = ids[: ids.index(EOS_ID)]
+            outputs.append(s.tokenizer.decode(ids))
+    return outputs
+
+
+def evaluate_bleu(s: Setup, params, split: str) -> dict[str, Any]:
+    """Corpus BLEU (sacrebleu) of beam-search translations of a translation task's `split`."""
+    from transformer_jax import data
+
+    dc = s.config.decode
+    pairs = list(data.eval_pairs(s.config.data.task, split, data_dir=s.config.data.data_dir or None,
+                                 max_examples=dc.max_examples or None))
+    sources, references = [p[0] for p in pairs], [p[1] for p in pairs]
+    t0 = time.time()
+    hyps = translate(s, params, sources, beam_size=dc.beam_size, max_len=min(dc.max_len, s.model.cfg.max_len),
+                     length_penalty=dc.length_penalty, batch_size=dc.batch_size)
+    bleu, signature = data.corpus_bleu(hyps, references)
+    return {"split": split, "bleu": bleu, "signature": signature, "examples": len(pairs),
+            "beam_size": dc.beam_size, "seconds": time.time() - t0,
+            "samples": [{"source": a, "reference": b, "hypothesis": c}
+                        for a, b, c in list(zip(sources, references, hyps))[:5]]}
+
+
+def task_kind(config) -> str:
+    if config.data.task == SYNTHETIC:
+        return "synthetic"
+    from transformer_jax import data
+
+    return data.task_spec(config.data.task).kind
+
+
+# ----------------------------------------------------------------------------------------------
+# Train
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterator | None = None,
+          eval_iter_fn: Callable[[], Iterator] | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Train (or resume) in `workdir`; returns a summary (final step, last metrics, eval results).
+
+    `train_iter` (this process's batches, with get_state/set_state) and `eval_iter_fn` default to
+    the data pipeline of `config.data`.
+    """
+    s, train_iter = setup(config, workdir, train_iter=train_iter)
+    save_config(config, workdir)
+    mesh, state = s.mesh, s.state
+    _log(shd.mesh_summary(mesh))
+    _log(f"model {config.model_type}: {count_params(state.params):,} parameters")
+
+    ckpt = _checkpointer(config, workdir)
+    restored = ckpt.restore(abstract_state(state, s.shardings))
+    if restored is not None:
+        state, data_state, step = restored
+        if data_state is not None:
+            train_iter.set_state(data_state)
+        _log(f"resumed from checkpoint at step {step}")
+    start = int(jax.device_get(state.step))
+
+    step_fn = make_train_step(s.model, s.tx, s.schedule, _step_config(config))
+    with shd.activate(mesh):
+        jitted, _ = jit_train_step(step_fn, s.shardings, s.example, mesh)
+        compiled = jitted.lower(abstract_state(state, s.shardings), s.example).compile()
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        total = sum(getattr(mem, f, 0) or 0 for f in ("argument_size_in_bytes", "output_size_in_bytes",
+                                                      "temp_size_in_bytes", "generated_code_size_in_bytes"))
+        total -= getattr(mem, "alias_size_in_bytes", 0) or 0
+        _log(f"compiled train step: ~{total / 2**20:.1f} MiB per device (arguments "
+             f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, temporaries {mem.temp_size_in_bytes / 2**20:.1f} MiB)")
+
+    writer = MetricsWriter(workdir)
+    total_steps = config.num_train_steps
+    show = (sys.stderr.isatty() if progress is None else progress) and jax.process_index() == 0
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=start, desc="train", dynamic_ncols=True)
+    pending: list[tuple[int, dict]] = []  # device metrics since the last log (async dispatch)
+    last: dict[str, Any] = {}
+    summary: dict[str, Any] = {"start_step": start}
+    t_log = time.time()
+
+    def flush_metrics():
+        """Fetch pending metrics; stop (or note) on a non-finite step; log the last one."""
+        nonlocal t_log, last
+        if not pending:
+            return
+        fetched = jax.device_get(pending)
+        pending.clear()
+        tokens = sum(float(m["tokens"]) for _, m in fetched)
+        for step_no, m in fetched:
+            if not bool(m["finite"]):
+                msg = (f"non-finite loss or gradient at step {step_no} (loss={float(m['loss'])}, "
+                       f"grad_norm={float(m['grad_norm'])})")
+                if config.nonfinite == "stop":
+                    raise NonFiniteError(msg + "; stopping. The last checkpoint is intact: "
+                                         f"{ckpt.latest_step()}")
+                _log(f"warning: {msg}; update skipped")
+        elapsed = max(time.time() - t_log, 1e-9)
+        t_log = time.time()
+        for step_no, m in fetched:
+            record = {k: float(v) for k, v in m.items() if k not in ("finite",)}
+            record["finite"] = bool(m["finite"])
+            if step_no % config.log_every == 0 or step_no == total_steps:
+                record["tokens_per_sec"] = tokens / elapsed
+                writer.write(step_no, record)
+                last = {"step": step_no, **record}
+        if bar is not None:
+            bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}",
+                            tok_s=f"{last.get('tokens_per_sec', 0):.0f}")
+
+    try:
+        with _sigterm_flag() as sigterm, shd.activate(mesh):
+            step = start
+            data_state = train_iter.get_state()
+            while step < total_steps:
+                batch = next(train_iter)
+                data_state = train_iter.get_state()
+                state, metrics = compiled(state, shd.shard_batch(batch, mesh))
+                step += 1  # state.step == step: the number of updates applied
+                pending.append((step, metrics))
+                if bar is not None:
+                    bar.update(1)
+                stop = _any_process(sigterm["set"])
+                log_now = step % config.log_every == 0 or step == total_steps
+                save_now = step % config.checkpoint_every == 0 or step == total_steps or stop
+                eval_now = bool(config.eval_every) and (step % config.eval_every == 0 or step == total_steps)
+                if log_now or save_now or eval_now:
+                    flush_metrics()  # raises before a non-finite state can be saved
+                eval_metrics = None
+                if eval_now:
+                    eval_iter = eval_iter_fn() if eval_iter_fn else make_data_iterator(
+                        config, config.data.eval_split, s.tokenizer, repeat=False)
+                    eval_metrics = evaluate_loss(s, state.params, eval_iter, config.eval_batches)
+                    writer.write(step, eval_metrics)
+                    _log(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+                if save_now or eval_now:
+                    best = None
+                    if eval_metrics and config.best_metric in eval_metrics:
+                        best = {config.best_metric: eval_metrics[config.best_metric]}
+                    ckpt.save(step, state, data_state, metrics=best)
+                if stop:
+                    ckpt.wait()
+                    _log(f"SIGTERM: saved checkpoint at step {step}; exiting")
+                    summary["preempted"] = True
+                    break
+            flush_metrics()
+        ckpt.wait()
+        summary.update(step=step, last=last)
+        if step >= total_steps and task_kind(config) == "translation" and config.decode.bleu_at_end:
+            result = evaluate_bleu(s, state.params, config.data.test_split)
+            result["step"] = step
+            _log(f"BLEU {result['bleu']:.2f} on {result['split']} ({result['examples']} sentences, "
+                 f"beam {result['beam_size']}) | {result['signature']}")
+            if jax.process_index() == 0:
+                write_json_atomic(os.path.join(workdir, "eval.json"), result)
+            summary["eval"] = result
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+        ckpt.close()
+    summary["state"] = state
+    return summary
+
+
+def restore_for_eval(config, workdir: str, *, which: str = "latest") -> tuple[Setup, TrainState, int]:
+    """Setup + params of the latest (or best) checkpoint in `workdir`, on this machine's mesh."""
+    s, _ = setup(config, workdir)
+    ckpt = _checkpointer(config, workdir)
+    step = ckpt.best_step() if which == "best" else None
+    restored = ckpt.restore(abstract_state(s.state, s.shardings), step=step)
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+    return s, restored[0], restored[2]
