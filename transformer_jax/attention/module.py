@@ -1,0 +1,123 @@
+"""MultiHeadAttention: projections around a pluggable attention spec, for self- and cross-attention.
+
+With `decode=True` the module keeps a KV cache in the `cache` collection:
+- self-attention stores each step's key and value; a `Windowed` spec keeps only the last
+  `window + 1` positions in a ring buffer, any other spec keeps `cache_len` positions and reads the
+  visible ones off the spec's own static pattern (`spec.mask`), so decoding matches the full pass;
+- cross-attention projects the encoder output once, on the first step, and reuses it afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from transformer_jax.attention.dense import Dense, masked_softmax_attention
+from transformer_jax.layers import apply_rotary, dense
+
+Dtype = Any
+# Cache entries with a leading batch axis; beam search reorders these and nothing else.
+BATCHED_CACHE = ("cached_key", "cached_value", "cross_key", "cross_value")
+
+
+def _window_of(spec) -> int | None:
+    """The window of a sliding-window spec (matched by type), else None."""
+    from transformer_jax import attention
+
+    windowed = getattr(attention, "Windowed", None)
+    return spec.window if windowed is not None and isinstance(spec, windowed) else None
+
+
+class MultiHeadAttention(nn.Module):
+    num_heads: int
+    head_dim: int
+    spec: Any = Dense()
+    causal: bool = False
+    cross: bool = False  # cross-attention: kv comes from the encoder (may be None after the first decode step)
+    rotary_base: float | None = None  # rotary positions on q and k when set (self-attention only)
+    cache_len: int = 0  # positions a decode cache can hold
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _proj(self, name: str):
+        return dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), self.dtype,
+                     self.param_dtype, name)
+
+    @nn.compact
+    def __call__(self, x: Array, kv: Array | None = None, *, q_segment_ids=None, kv_segment_ids=None,
+                 q_positions=None, kv_positions=None, decode: bool = False) -> Array:
+        """x [B, T, D] attends to itself, or (cross) to kv [B, S, D] -> [B, T, D]."""
+        is_self = not self.cross
+        q = self._proj("query")(x)  # [B T N H]
+        if is_self or not decode:
+            src = x if is_self else kv
+            k, v = self._proj("key")(src), self._proj("value")(src)  # [B S N H]
+        else:  # cross-attention while decoding: project the encoder output once
+            key_proj, value_proj = self._proj("key"), self._proj("value")
+            k = self.variable("cache", "cross_key", lambda: key_proj(kv)).value
+            v = self.variable("cache", "cross_value", lambda: value_proj(kv)).value
+        if self.rotary_base is not None and is_self:
+            q = apply_rotary(q, q_positions, self.rotary_base)
+            k = apply_rotary(k, q_positions if kv_positions is None else kv_positions, self.rotary_base)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+        k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
+        v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
+
+        if decode and is_self:
+            out = self._cached_step(q, k, v)
+        elif decode:
+            mask = None if kv_segment_ids is None else (kv_segment_ids != 0)[:, None, None, :]
+            out = masked_softmax_attention(q, k, v, mask)
+        else:
+            out = self.spec(q, k, v, causal=self.causal, q_segment_ids=q_segment_ids,
+                            kv_segment_ids=kv_segment_ids)  # [B T N H]
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+        return dense(x.shape[-1], ("heads", "kv", "embed"), self.dtype, self.param_dtype, "out",
+                     in_axes=(-2, -1))(out)  # [B T D]
+
+    def _cached_step(self, q: Array, k: Array, v: Array) -> Array:
+        """One decoding step: q, k, v [B, 1, N, H] at the next position; returns [B, 1, N, H]."""
+        if q.shape[1] != 1:
+            raise ValueError(f"decode=True takes one position at a time; got length {q.shape[1]}")
+        window = _window_of(self.spec)
+        length = self.cache_len if window is None else min(window + 1, self.cache_len)
+        if length <= 0:
+            raise ValueError("MultiHeadAttention.cache_len must be positive to decode")
+        b = q.shape[0]
+        ck = self.variable("cache", "cached_key", jnp.zeros, (b, length) + k.shape[2:], k.dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, (b, length) + v.shape[2:], v.dtype)
+        cpos = self.variable("cache", "cached_pos", lambda: jnp.full((length,), -1, jnp.int32))
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        i = index.value
+        slot = i % length if window is not None else i
+        ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, slot, 0, 0))
+        cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, slot, 0, 0))
+        cpos.value = cpos.value.at[slot].set(i)
+        index.value = i + 1
+        if window is not None:  # ring buffer of the last window + 1 positions
+            visible = (cpos.value >= 0) & (cpos.value <= i) & (i - cpos.value <= window)
+        else:  # the row of the spec's own causal pattern
+            pattern = jnp.asarray(self.spec.mask(length, length, True))  # [L L] static
+            visible = pattern[i] & (cpos.value >= 0)
+        return masked_softmax_attention(q, ck.value, cv.value, visible[None, None, None, :])
+
+
+def keys_per_query(spec, n: int, causal: bool) -> float:
+    """Average number of keys each query attends to under `spec` at length n (for FLOP counts)."""
+    window = _window_of(spec)
+    if window is not None:
+        d = np.arange(n)
+        if causal:
+            return float(np.minimum(d, window).sum() + n) / n
+        return float((np.minimum(d, window) + np.minimum(n - 1 - d, window) + 1).sum()) / n
+    if isinstance(spec, Dense) or n > 8192:
+        sample = min(n, 4096)
+        if isinstance(spec, Dense) or type(spec).__name__ == "Flash":
+            return (n + 1) / 2 if causal else float(n)
+        return float(spec.mask(sample, sample, causal).sum()) / sample
+    return float(spec.mask(n, n, causal).sum()) / n
