@@ -142,13 +142,21 @@ def _register(task: str) -> None:
 def prepare(task: str = DEFAULT_TASK, *, data_dir: str | os.PathLike | None = None) -> None:
   """Generates a built-in dataset (tjax_numbers, tjax_listops) as ArrayRecord files.
 
-  Idempotent: tfds skips datasets already prepared in ``data_dir``.
+  Idempotent: tfds skips datasets already prepared in ``data_dir``. In a
+  multi-process job, call it on process 0 before a barrier; concurrent calls
+  are tolerated but do the work several times.
   """
   if _base_name(task) not in BUILT_IN:
     raise ValueError(f"prepare() builds only the built-in tasks {BUILT_IN}, got task={task!r}")
   data_dir = os.fspath(data_dir) if data_dir is not None else None
   builder = tfds.builder(task, data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare(file_format="array_record")
+  try:
+    builder.download_and_prepare(file_format="array_record")
+  except OSError:
+    # Several processes preparing one shared data_dir: tfds writes to a temporary
+    # directory and renames it; the losers of that race find the data in place.
+    if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+      raise
 
 
 def _not_prepared(task: str, data_dir, why: str) -> DatasetNotPreparedError:
