@@ -38,7 +38,9 @@ class Embed(nn.Module):
 
     def __call__(self, tokens: Array) -> Array:
         """[B, T] int -> [B, T, D], scaled by sqrt(D) as in Vaswani et al. 2017, section 3.4."""
-        x = jnp.take(jnp.asarray(self.embedding, self.dtype), tokens, axis=0)
+        # gather from a whole table (as FSDP gathers any weight before use), not a sharded one
+        table = nn.with_logical_constraint(jnp.asarray(self.embedding, self.dtype), (None, None))
+        x = jnp.take(table, tokens, axis=0)
         return x * jnp.asarray(math.sqrt(self.features), self.dtype)
 
     def attend(self, x: Array) -> Array:
@@ -88,15 +90,45 @@ def apply_rotary(x: Array, positions: Array, base: float = 10_000.0) -> Array:
     return out.astype(x.dtype)
 
 
+class Projection(nn.Module):
+    """x @ W + b over the trailing `in_dims` axes of x, into `features` (an int or a tuple).
+
+    The kernel is created at its full shape ([*in, *features]) with logical names `axes`, so it
+    can be sharded and constrained as is (flax's DenseGeneral flattens and re-boxes it, which
+    breaks logical constraints once a mesh is in scope). Glorot-uniform over the real fans.
+    """
+
+    features: int | tuple[int, ...]
+    axes: tuple[str | None, ...]
+    in_dims: int = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        out = self.features if isinstance(self.features, tuple) else (self.features,)
+        in_shape = x.shape[x.ndim - self.in_dims:]
+        n_in = len(in_shape)
+        init = nn.initializers.variance_scaling(
+            1.0, "fan_avg", "uniform", in_axis=tuple(range(n_in)),
+            out_axis=tuple(range(n_in, n_in + len(out))))
+        kernel = self.param("kernel", partitioned(init, *self.axes), in_shape + out, self.param_dtype)
+        letters = "abcdefgh"
+        ins, outs = letters[:n_in], letters[n_in:n_in + len(out)]
+        y = jnp.einsum(f"...{ins},{ins}{outs}->...{outs}", x.astype(self.dtype),
+                       jnp.asarray(kernel, self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", partitioned(nn.initializers.zeros_init(), *self.axes[n_in:]),
+                              out, self.param_dtype)
+            y = y + jnp.asarray(bias, self.dtype)
+        return y
+
+
 def dense(features, axes: tuple[str | None, ...], dtype, param_dtype, name=None, use_bias=True,
-          in_axes: int | tuple[int, ...] = -1):
-    """DenseGeneral with logically partitioned kernel and bias."""
-    features_t = features if isinstance(features, tuple) else (features,)
-    return nn.DenseGeneral(
-        features=features, axis=in_axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=partitioned(nn.initializers.xavier_uniform(), *axes),
-        bias_init=partitioned(nn.initializers.zeros_init(), *axes[-len(features_t):]),
-        name=name)
+          in_dims: int = 1) -> Projection:
+    """A logically partitioned projection (see `Projection`)."""
+    return Projection(features, axes, in_dims, use_bias, dtype, param_dtype, name=name)
 
 
 class MLP(nn.Module):

@@ -78,7 +78,7 @@ class MultiHeadAttention(nn.Module):
                             kv_segment_ids=kv_segment_ids)  # [B T N H]
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return dense(x.shape[-1], ("heads", "kv", "embed"), self.dtype, self.param_dtype, "out",
-                     in_axes=(-2, -1))(out)  # [B T D]
+                     in_dims=2)(out)  # [B T D]
 
     def _cached_step(self, q: Array, k: Array, v: Array) -> Array:
         """One decoding step: q, k, v [B, 1, N, H] at the next position; returns [B, 1, N, H]."""
