@@ -40,6 +40,11 @@ VARIANTS = {
     "paper": {},
     "pre_rms_rotary_swiglu": dict(norm="rmsnorm", norm_position="pre", position="rotary", activation="swiglu"),
     "learned_gelu_untied": dict(position="learned", activation="gelu", tie_output=False, share_embeddings=False),
+    "windowed_decoder": dict(decoder_attention=tj.attention.Windowed(2), position="rotary",
+                             encoder_attention=tj.attention.BlockSparse(4, 3, 1, 1)),
+    "sparse_decoder": dict(decoder_attention=tj.attention.BlockSparse(2, 3, 1, 1, seed=3)),
+    "per_layer_specs": dict(decoder_attention=(tj.attention.Windowed(1), tj.attention.Flash(block_size=4)),
+                            cross_attention=tj.attention.Flash(block_size=4)),
 }
 
 
@@ -53,6 +58,17 @@ def test_cached_decoding_matches_teacher_forcing(variant):
     cached = step_by_step_logits(model, variables, src, tgt_in)
     assert full.dtype == jnp.float32 and full.shape == (2, 7, VOCAB)
     np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
+
+
+def test_windowed_decode_cache_holds_only_the_window():
+    cfg = tj.tiny(decoder_attention=tj.attention.Windowed(3), max_len=64)
+    src, tgt_in = tokens(1, (2, 5)), tokens(2, (2, 1))
+    model, variables = init(cfg, src, tgt_in)
+    encoded = model.apply(variables, src, method=tj.Transformer.encode)
+    _, state = model.apply(variables, encoded, src, tgt_in, decode=True, mutable=["cache"],
+                           method=tj.Transformer.decode)
+    cached = state["cache"]["decoder"]["layer_0"]["self_attention"]["cached_key"]
+    assert cached.shape == (2, 4, cfg.num_heads, cfg.resolved_head_dim)  # window + 1, not max_len
 
 
 def test_padding_does_not_change_outputs():
