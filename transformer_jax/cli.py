@@ -36,13 +36,17 @@ def _flags(argv: list[str]):
         config_path = argv[argv.index("--config") + 1]
     if config_path is not None and not os.path.isfile(config_path.split(":")[0]):
         raise SystemExit(f"error: --config={config_path!r}: no such file")
+    saved_argv, sys.argv = sys.argv, ["transformer-jax", *argv]  # config_flags reads overrides from sys.argv
     try:
         rest = fv(["transformer-jax", *argv])
-    except AttributeError as err:  # ml_collections: unknown override key
+    except (AttributeError, KeyError) as err:  # ml_collections: unknown override key
         bad = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.?")
-        raise SystemExit(f"error: unknown config key in {bad}: {str(err).strip(chr(39))}") from None
+        hint = str(err).strip("'\"").replace("\\n", " ").replace("\n", " ")
+        raise SystemExit(f"error: unknown config key in {bad} ({hint})") from None
     except flags.Error as err:
         raise SystemExit(f"error: {err}") from None
+    finally:
+        sys.argv = saved_argv
     if len(rest) > 1:
         raise SystemExit(f"error: unexpected arguments {rest[1:]}")
     return fv
