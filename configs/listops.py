@@ -1,0 +1,29 @@
+"""ListOps (Long Range Arena, Nangia & Bowman 2018): encoder-only 10-way classification on `tjax_listops`."""
+
+import importlib.util
+import os
+
+
+def _default():
+    """configs/default.py, loaded by path (config files are not a package on sys.path)."""
+    spec = importlib.util.spec_from_file_location("_tjax_default", os.path.join(os.path.dirname(__file__), "default.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config():
+    c = _default().get_config()
+    c.model_type = "encoder_classifier"
+    c.model.update(vocab_size=64, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=4,
+                   num_decoder_layers=0, num_classes=10, max_len=2048, position="sinusoidal")
+    c.data.update(task="tjax_listops", tokenizer="listops", max_src_len=2048, max_tgt_len=2, pack=False)
+    c.batch_size = 32
+    c.num_train_steps = 5000
+    c.optimizer.update(name="adamw", learning_rate=5e-4, b2=0.98, eps=1e-9, weight_decay=0.1)
+    c.schedule.update(name="cosine", warmup_steps=500)
+    c.label_smoothing = 0.0
+    c.best_metric = "eval_accuracy"
+    c.best_mode = "max"
+    c.decode.bleu_at_end = False
+    return c

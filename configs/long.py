@@ -1,0 +1,29 @@
+"""Long sequences: encoder self-attention restricted to a sliding window (O(n·w)) on 4k-token sources.
+
+Swap in `BlockSparse(block_size=64)` (BigBird-style) for `Windowed` to compare patterns.
+Attention specs are values (not strings), so they are set here rather than on the command line.
+"""
+
+from transformer_jax.attention import BlockSparse, Windowed  # noqa: F401
+
+import importlib.util
+import os
+
+
+def _default():
+    """configs/default.py, loaded by path (config files are not a package on sys.path)."""
+    spec = importlib.util.spec_from_file_location("_tjax_default", os.path.join(os.path.dirname(__file__), "default.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config():
+    c = _default().get_config()
+    c.model.update(max_len=4096, d_model=256, num_heads=4, d_ff=1024, num_encoder_layers=4,
+                   num_decoder_layers=2)
+    c.model.encoder_attention = Windowed(window=128)
+    c.data.update(max_src_len=4096, max_tgt_len=128, pack=True)
+    c.batch_size = 16
+    c.micro_batches = 2
+    return c
