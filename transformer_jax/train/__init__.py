@@ -1,0 +1,11 @@
+"""Training: state, optimiser + schedules, loss, pure train/eval steps, and the loop."""
+
+from transformer_jax.train.loop import NonFiniteError, read_metrics, restore_for_eval, train, validate_config
+from transformer_jax.train.loss import cross_entropy_sums
+from transformer_jax.train.optim import make_optimizer, make_schedule
+from transformer_jax.train.state import TrainState, create_train_state
+from transformer_jax.train.step import StepConfig, make_eval_step, make_train_step
+
+__all__ = ["NonFiniteError", "StepConfig", "TrainState", "create_train_state", "cross_entropy_sums",
+           "make_eval_step", "make_optimizer", "make_schedule", "make_train_step", "read_metrics",
+           "restore_for_eval", "train", "validate_config"]
