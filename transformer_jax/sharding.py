@@ -126,11 +126,8 @@ def batch_spec_tree(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedShar
 
 
 # Whether `activate` puts the mesh in scope, which turns the model's `nn.with_logical_constraint`
-# calls into real constraints. Off for now: flax's DenseGeneral (multi-dim features) re-boxes its
-# flattened kernel and, with a mesh in scope, constrains it with the 3-D names at rank 2 (also in
-# apply, through flax's parameter shape check). Without the mesh, parameters and batches still
-# carry their shardings and XLA propagates them to the activations; results are identical.
-CONSTRAIN_ACTIVATIONS = False
+# calls into real constraints (needs layers that box full-shape kernels; see layers.Projection).
+CONSTRAIN_ACTIVATIONS = True
 
 
 @contextlib.contextmanager
