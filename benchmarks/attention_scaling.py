@@ -6,10 +6,11 @@ skips the point if that exceeds --memory-budget-gib, and otherwise times the com
 of --repeats after one warm-up call, `block_until_ready`). A variant stops growing once a length
 took longer than --max-seconds (a call that slow is timed once: its warm-up is the sample).
 
-Also reported: executed FLOPs from XLA's cost analysis (XLA counts a scan body once, so for the
-blockwise kernels this undercounts), useful FLOPs (4·n·visible_keys·H·N forward, 3x that for
-forward+backward), achieved useful FLOP/s as a fraction of a float matmul measured in the same
-run, the log-log slope of time vs n per variant, and the max error against dense at small n.
+Also reported: executed FLOPs from XLA's cost analysis (how it counts a scan body is up to XLA,
+so trust it for the dense variants more than for the blockwise ones), useful FLOPs
+(4·n·visible_keys·H·N forward, 3x that for forward+backward), achieved useful FLOP/s as a
+fraction of a float matmul measured in the same run, the log-log slope of time vs n per variant,
+and the max error against dense at small n.
 The machine is shared and noisy: compare ratios within one run.
 
     python -m benchmarks.attention_scaling --lengths 512,1024,2048 --variants dense,windowed
