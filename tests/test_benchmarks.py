@@ -1,0 +1,88 @@
+"""Smoke tests of the benchmark scripts: each runs end to end with a tiny setting and writes valid JSON/CSV.
+
+Speed targets live in the benchmarks themselves; these only check that the scripts work.
+"""
+
+import csv
+import json
+import math
+import os
+
+import pytest
+
+from benchmarks import common, lra_listops, train_throughput
+
+
+def _strict_json(path):
+    with open(path) as f:
+        return json.load(f, parse_constant=lambda c: pytest.fail(f"{path}: non-standard JSON constant {c}"))
+
+
+def test_write_json_is_atomic_and_strict(tmp_path):
+    path = str(tmp_path / "sub" / "r.json")
+    common.write_json(path, {"a": float("nan"), "b": [1.5, float("inf")], "c": "x"})
+    common.write_csv(str(tmp_path / "r.csv"), [{"a": 1, "b": None}, {"a": 2, "c": float("nan")}])
+    assert _strict_json(path) == {"a": None, "b": [1.5, None], "c": "x"}
+    assert sorted(os.listdir(tmp_path / "sub")) == ["r.json"]  # no temporary file left behind
+    with open(tmp_path / "r.csv") as f:
+        assert list(csv.DictReader(f)) == [{"a": "1", "b": "", "c": ""}, {"a": "2", "b": "", "c": ""}]
+
+
+def test_time_fn_median_and_environment():
+    calls = []
+    t = common.time_fn(lambda: calls.append(1), warmup=2, repeats=3)
+    assert len(calls) == 5 and len(t["times_s"]) == 3 and t["min_s"] <= t["median_s"]
+    env = common.environment()
+    for key in ("date", "device_kind", "jax", "jaxlib", "flax", "cpu_count"):
+        assert env[key]
+    assert common.known_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+
+
+def test_train_throughput_tiny(tmp_path):
+    out = str(tmp_path / "tt.json")
+    res = train_throughput.main(["--preset", "tiny", "--lengths", "16", "--variants", "dense", "--batch", "8",
+                                 "--steps", "2", "--warmup", "1", "--peak-matmul", "128", "--json", out])
+    data = _strict_json(out)
+    assert data["environment"]["jax"] and data["settings"]["model"]["d_model"] == 32
+    (row,) = data["rows"]
+    assert row["status"] == "ok", row
+    assert row["variant"] == "dense" and row["tokens_per_step"] == 8 * 16
+    assert row["tokens_per_s"] > 0 and 0 < row["mfu"] and math.isfinite(row["model_flops_per_token"])
+    assert res["rows"][0]["step_s"] == pytest.approx(8 * 16 / row["tokens_per_s"])
+    with open(tmp_path / "tt.csv") as f:
+        assert [r["variant"] for r in csv.DictReader(f)] == ["dense"]
+
+
+def test_lra_listops_tiny(tmp_path):
+    out = str(tmp_path / "lra.json")
+    lra_listops.main(["--builder-config", "tiny", "--variants", "windowed", "--steps", "2", "--batch", "8",
+                      "--layers", "1", "--d-model", "16", "--heads", "2", "--d-ff", "32", "--max-len", "200",
+                      "--warmup", "1", "--window", "16", "--workdir", str(tmp_path / "w"), "--json", out])
+    data = _strict_json(out)
+    (row,) = data["rows"]
+    assert "error" not in row, row
+    assert row["steps"] == 2 and row["paper_model"] == "Local Attention"
+    assert row["test_examples"] == 50  # the tiny test split, without the filler rows of the last batch
+    assert 0.0 <= row["test_accuracy"] <= 100.0 and row["steps_per_s"] > 0
+    assert data["settings"]["task"] == "tjax_listops/tiny"
+
+
+def test_help_and_bad_variant(capsys):
+    for module in (train_throughput, lra_listops):
+        with pytest.raises(SystemExit) as exc:
+            module.parse_args(["--help"])
+        assert exc.value.code == 0
+        with pytest.raises(SystemExit) as exc:
+            module.parse_args(["--variants", "nope"])
+        assert exc.value.code == 2
+    assert "not one of" in capsys.readouterr().err
+
+
+def test_quick_sets_cpu_run_but_keeps_explicit_options():
+    a = train_throughput.parse_args(["--quick", "--steps", "7"])
+    assert a.steps == 7 and a.layers == 2 and a.d_model == 256 and a.lengths == [256, 1024, 4096]
+    b = lra_listops.parse_args(["--quick"])
+    assert b.builder_config == "small" and b.steps == 150 and b.max_len == 2000
+    full = lra_listops.parse_args([])
+    assert (full.layers, full.d_model, full.heads, full.d_ff, full.batch, full.steps, full.max_len) == \
+        (4, 512, 8, 1024, 32, 5000, 2000) and full.builder_config == "full"
