@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         task="tjax_numbers", tokenizer="byte", vocab_size=0,  # vocab_size: SentencePiece pieces (0: n/a)
         max_src_len=32, max_tgt_len=64, pack=False, data_dir="",
+        text_keys=(),  # source and target feature names, e.g. ("en", "de"); () = the task's default
         eval_split="validation", test_split="test"))
     c.batch_size = 64  # global, in sequences
     c.micro_batches = 1  # gradient accumulation steps inside one train step

@@ -1,19 +1,16 @@
 """ListOps (Long Range Arena, Nangia & Bowman 2018): encoder-only 10-way classification on `tjax_listops`."""
 
-import importlib.util
 import os
+import runpy
 
 
-def _default():
-    """configs/default.py, loaded by path (config files are not a package on sys.path)."""
-    spec = importlib.util.spec_from_file_location("_tjax_default", os.path.join(os.path.dirname(__file__), "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _sibling(name: str):
+    """The config of another file in configs/ (config files are loaded by path, not as a package)."""
+    return runpy.run_path(os.path.join(os.path.dirname(__file__), name))["get_config"]()
 
 
 def get_config():
-    c = _default().get_config()
+    c = _sibling("default.py")
     c.model_type = "encoder_classifier"
     c.model.update(vocab_size=64, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=4,
                    num_decoder_layers=0, num_classes=10, max_len=2048, position="sinusoidal")

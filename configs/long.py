@@ -6,20 +6,17 @@ Attention specs are values (not strings), so they are set here rather than on th
 
 from transformer_jax.attention import BlockSparse, Windowed  # noqa: F401
 
-import importlib.util
 import os
+import runpy
 
 
-def _default():
-    """configs/default.py, loaded by path (config files are not a package on sys.path)."""
-    spec = importlib.util.spec_from_file_location("_tjax_default", os.path.join(os.path.dirname(__file__), "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _sibling(name: str):
+    """The config of another file in configs/ (config files are loaded by path, not as a package)."""
+    return runpy.run_path(os.path.join(os.path.dirname(__file__), name))["get_config"]()
 
 
 def get_config():
-    c = _default().get_config()
+    c = _sibling("default.py")
     c.model.update(max_len=4096, d_model=256, num_heads=4, d_ff=1024, num_encoder_layers=4,
                    num_decoder_layers=2)
     c.model.encoder_attention = Windowed(window=128)

@@ -1,19 +1,16 @@
 """Tiny config for tests and smoke runs: seconds to compile and run on one CPU core."""
 
-import importlib.util
 import os
+import runpy
 
 
-def _default():
-    """configs/default.py, loaded by path (config files are not a package on sys.path)."""
-    spec = importlib.util.spec_from_file_location("_tjax_default", os.path.join(os.path.dirname(__file__), "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _sibling(name: str):
+    """The config of another file in configs/ (config files are loaded by path, not as a package)."""
+    return runpy.run_path(os.path.join(os.path.dirname(__file__), name))["get_config"]()
 
 
 def get_config():
-    c = _default().get_config()
+    c = _sibling("default.py")
     c.model.update(vocab_size=260, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1,
                    num_decoder_layers=1, dropout_rate=0.0, max_len=64)
     c.data.update(max_src_len=16, max_tgt_len=48)

@@ -5,23 +5,21 @@ dropout 0.1; shared 37k SentencePiece vocabulary; ~25k source + 25k target token
 (here: packed rows of 256 tokens, 96 rows ≈ 24.6k tokens); 100k steps.
 """
 
-import importlib.util
 import os
+import runpy
 
 
-def _default():
-    """configs/default.py, loaded by path (config files are not a package on sys.path)."""
-    spec = importlib.util.spec_from_file_location("_tjax_default", os.path.join(os.path.dirname(__file__), "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _sibling(name: str):
+    """The config of another file in configs/ (config files are loaded by path, not as a package)."""
+    return runpy.run_path(os.path.join(os.path.dirname(__file__), name))["get_config"]()
 
 
 def get_config():
-    c = _default().get_config()
+    c = _sibling("default.py")
     c.model = c.model.__class__(dict(preset="base", vocab_size=37_000, max_len=256, dropout_rate=0.1,
                                      dtype="bfloat16"))
-    c.data.update(task="wmt14_translate/de-en", tokenizer="sentencepiece", vocab_size=37_000,
+    c.data.update(task="wmt14_translate/de-en", text_keys=("en", "de"),  # English -> German, as in the paper
+                  tokenizer="sentencepiece", vocab_size=37_000,
                   max_src_len=256, max_tgt_len=256, pack=True, test_split="test")
     c.batch_size = 96
     c.num_train_steps = 100_000

@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     command, argv = argv[0], argv[1:]
     if command not in ("train", "eval", "decode"):
         raise SystemExit(f"error: unknown command {command!r}; valid: train, eval, decode\n{USAGE}")
+    if any(a in ("-h", "--help", "-help") for a in argv):
+        print(USAGE)
+        return 0
     fv = _flags(argv)
     if not fv.workdir:
         raise SystemExit("error: --workdir is required")

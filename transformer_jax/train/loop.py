@@ -136,7 +136,7 @@ def make_tokenizer(config, workdir: str):
     from transformer_jax import data
 
     return data.make_task_tokenizer(config.data.tokenizer, config.data.task, workdir=workdir,
-                                    vocab_size=config.data.vocab_size or None,
+                                    vocab_size=config.data.vocab_size or None, text_keys=_text_keys(config),
                                     data_dir=config.data.data_dir or None)
 
 
@@ -158,7 +158,13 @@ def make_data_iterator(config, split: str, tokenizer, *, repeat: bool, batch_siz
                               max_src_len=config.data.max_src_len, max_tgt_len=config.data.max_tgt_len,
                               pack=config.data.pack if repeat else False, seed=seed,
                               shard_index=jax.process_index(), shard_count=jax.process_count(),
-                              repeat=repeat, data_dir=config.data.data_dir or None)
+                              repeat=repeat, data_dir=config.data.data_dir or None,
+                              text_keys=_text_keys(config))
+
+
+def _text_keys(config):
+    """config.data.text_keys (e.g. ('en', 'de') for en->de), or None for the task's default."""
+    return tuple(config.data.get("text_keys", ())) or None
 
 
 def _peek(iterator) -> dict[str, np.ndarray]:
@@ -389,7 +395,7 @@ def evaluate_bleu(s: Setup, params, split: str) -> dict[str, Any]:
 
     dc = s.config.decode
     pairs = list(data.eval_pairs(s.config.data.task, split, data_dir=s.config.data.data_dir or None,
-                                 max_examples=dc.max_examples or None))
+                                 text_keys=_text_keys(s.config), max_examples=dc.max_examples or None))
     sources, references = [p[0] for p in pairs], [p[1] for p in pairs]
     t0 = time.time()
     hyps = translate(s, params, sources, beam_size=dc.beam_size, max_len=min(dc.max_len, s.model.cfg.max_len),
@@ -406,7 +412,7 @@ def task_kind(config) -> str:
         return "synthetic"
     from transformer_jax import data
 
-    return data.task_spec(config.data.task).kind
+    return data.task_spec(config.data.task, _text_keys(config)).kind
 
 
 # ----------------------------------------------------------------------------------------------
