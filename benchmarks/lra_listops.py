@@ -16,10 +16,6 @@ loop's logged throughput (examples/s ÷ batch) over the log intervals after the 
 Paper figures (LRA Table 1, ListOps test accuracy): Transformer 36.37 %, Local Attention 15.82 %,
 BigBird 36.05 %. `dense` and `flash` compute the same function (compare with Transformer),
 `windowed` is the local-attention row, `block_sparse` the BigBird row.
-
-Workaround (see the report of this script's commit): the eval iterator tops its last batch up with
-all-padding rows, and classification batches carry no per-example weights, so those rows would
-count in the test accuracy. The iterators are wrapped here to add `weights` (1 for real rows).
 """
 
 from __future__ import annotations
@@ -34,7 +30,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 
 from benchmarks import common
 
@@ -122,31 +117,6 @@ def experiment_config(args, variant: str):
     return c
 
 
-class _Weighted:
-    """Adds per-example `weights` (1 real row, 0 all-padding filler row) to a classification iterator.
-
-    Without it the eval iterator's filler rows (`_FillBatch`) count in accuracy, because
-    `targets_and_weights` gives every classification row weight 1. get/set_state pass through.
-    """
-
-    def __init__(self, it):
-        self._it = it
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = dict(next(self._it))
-        batch["weights"] = (np.asarray(batch["inputs"]) != 0).any(axis=-1).astype(np.float32)
-        return batch
-
-    def get_state(self):
-        return self._it.get_state()
-
-    def set_state(self, state):
-        self._it.set_state(state)
-
-
 def run_variant(args, variant: str) -> dict[str, Any]:
     from transformer_jax.train.loop import make_data_iterator, make_tokenizer, train
 
@@ -156,8 +126,8 @@ def run_variant(args, variant: str) -> dict[str, Any]:
         shutil.rmtree(workdir)  # a fresh run, never a resume of an older one
     os.makedirs(workdir)
     tokenizer = make_tokenizer(config, workdir)
-    train_iter = _Weighted(make_data_iterator(config, "train", tokenizer, repeat=True))
-    eval_fn = lambda: _Weighted(make_data_iterator(config, "test", tokenizer, repeat=False))  # noqa: E731
+    train_iter = make_data_iterator(config, "train", tokenizer, repeat=True)
+    eval_fn = lambda: make_data_iterator(config, "test", tokenizer, repeat=False)  # noqa: E731
     t0 = time.perf_counter()
     summary = train(config, workdir, train_iter=train_iter, eval_iter_fn=eval_fn, progress=False)
     wall = time.perf_counter() - t0

@@ -44,10 +44,13 @@ class Embed(nn.Module):
         return x * jnp.asarray(math.sqrt(self.features), self.dtype)
 
     def attend(self, x: Array) -> Array:
-        """[B, T, D] -> [B, T, V] float32 logits, x @ E^T / sqrt(D)."""
-        logits = jnp.einsum("btd,vd->btv", x, jnp.asarray(self.embedding, self.dtype),
-                            preferred_element_type=jnp.float32)
-        return logits / math.sqrt(self.features)
+        """[B, T, D] -> [B, T, V] float32 logits, x @ E^T.
+
+        With E ~ N(0, 1/D) and unit-scale x the logits start at unit scale (as in tensor2tensor);
+        dividing by sqrt(D) as well would start them ~sqrt(D) times too small and slow training.
+        """
+        return jnp.einsum("btd,vd->btv", x, jnp.asarray(self.embedding, self.dtype),
+                          preferred_element_type=jnp.float32)
 
 
 def sinusoidal(positions: Array, features: int, dtype: Dtype = jnp.float32) -> Array:

@@ -109,7 +109,7 @@ class WordTokenizer:
 
 
 class SentencePieceTokenizer:
-  """A SentencePiece unigram model, trained on first use and reused afterwards.
+  """A SentencePiece BPE model, trained on first use and reused afterwards.
 
   Kudo & Richardson (2018), https://arxiv.org/abs/1808.06226. If
   ``model_path`` exists it is loaded and ``texts`` is never touched; otherwise
@@ -170,8 +170,9 @@ class SentencePieceTokenizer:
         sentence_iterator=sentences(),
         model_writer=model,
         vocab_size=vocab_size,
-        model_type="unigram",
+        model_type="bpe",  # byte-pair encoding, as in Vaswani et al. 2017 (section 5.1)
         character_coverage=1.0,
+        split_digits=True,  # one piece per digit: numbers compose digit by digit
         pad_id=PAD_ID,
         eos_id=EOS_ID,
         bos_id=BOS_ID,

@@ -53,9 +53,9 @@ def targets_and_weights(batch: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
     if "tgt_out" in batch:
         targets = batch["tgt_out"]
         return targets, batch.get("tgt_weights", (targets > 0).astype(jnp.float32))
-    if "label" in batch:
-        label = batch["label"]
-        return label, batch.get("weights", jnp.ones(label.shape, jnp.float32))
+    if "label" in batch:  # all-padding rows (an eval split's last batch is topped up with them) weigh 0
+        real = jnp.any(batch["inputs"] != 0, axis=-1).astype(jnp.float32)
+        return batch["label"], batch.get("weights", real)
     if "targets" in batch:
         targets = batch["targets"]
         return targets, batch.get("weights", (targets > 0).astype(jnp.float32))

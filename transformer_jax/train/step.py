@@ -83,7 +83,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         denom = jnp.maximum(sums["weight"], 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = sums["loss"] / denom
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
