@@ -19,7 +19,6 @@ The machine is shared and noisy: compare ratios within one run.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time

@@ -8,7 +8,6 @@ import os
 import pytest
 
 from transformer_jax import cli
-from transformer_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(REPO, "configs", "default.py")

@@ -1,7 +1,6 @@
 """Mesh construction and the rules table; loss and gradients on a 2x2x2 mesh equal those on one device."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

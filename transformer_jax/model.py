@@ -14,7 +14,6 @@ import math
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import Array
 
 from transformer_jax.attention.masks import segment_ids_from_tokens
 from transformer_jax.attention.module import MultiHeadAttention, keys_per_query

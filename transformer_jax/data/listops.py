@@ -34,43 +34,42 @@ VALUE_P = 0.25  # probability that a node above max depth is an operator
 
 
 def _apply(op: str, args: list[int]) -> int:
-  if op == "[MIN":
-    return min(args)
-  if op == "[MAX":
-    return max(args)
-  if op == "[MED":
-    s = sorted(args)
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) // 2
-  if op == "[SM":
-    return sum(args) % 10
-  raise ValueError(f"unknown ListOps operator {op!r}; valid: {OPERATORS}")
+    if op == "[MIN":
+        return min(args)
+    if op == "[MAX":
+        return max(args)
+    if op == "[MED":
+        s = sorted(args)
+        mid = len(s) // 2
+        return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) // 2
+    if op == "[SM":
+        return sum(args) % 10
+    raise ValueError(f"unknown ListOps operator {op!r}; valid: {OPERATORS}")
 
 
 class _TooLong(Exception):
-  pass
+    pass
 
 
-def _tree(rng: random.Random, depth: int, max_depth: int, max_args: int,
-          out: list[str], budget: int) -> int:
-  """Appends one random subtree's tokens to ``out``; returns its value."""
-  r = rng.random() if depth < max_depth else 1.0
-  if r > VALUE_P:
-    v = rng.randrange(10)
-    out.append(str(v))
-    return v
-  if len(out) + 2 > budget:  # this tree is already too long: stop early
-    raise _TooLong
-  num_args = rng.randint(2, max_args)
-  start = len(out)
-  out.append("")  # operator placeholder: LRA draws the operator after the arguments
-  values = [_tree(rng, depth + 1, max_depth, max_args, out, budget) for _ in range(num_args)]
-  op = rng.choice(OPERATORS)
-  out[start] = op
-  out.append(END)
-  if len(out) > budget:
-    raise _TooLong
-  return _apply(op, values)
+def _tree(rng: random.Random, depth: int, max_depth: int, max_args: int, out: list[str], budget: int) -> int:
+    """Appends one random subtree's tokens to ``out``; returns its value."""
+    r = rng.random() if depth < max_depth else 1.0
+    if r > VALUE_P:
+        v = rng.randrange(10)
+        out.append(str(v))
+        return v
+    if len(out) + 2 > budget:  # this tree is already too long: stop early
+        raise _TooLong
+    num_args = rng.randint(2, max_args)
+    start = len(out)
+    out.append("")  # operator placeholder: LRA draws the operator after the arguments
+    values = [_tree(rng, depth + 1, max_depth, max_args, out, budget) for _ in range(num_args)]
+    op = rng.choice(OPERATORS)
+    out[start] = op
+    out.append(END)
+    if len(out) > budget:
+        raise _TooLong
+    return _apply(op, values)
 
 
 def generate(
@@ -82,123 +81,133 @@ def generate(
     max_depth: int = 10,
     max_args: int = 10,
 ) -> Iterator[tuple[str, int]]:
-  """Yields ``num`` distinct (expression, value) pairs, reproducibly from ``seed``.
+    """Yields ``num`` distinct (expression, value) pairs, reproducibly from ``seed``.
 
-  Lengths are strictly between ``min_length`` and ``max_length`` (as in LRA).
-  """
-  rng = random.Random(seed)
-  seen: set[str] = set()
-  produced = 0
-  while produced < num:
-    tokens: list[str] = []
-    try:
-      value = _tree(rng, 1, max_depth, max_args, tokens, max_length)
-    except _TooLong:
-      continue
-    if not min_length < len(tokens) < max_length:
-      continue
-    text = " ".join(tokens)
-    if text in seen:
-      continue
-    seen.add(text)
-    produced += 1
-    yield text, value
+    Lengths are strictly between ``min_length`` and ``max_length`` (as in LRA).
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    produced = 0
+    while produced < num:
+        tokens: list[str] = []
+        try:
+            value = _tree(rng, 1, max_depth, max_args, tokens, max_length)
+        except _TooLong:
+            continue
+        if not min_length < len(tokens) < max_length:
+            continue
+        text = " ".join(tokens)
+        if text in seen:
+            continue
+        seen.add(text)
+        produced += 1
+        yield text, value
 
 
 def evaluate(text: str) -> int:
-  """Value of a ListOps expression, by a stack machine over its tokens.
+    """Value of a ListOps expression, by a stack machine over its tokens.
 
-  Independent of the generator: it reads only the text. Raises ValueError on
-  malformed input.
-  """
-  stack: list[tuple[str, list[int]]] = []
-  result: int | None = None
-  for tok in text.replace("(", " ").replace(")", " ").split():
-    if result is not None:
-      raise ValueError(f"trailing token {tok!r} after a complete expression")
-    if tok in OPERATORS:
-      stack.append((tok, []))
-      continue
-    if tok == END:
-      if not stack:
-        raise ValueError("']' without an open operator")
-      op, args = stack.pop()
-      if not args:
-        raise ValueError(f"operator {op} has no arguments")
-      value = _apply(op, args)
-    elif tok.isdigit() and len(tok) == 1:
-      value = int(tok)
-    else:
-      raise ValueError(f"unknown ListOps token {tok!r}; valid: {VOCAB}")
-    if stack:
-      stack[-1][1].append(value)
-    else:
-      result = value
-  if stack or result is None:
-    raise ValueError("incomplete ListOps expression")
-  return result
+    Independent of the generator: it reads only the text. Raises ValueError on
+    malformed input.
+    """
+    stack: list[tuple[str, list[int]]] = []
+    result: int | None = None
+    for tok in text.replace("(", " ").replace(")", " ").split():
+        if result is not None:
+            raise ValueError(f"trailing token {tok!r} after a complete expression")
+        if tok in OPERATORS:
+            stack.append((tok, []))
+            continue
+        if tok == END:
+            if not stack:
+                raise ValueError("']' without an open operator")
+            op, args = stack.pop()
+            if not args:
+                raise ValueError(f"operator {op} has no arguments")
+            value = _apply(op, args)
+        elif tok.isdigit() and len(tok) == 1:
+            value = int(tok)
+        else:
+            raise ValueError(f"unknown ListOps token {tok!r}; valid: {VOCAB}")
+        if stack:
+            stack[-1][1].append(value)
+        else:
+            result = value
+    if stack or result is None:
+        raise ValueError("incomplete ListOps expression")
+    return result
 
 
 @dataclasses.dataclass
 class ListOpsConfig(tfds.core.BuilderConfig):
-  num_train: int = 96_000
-  num_validation: int = 2_000
-  num_test: int = 2_000
-  min_length: int = 500
-  max_length: int = 2_000
+    num_train: int = 96_000
+    num_validation: int = 2_000
+    num_test: int = 2_000
+    min_length: int = 500
+    max_length: int = 2_000
 
 
 class TjaxListops(tfds.core.GeneratorBasedBuilder):
-  """tfds builder for ListOps; configs 'default' (LRA sizes), 'small' and 'tiny'."""
+    """tfds builder for ListOps; configs 'default' (LRA sizes), 'small' and 'tiny'."""
 
-  VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.0.0")
 
-  # tfds finds a builder's files (checksums, metadata) through its module path,
-  # which needs the `importlib_resources` backport for an installed package;
-  # naming the file directly avoids that dependency.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = [
-      ListOpsConfig(name="default", description="LRA sizes: 96k/2k/2k, lengths 500-2000."),
-      ListOpsConfig(
-          name="small", description="2k/200/200, lengths 500-2000, for CPU runs.",
-          num_train=2_000, num_validation=200, num_test=200,
-      ),
-      ListOpsConfig(
-          name="tiny", description="200/50/50, lengths 50-200: for tests only, not LRA.",
-          num_train=200, num_validation=50, num_test=50, min_length=50, max_length=200,
-      ),
-  ]
+    # tfds finds a builder's files (checksums, metadata) through its module path,
+    # which needs the `importlib_resources` backport for an installed package;
+    # naming the file directly avoids that dependency.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(__file__)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict(
-            {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=10)}
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        ListOpsConfig(name="default", description="LRA sizes: 96k/2k/2k, lengths 500-2000."),
+        ListOpsConfig(
+            name="small",
+            description="2k/200/200, lengths 500-2000, for CPU runs.",
+            num_train=2_000,
+            num_validation=200,
+            num_test=200,
         ),
-        supervised_keys=("text", "label"),
-        homepage="https://github.com/google-research/long-range-arena",
-    )
+        ListOpsConfig(
+            name="tiny",
+            description="200/50/50, lengths 50-200: for tests only, not LRA.",
+            num_train=200,
+            num_validation=50,
+            num_test=50,
+            min_length=50,
+            max_length=200,
+        ),
+    ]
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    cfg = self.builder_config
-    stream = generate(
-        cfg.num_test + cfg.num_validation + cfg.num_train,
-        min_length=cfg.min_length, max_length=cfg.max_length,
-    )
-    examples = list(stream)
-    a, b = cfg.num_test, cfg.num_test + cfg.num_validation
-    return {
-        "test": self._generate_examples(examples[:a]),
-        "validation": self._generate_examples(examples[a:b]),
-        "train": self._generate_examples(examples[b:]),
-    }
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=10)}
+            ),
+            supervised_keys=("text", "label"),
+            homepage="https://github.com/google-research/long-range-arena",
+        )
 
-  def _generate_examples(self, examples) -> Iterator[tuple[int, dict]]:
-    for i, (text, label) in enumerate(examples):
-      yield i, {"text": text, "label": label}
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        cfg = self.builder_config
+        stream = generate(
+            cfg.num_test + cfg.num_validation + cfg.num_train,
+            min_length=cfg.min_length,
+            max_length=cfg.max_length,
+        )
+        examples = list(stream)
+        a, b = cfg.num_test, cfg.num_test + cfg.num_validation
+        return {
+            "test": self._generate_examples(examples[:a]),
+            "validation": self._generate_examples(examples[a:b]),
+            "train": self._generate_examples(examples[b:]),
+        }
+
+    def _generate_examples(self, examples) -> Iterator[tuple[int, dict]]:
+        for i, (text, label) in enumerate(examples):
+            yield i, {"text": text, "label": label}
