@@ -26,7 +26,8 @@ import random
 from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
-from etils import epath
+
+from transformer_jax.data.local_builder import LocalBuilder
 
 SEED = 20240317
 
@@ -179,18 +180,10 @@ class NumbersConfig(tfds.core.BuilderConfig):
     num_test: int = 1_000
 
 
-class TjaxNumbers(tfds.core.GeneratorBasedBuilder):
+class TjaxNumbers(LocalBuilder):
     """tfds builder for the default task; prepared locally, no download."""
 
     VERSION = tfds.core.Version("1.0.0")
-
-    # tfds finds a builder's files (checksums, metadata) through its module path,
-    # which needs the `importlib_resources` backport for an installed package;
-    # naming the file directly avoids that dependency.
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        return epath.Path(__file__)
 
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [

@@ -24,7 +24,8 @@ import random
 from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
-from etils import epath
+
+from transformer_jax.data.local_builder import LocalBuilder
 
 SEED = 20210101
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -147,18 +148,10 @@ class ListOpsConfig(tfds.core.BuilderConfig):
     max_length: int = 2_000
 
 
-class TjaxListops(tfds.core.GeneratorBasedBuilder):
+class TjaxListops(LocalBuilder):
     """tfds builder for ListOps; configs 'default' (LRA sizes), 'small' and 'tiny'."""
 
     VERSION = tfds.core.Version("1.0.0")
-
-    # tfds finds a builder's files (checksums, metadata) through its module path,
-    # which needs the `importlib_resources` backport for an installed package;
-    # naming the file directly avoids that dependency.
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        return epath.Path(__file__)
 
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [
