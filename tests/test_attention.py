@@ -68,6 +68,19 @@ def test_block_sparse_long_enough_to_be_sparse():
     _check_against_dense(spec, 100, 100, True, "pad", seed=12)
 
 
+@pytest.mark.parametrize("spec,T,causal,seg", [
+    (Windowed(5), 100, True, "packed"), (Windowed(20), 100, False, "pad"),
+    (BlockSparse(8, 3, 1, 2, seed=5), 100, False, "packed"), (BlockSparse(8, 3, 1, 2, seed=5), 100, True, "pad"),
+    (Flash(16), 100, True, "packed"),
+], ids=repr)
+def test_matches_dense_over_several_query_chunks(monkeypatch, spec, T, causal, seg):
+    """Long inputs go through the kernel in chunks of query blocks (the last one padded)."""
+    from transformer_jax.attention import blockwise
+
+    monkeypatch.setattr(blockwise, "CHUNK_ROWS", 24)  # 3 blocks of 8 (or 1-2 of 16) per chunk
+    _check_against_dense(spec, T, T, causal, seg, seed=T + 1)
+
+
 @pytest.mark.parametrize("T,S,causal", [(5, 40, False), (33, 17, True)])
 def test_flash_cross_attention(T, S, causal):
     _check_against_dense(Flash(16), T, S, causal, "pad", seed=T)

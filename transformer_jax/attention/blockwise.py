@@ -32,6 +32,7 @@ from jax import Array, lax
 
 # Internal column kinds (see module docstring).
 _SHARED, _DIAG, _GATHER = "shared", "diag", "gather"
+CHUNK_ROWS = 4096  # query rows per step of the chunk loop (see `blockwise_attention`)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -51,8 +52,9 @@ class _Group:
 class _Plan:
     bq: int
     bk: int
-    nq: int
+    nq: int  # query blocks, a multiple of `chunk`
     nk: int
+    chunk: int  # query blocks processed together: bounds the working set of one step
     q_offset: int  # absolute position of the first query row
     pad_lo: int  # zero key blocks in front, so diagonal slices never start below 0
     pad_hi: int
@@ -62,7 +64,7 @@ class _Plan:
 
 
 def _make_plan(table: np.ndarray, bq: int, bk: int, nk: int, q_offset: int, causal: bool,
-               window: int | None) -> _Plan:
+               window: int | None, chunk: int) -> _Plan:
     table = np.asarray(table, np.int32)
     nq = table.shape[0]
     q_ids = q_offset // bq + np.arange(nq)
@@ -88,32 +90,33 @@ def _make_plan(table: np.ndarray, bq: int, bk: int, nk: int, q_offset: int, caus
     diag = [g.keys for g in groups if g.kind == _DIAG]
     lo = int(min(k.min() for k in diag)) + int(q_ids[0]) if diag else 0
     hi = int(max(k.max() for k in diag)) + int(q_ids[-1]) + 1 if diag else nk
-    return _Plan(bq, bk, nq, nk, q_offset, max(0, -lo), max(0, hi - nk), causal, window, groups)
+    return _Plan(bq, bk, nq, nk, chunk, q_offset, max(0, -lo), max(0, hi - nk), causal, window, groups)
 
 
-def _fetch(plan: _Plan, g: _Group, x, kb, vb, ks):
-    """Key/value tiles and key segment ids for one table column x = (key, column)."""
+def _fetch(plan: _Plan, g: _Group, x, kb, vb, ks, qb0):
+    """Key/value tiles and key segment ids for one table column x = (key, column) of the chunk whose
+    first query block is qb0 (absolute block id)."""
     key, col = x
     if g.kind == _SHARED:  # one block for everyone: [B, N, bk, H]
         j = key + plan.pad_lo
         return (lax.dynamic_index_in_dim(kb, j, 1, False), lax.dynamic_index_in_dim(vb, j, 1, False),
                 lax.dynamic_index_in_dim(ks, j, 1, False)[:, None, None, :])  # ks -> [B, 1, 1, bk]
     if g.kind == _DIAG:  # block i + offset for query block i: a contiguous slice [B, nq, N, bk, H]
-        start = key + plan.q_offset // plan.bq + plan.pad_lo
-        sl = lambda a: lax.dynamic_slice_in_dim(a, start, plan.nq, 1)  # noqa: E731
+        start = key + qb0 + plan.pad_lo
+        sl = lambda a: lax.dynamic_slice_in_dim(a, start, plan.chunk, 1)  # noqa: E731
         return sl(kb), sl(vb), sl(ks)[:, :, None, :]
     idx = jnp.maximum(col, 0) + plan.pad_lo  # gather: [B, nq, N, bk, H]
     return (jnp.take(kb, idx, axis=1), jnp.take(vb, idx, axis=1), jnp.take(ks, idx, axis=1)[:, :, None, :])
 
 
-def _tile_mask(plan: _Plan, g: _Group, x, qs, ks_t) -> Array:
+def _tile_mask(plan: _Plan, g: _Group, x, qs, ks_t, qb0) -> Array:
     """[B, nq, 1, bq, bk] bool: the block is named, the pattern allows (i, j), same non-zero segment."""
     key, col = x
-    qpos = jnp.asarray(plan.q_offset + np.arange(plan.nq * plan.bq, dtype=np.int32).reshape(plan.nq, plan.bq))
+    qpos = qb0 * plan.bq + jnp.arange(plan.chunk * plan.bq, dtype=jnp.int32).reshape(plan.chunk, plan.bq)
     if g.kind == _SHARED:
-        kblock = jnp.broadcast_to(key, (plan.nq,))
+        kblock = jnp.broadcast_to(key, (plan.chunk,))
     elif g.kind == _DIAG:
-        kblock = key + plan.q_offset // plan.bq + jnp.arange(plan.nq, dtype=jnp.int32)
+        kblock = key + qb0 + jnp.arange(plan.chunk, dtype=jnp.int32)
     else:
         kblock = col
     kpos = kblock[:, None, None] * plan.bk + jnp.arange(plan.bk, dtype=jnp.int32)  # [nq, 1, bk]
@@ -132,78 +135,113 @@ def _scores(g: _Group, qb, k_t, scale):
     return jnp.einsum(eq, qb, k_t, preferred_element_type=jnp.float32) * scale  # [B, nq, N, bq, bk]
 
 
-def _xs(g: _Group):
-    return jnp.asarray(g.keys), jnp.asarray(g.table)
+def _chunks(plan: _Plan, *arrays):
+    """[B, nq, ...] -> [nc, B, chunk, ...] for the chunk loop (lax.map / lax.scan over axis 0)."""
+    nc = plan.nq // plan.chunk
+    return tuple(jnp.moveaxis(a.reshape(a.shape[0], nc, plan.chunk, *a.shape[2:]), 1, 0) for a in arrays)
+
+
+def _unchunk(a):
+    """[nc, B, chunk, ...] -> [B, nc * chunk, ...]."""
+    a = jnp.moveaxis(a, 0, 1)
+    return a.reshape(a.shape[0], -1, *a.shape[3:])
+
+
+def _chunk_xs(plan: _Plan):
+    """Per chunk: its index and each group's table columns restricted to its query blocks."""
+    nc = plan.nq // plan.chunk
+    tables = tuple(jnp.asarray(g.table.reshape(len(g.keys), nc, plan.chunk).transpose(1, 0, 2))
+                   for g in plan.groups)  # each [nc, m, chunk]
+    return jnp.arange(nc, dtype=jnp.int32), tables
 
 
 def _forward(plan: _Plan, qb, kb, vb, qs, ks):
-    B, nq, N, bq, H = qb.shape
+    """Online softmax over the table columns, one chunk of query blocks at a time."""
+    B, _, N, bq, H = qb.shape
     scale = 1.0 / np.sqrt(H)
-    m = jnp.full((B, nq, N, bq), -jnp.inf, jnp.float32)  # running row max
-    l = jnp.zeros((B, nq, N, bq), jnp.float32)  # running normaliser
-    acc = jnp.zeros((B, nq, N, bq, H), jnp.float32)  # running weighted sum of values
-    for g in plan.groups:  # at most three scans, one per column kind
+    qb_c, qs_c = _chunks(plan, qb, qs)
 
-        def step(carry, x, g=g):
-            m, l, acc = carry
-            k_t, v_t, ks_t = _fetch(plan, g, x, kb, vb, ks)
-            s = jnp.where(_tile_mask(plan, g, x, qs, ks_t), _scores(g, qb, k_t, scale), -jnp.inf)
-            m_new = jnp.maximum(m, s.max(-1))
-            m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # rows that have seen nothing yet
-            p = jnp.exp(s - m_safe[..., None])  # [B, nq, N, bq, bk], 0 where masked
-            corr = jnp.exp(m - m_safe)
-            eq = "bqnts,bnsh->bqnth" if g.kind == _SHARED else "bqnts,bqnsh->bqnth"
-            pv = jnp.einsum(eq, p.astype(v_t.dtype), v_t, preferred_element_type=jnp.float32)
-            return (m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv), None
+    def one_chunk(xs):
+        c, qb, qs, tables = xs
+        qb0 = plan.q_offset // plan.bq + c * plan.chunk
+        m = jnp.full((B, plan.chunk, N, bq), -jnp.inf, jnp.float32)  # running row max
+        l = jnp.zeros((B, plan.chunk, N, bq), jnp.float32)  # running normaliser
+        acc = jnp.zeros((B, plan.chunk, N, bq, H), jnp.float32)  # running weighted sum of values
+        for g, table in zip(plan.groups, tables):  # at most three scans, one per column kind
 
-        (m, l, acc), _ = lax.scan(step, (m, l, acc), _xs(g))
-    empty = l == 0.0  # rows that see no key output zeros, as `Dense` does
-    out = acc / jnp.where(empty, 1.0, l)[..., None]
-    lse = jnp.where(empty, 0.0, jnp.where(m == -jnp.inf, 0.0, m) + jnp.log(jnp.where(empty, 1.0, l)))
-    return out.astype(vb.dtype), lse
+            def step(carry, x, g=g):
+                m, l, acc = carry
+                k_t, v_t, ks_t = _fetch(plan, g, x, kb, vb, ks, qb0)
+                s = jnp.where(_tile_mask(plan, g, x, qs, ks_t, qb0), _scores(g, qb, k_t, scale), -jnp.inf)
+                m_new = jnp.maximum(m, s.max(-1))
+                m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # rows that have seen nothing yet
+                p = jnp.exp(s - m_safe[..., None])  # [B, chunk, N, bq, bk], 0 where masked
+                corr = jnp.exp(m - m_safe)
+                eq = "bqnts,bnsh->bqnth" if g.kind == _SHARED else "bqnts,bqnsh->bqnth"
+                pv = jnp.einsum(eq, p.astype(v_t.dtype), v_t, preferred_element_type=jnp.float32)
+                return (m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv), None
+
+            (m, l, acc), _ = lax.scan(step, (m, l, acc), (jnp.asarray(g.keys), table))
+        empty = l == 0.0  # rows that see no key output zeros, as `Dense` does
+        out = acc / jnp.where(empty, 1.0, l)[..., None]
+        lse = jnp.where(empty, 0.0, jnp.where(m == -jnp.inf, 0.0, m) + jnp.log(jnp.where(empty, 1.0, l)))
+        return out.astype(vb.dtype), lse
+
+    c, tables = _chunk_xs(plan)
+    out, lse = lax.map(one_chunk, (c, qb_c, qs_c, tables))
+    return _unchunk(out), _unchunk(lse)
 
 
 def _backward(plan: _Plan, res, do):
+    """Recompute each tile from the log-sum-exp; dq per chunk, dk and dv accumulated across chunks."""
     qb, kb, vb, qs, ks, ob, lse = res
     H = qb.shape[-1]
     scale = 1.0 / np.sqrt(H)
     delta = jnp.sum(do.astype(jnp.float32) * ob.astype(jnp.float32), -1)  # [B, nq, N, bq]
-    dq = jnp.zeros(qb.shape, jnp.float32)
-    dk = jnp.zeros(kb.shape, jnp.float32)
-    dv = jnp.zeros(vb.shape, jnp.float32)
-    for g in plan.groups:
 
-        def step(carry, x, g=g):
-            dq, dk, dv = carry
-            k_t, v_t, ks_t = _fetch(plan, g, x, kb, vb, ks)
-            s = jnp.where(_tile_mask(plan, g, x, qs, ks_t), _scores(g, qb, k_t, scale), -jnp.inf)
-            p = jnp.exp(s - lse[..., None])  # [B, nq, N, bq, bk], 0 where masked
-            shared = g.kind == _SHARED
-            kv_out = "bnsh" if shared else "bqnsh"
-            dv_t = jnp.einsum(f"bqnts,bqnth->{kv_out}", p.astype(do.dtype), do,
-                              preferred_element_type=jnp.float32)
-            dp = jnp.einsum(f"bqnth,{kv_out}->bqnts", do, v_t, preferred_element_type=jnp.float32)
-            ds = p * (dp - delta[..., None])  # d loss / d scores
-            dq = dq + jnp.einsum(f"bqnts,{kv_out}->bqnth", ds.astype(k_t.dtype), k_t,
-                                 preferred_element_type=jnp.float32) * scale
-            dk_t = jnp.einsum(f"bqnts,bqnth->{kv_out}", ds.astype(qb.dtype), qb,
-                              preferred_element_type=jnp.float32) * scale
-            key, col = x
-            if shared:
-                j = key + plan.pad_lo
-                dk, dv = dk.at[:, j].add(dk_t), dv.at[:, j].add(dv_t)
-            elif g.kind == _DIAG:
-                start = key + plan.q_offset // plan.bq + plan.pad_lo
-                add = lambda a, t: lax.dynamic_update_slice_in_dim(  # noqa: E731
-                    a, lax.dynamic_slice_in_dim(a, start, plan.nq, 1) + t, start, 1)
-                dk, dv = add(dk, dk_t), add(dv, dv_t)
-            else:  # missing blocks (-1) carry all-zero tiles, so clamping them to block 0 is harmless
-                idx = jnp.maximum(col, 0) + plan.pad_lo
-                dk, dv = dk.at[:, idx].add(dk_t), dv.at[:, idx].add(dv_t)
-            return (dq, dk, dv), None
+    def one_chunk(carry, xs):
+        dk, dv = carry
+        c, qb, qs, do, lse, delta, tables = xs
+        qb0 = plan.q_offset // plan.bq + c * plan.chunk
+        dq = jnp.zeros(qb.shape, jnp.float32)
+        for g, table in zip(plan.groups, tables):
 
-        (dq, dk, dv), _ = lax.scan(step, (dq, dk, dv), _xs(g))
-    return dq.astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype), None, None
+            def step(carry, x, g=g):
+                dq, dk, dv = carry
+                k_t, v_t, ks_t = _fetch(plan, g, x, kb, vb, ks, qb0)
+                s = jnp.where(_tile_mask(plan, g, x, qs, ks_t, qb0), _scores(g, qb, k_t, scale), -jnp.inf)
+                p = jnp.exp(s - lse[..., None])  # [B, chunk, N, bq, bk], 0 where masked
+                shared = g.kind == _SHARED
+                kv_out = "bnsh" if shared else "bqnsh"
+                dv_t = jnp.einsum(f"bqnts,bqnth->{kv_out}", p.astype(do.dtype), do,
+                                  preferred_element_type=jnp.float32)
+                dp = jnp.einsum(f"bqnth,{kv_out}->bqnts", do, v_t, preferred_element_type=jnp.float32)
+                ds = p * (dp - delta[..., None])  # d loss / d scores
+                dq = dq + jnp.einsum(f"bqnts,{kv_out}->bqnth", ds.astype(k_t.dtype), k_t,
+                                     preferred_element_type=jnp.float32) * scale
+                dk_t = jnp.einsum(f"bqnts,bqnth->{kv_out}", ds.astype(qb.dtype), qb,
+                                  preferred_element_type=jnp.float32) * scale
+                key, col = x
+                if shared:
+                    j = key + plan.pad_lo
+                    dk, dv = dk.at[:, j].add(dk_t), dv.at[:, j].add(dv_t)
+                elif g.kind == _DIAG:
+                    start = key + qb0 + plan.pad_lo
+                    add = lambda a, t: lax.dynamic_update_slice_in_dim(  # noqa: E731
+                        a, lax.dynamic_slice_in_dim(a, start, plan.chunk, 1) + t, start, 1)
+                    dk, dv = add(dk, dk_t), add(dv, dv_t)
+                else:  # missing blocks (-1) carry all-zero tiles, so clamping them to block 0 is harmless
+                    idx = jnp.maximum(col, 0) + plan.pad_lo
+                    dk, dv = dk.at[:, idx].add(dk_t), dv.at[:, idx].add(dv_t)
+                return (dq, dk, dv), None
+
+            (dq, dk, dv), _ = lax.scan(step, (dq, dk, dv), (jnp.asarray(g.keys), table))
+        return (dk, dv), dq
+
+    c, tables = _chunk_xs(plan)
+    dk0, dv0 = jnp.zeros(kb.shape, jnp.float32), jnp.zeros(vb.shape, jnp.float32)
+    (dk, dv), dq = lax.scan(one_chunk, (dk0, dv0), (c, *_chunks(plan, qb, qs, do, lse, delta), tables))
+    return _unchunk(dq).astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype), None, None
 
 
 def _core(plan: _Plan):
@@ -245,12 +283,17 @@ def blockwise_attention(q: Array, k: Array, v: Array, table: np.ndarray, *, bloc
     nq, nk = cdiv(T, block_q), cdiv(S, block_k)
     if table.shape[0] != nq:
         raise ValueError(f"table must have one row per query block ({nq}); got shape {table.shape}")
-    plan = _make_plan(table, block_q, block_k, nk, q_offset, causal, window)
+    # Query blocks go through in chunks of about CHUNK_ROWS rows: every step then touches a
+    # bounded working set that stays in cache, and time stays linear in n on CPUs as well.
+    chunk = min(nq, max(1, CHUNK_ROWS // block_q))
+    nq_pad = cdiv(nq, chunk) * chunk
+    table = np.concatenate([table, np.full((nq_pad - nq, table.shape[1]), -1, table.dtype)])
+    plan = _make_plan(table, block_q, block_k, nk, q_offset, causal, window, chunk)
     qs = jnp.ones((B, T), jnp.int32) if q_segment_ids is None else q_segment_ids.astype(jnp.int32)
     ks = jnp.ones((B, S), jnp.int32) if kv_segment_ids is None else kv_segment_ids.astype(jnp.int32)
     lo, hi = plan.pad_lo, plan.pad_hi
-    qb = _to_blocks(q, nq, block_q).transpose(0, 1, 3, 2, 4)  # [B, nq, N, bq, H]
+    qb = _to_blocks(q, nq_pad, block_q).transpose(0, 1, 3, 2, 4)  # [B, nq_pad, N, bq, H]
     kb = _to_blocks(k, nk, block_k, lo, hi).transpose(0, 1, 3, 2, 4)  # [B, lo+nk+hi, N, bk, H]
     vb = _to_blocks(v, nk, block_k, lo, hi).transpose(0, 1, 3, 2, 4)
-    ob = _core(plan)(qb, kb, vb, _to_blocks(qs, nq, block_q), _to_blocks(ks, nk, block_k, lo, hi))
-    return ob.transpose(0, 1, 3, 2, 4).reshape(B, nq * block_q, N, H)[:, :T]  # [B, T, N, H]
+    ob = _core(plan)(qb, kb, vb, _to_blocks(qs, nq_pad, block_q), _to_blocks(ks, nk, block_k, lo, hi))
+    return ob.transpose(0, 1, 3, 2, 4).reshape(B, nq_pad * block_q, N, H)[:, :T]  # [B, T, N, H]
