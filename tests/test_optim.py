@@ -3,6 +3,7 @@ and gradient accumulation over micro-batches against one large batch."""
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,16 +48,38 @@ def test_unknown_names_are_rejected_with_valid_choices():
         optim.make_optimizer("lamb", optim.make_schedule("constant", learning_rate=1.0, warmup_steps=0, total_steps=1))
 
 
-def test_weight_decay_only_on_matrices():
+def test_weight_decay_only_on_kernels_by_name():
+    """Decay follows the parameter's name, not its rank: a [N, H] attention bias, embeddings and
+    position tables stay put; only `kernel`s shrink (issue 15: q/k/v biases were decayed)."""
     rng = np.random.default_rng(0)
-    params = {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-              "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
+    shapes = {"kernel": (3, 4), "bias": (2, 4), "scale": (4,), "embedding": (7, 4), "pos_embedding": (5, 4),
+              "relative_bias": (2, 8), "token_type_embedding": (2, 4), "logits_bias": (7,)}
+    params = {"query": {k: jnp.asarray(rng.normal(size=v), jnp.float32) for k, v in shapes.items()}}
     tx = optim.make_optimizer("adamw", optim.make_schedule("constant", learning_rate=0.1, warmup_steps=0,
                                                            total_steps=1), weight_decay=0.5, clip_norm=None)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)  # zero gradient: only decay moves params
-    np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * params["kernel"], rtol=1e-6)
-    np.testing.assert_array_equal(updates["bias"], 0.0)
+    np.testing.assert_allclose(updates["query"]["kernel"], -0.1 * 0.5 * params["query"]["kernel"], rtol=1e-6)
+    for name in shapes:
+        if name != "kernel":
+            np.testing.assert_array_equal(updates["query"][name], 0.0, err_msg=name)
+
+
+def test_decay_mask_on_a_real_model_marks_exactly_the_kernels():
+    """On a model's (boxed, as `tx.init` sees them) parameters: every kernel decays, nothing else does,
+    and the model does have non-kernel parameters of rank >= 2 (q/k/v biases, the embedding)."""
+    model = Transformer(tiny(num_encoder_layers=1, num_decoder_layers=1))
+    tokens = jnp.ones((1, 4), jnp.int32)
+    boxed = model.init(jax.random.PRNGKey(0), tokens, tokens)["params"]
+    for params in (boxed, nn.meta.unbox(boxed)):
+        mask = optim.decay_mask(params)
+        flat = jax.tree_util.tree_flatten_with_path(params)[0]
+        flags = jax.tree.leaves(mask)
+        assert len(flags) == len(flat)
+        names = [optim.leaf_name(path) for path, _ in flat]
+        assert flags == [n == "kernel" for n in names]
+        assert any(n != "kernel" and leaf.ndim >= 2 for n, (_, leaf) in zip(names, flat))
+        assert sum(flags) >= 8
 
 
 @pytest.mark.parametrize("smoothing,z_loss", [(0.0, 0.0), (0.1, 0.0), (0.1, 1e-3)])

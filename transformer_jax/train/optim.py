@@ -1,7 +1,8 @@
 """Optimiser and learning-rate schedules, composed from small Optax pieces.
 
-AdamW (Loshchilov & Hutter 2019) with decoupled weight decay on matrices only (ndim >= 2: no
-decay on biases, norm scales), after clipping by global norm (Pascanu et al. 2013).
+AdamW (Loshchilov & Hutter 2019) with decoupled weight decay on projection kernels only (chosen by
+parameter name, not rank: no decay on biases of any shape, norm scales, embeddings or position
+tables), after clipping by global norm (Pascanu et al. 2013).
 """
 
 from __future__ import annotations
@@ -58,9 +59,24 @@ def make_schedule(name: str, *, learning_rate: float, warmup_steps: int, total_s
     raise ValueError(f"schedule.name={name!r} is not one of {', '.join(SCHEDULES)}")
 
 
+DECAYED = "kernel"  # the one parameter name that gets weight decay
+
+
+def leaf_name(path) -> str:
+    """The parameter's own name: the last dict key of its tree path (flax boxes add `.value` after it)."""
+    keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return str(keys[-1]) if keys else ""
+
+
 def decay_mask(params):
-    """True for parameters that get weight decay: matrices and embeddings, not biases or norm scales."""
-    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+    """True for parameters that get weight decay: those named `kernel` (projection weights).
+
+    By name, not by rank: attention biases are [N, H] and embeddings [V, D], yet neither should
+    decay (BERT/GPT practice; Loshchilov & Hutter decay the weights of linear maps). Parameters a
+    model adds later (relative-position biases, type embeddings, ...) do not decay unless they are
+    kernels.
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: leaf_name(path) == DECAYED, params)
 
 
 def make_optimizer(name: str, schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999,
