@@ -9,15 +9,17 @@ dropout 0.1; BLEU with beam search on the held-out test split at the end.
 
 import ml_collections
 
+from transformer_jax.train.experiment import model_section
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model_type = "transformer"  # transformer | encoder_classifier | masked_lm | decoder_lm
-    # Fields of transformer_jax.TransformerConfig (optionally `preset`: tiny | base | big, then overrides).
-    c.model = ml_collections.ConfigDict(dict(
-        preset="", vocab_size=512, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=3,
-        num_decoder_layers=3, dropout_rate=0.1, max_len=64, dtype="float32"))
+    # Every field of transformer_jax.TransformerConfig, its defaults overridden here (a preset's
+    # instead: model_section("base", ...)); attention specs may be strings, e.g. "Windowed(128)".
+    c.model = model_section(vocab_size=512, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=3,
+                            num_decoder_layers=3, dropout_rate=0.1, max_len=64, dtype="float32")
     c.data = ml_collections.ConfigDict(dict(
         task="tjax_numbers", tokenizer="sentencepiece", vocab_size=512,  # SentencePiece BPE pieces
         max_src_len=32, max_tgt_len=32, pack=True, data_dir="",

@@ -1,7 +1,8 @@
 """Long sequences: encoder self-attention restricted to a sliding window (O(n·w)) on 4k-token sources.
 
-Swap in `BlockSparse(block_size=64)` (BigBird-style) for `Windowed` to compare patterns.
-Attention specs are values (not strings), so they are set here rather than on the command line.
+Swap in `BlockSparse(block_size=64)` (BigBird-style) for `Windowed` to compare patterns, here or on
+the command line: --config.model.encoder_attention='BlockSparse(block_size=64)' (or a tuple of
+specs, one per layer).
 """
 
 from transformer_jax.attention import BlockSparse, Windowed  # noqa: F401

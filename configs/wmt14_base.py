@@ -8,6 +8,8 @@ dropout 0.1; shared 37k SentencePiece vocabulary; ~25k source + 25k target token
 import os
 import runpy
 
+from transformer_jax.train.experiment import model_section
+
 
 def _sibling(name: str):
     """The config of another file in configs/ (config files are loaded by path, not as a package)."""
@@ -16,8 +18,7 @@ def _sibling(name: str):
 
 def get_config():
     c = _sibling("default.py")
-    c.model = c.model.__class__(dict(preset="base", vocab_size=37_000, max_len=256, dropout_rate=0.1,
-                                     dtype="bfloat16"))
+    c.model = model_section("base", vocab_size=37_000, max_len=256, dropout_rate=0.1, dtype="bfloat16")
     c.data.update(task="wmt14_translate/de-en", text_keys=("en", "de"),  # English -> German, as in the paper
                   tokenizer="sentencepiece", vocab_size=37_000,
                   max_src_len=256, max_tgt_len=256, pack=True, test_split="test")

@@ -4,6 +4,8 @@ dropout 0.3), otherwise the base recipe; 300k steps."""
 import os
 import runpy
 
+from transformer_jax.train.experiment import model_section
+
 
 def _sibling(name: str):
     """The config of another file in configs/ (config files are loaded by path, not as a package)."""
@@ -12,8 +14,7 @@ def _sibling(name: str):
 
 def get_config():
     c = _sibling("wmt14_base.py")
-    c.model = c.model.__class__(dict(preset="big", vocab_size=37_000, max_len=256, dropout_rate=0.3,
-                                     dtype="bfloat16"))
+    c.model = model_section("big", vocab_size=37_000, max_len=256, dropout_rate=0.3, dtype="bfloat16")
     c.num_train_steps = 300_000
     c.mesh.update(data=-1, fsdp=1, tensor=1)
     return c

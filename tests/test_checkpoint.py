@@ -1,5 +1,5 @@
-"""Checkpoints: round trip with data state, keep last k + best, skip an unreadable latest one,
-and restore onto a different mesh (8 devices -> 1 -> 8)."""
+"""Checkpoints: round trip with data state, keep last k + best, skip an unreadable latest one (one
+line; moved aside so it frees its keep slot), and restore onto a different mesh (8 devices -> 1 -> 8)."""
 
 import glob
 import os
@@ -49,21 +49,68 @@ def test_keeps_last_k_and_best_and_restores_data_state(tmp_path):
     _equal(restored, state)
 
 
-def test_unreadable_latest_falls_back_to_previous(tmp_path, capsys):
+def _corrupt_arrays(directory, step):
+    """Overwrite the array chunks of `step` (not its JSON): TensorStore then fails with its whole spec."""
+    files = [f for f in glob.glob(os.path.join(directory, str(step), "state", "**", "d", "*"), recursive=True)
+             if os.path.isfile(f)]
+    assert files
+    for f in files:
+        with open(f, "wb") as fh:
+            fh.write(b"truncated")
+
+
+def test_unreadable_latest_falls_back_in_one_line_and_is_moved_aside(tmp_path, capsys):
     mesh = shd.make_mesh({"data": -1})
     state = _state(mesh)
     with Checkpointer(tmp_path, max_to_keep=3, async_save=False) as ckpt:
         ckpt.save(1, state, {"position": 1})
         ckpt.save(2, jax.tree.map(lambda x: x + 1 if x.dtype == jnp.float32 else x, state), {"position": 2})
-    for f in glob.glob(os.path.join(tmp_path, "2", "state", "**", "*"), recursive=True):
-        if os.path.isfile(f):
-            with open(f, "wb") as fh:
-                fh.write(b"truncated")
+    _corrupt_arrays(tmp_path, 2)
+    capsys.readouterr()
     with Checkpointer(tmp_path) as ckpt:
         restored, data_state, step = ckpt.restore(abstract_state(state, _shardings(state, mesh)))
+        assert ckpt.all_steps() == [1]
     assert step == 1 and data_state == {"position": 1}
     _equal(restored, state)
-    assert "step 2 unreadable" in capsys.readouterr().out
+    out = capsys.readouterr()
+    lines = (out.out + out.err).strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 400, lines  # not the TensorStore spec, and said once
+    assert "checkpoint step 2 is unreadable" in lines[0] and "corrupt" in lines[0]
+    assert os.path.isdir(tmp_path / "corrupt" / "2" / "state")  # moved, nothing deleted
+    assert not os.path.exists(tmp_path / "2")
+
+
+def test_a_corrupt_step_no_longer_takes_a_keep_slot(tmp_path, capsys):
+    """keep 2: after step 2 (corrupt) is set aside and step 3 saved, the good step 1 is still kept
+    (before: the corrupt step counted as one of the two and step 1 was deleted)."""
+    mesh = shd.make_mesh({"data": -1})
+    state = _state(mesh)
+    with Checkpointer(tmp_path, max_to_keep=2, async_save=False) as ckpt:
+        ckpt.save(1, state, {"position": 1})
+        ckpt.save(2, state, {"position": 2})
+    _corrupt_arrays(tmp_path, 2)
+    with Checkpointer(tmp_path, max_to_keep=2, async_save=False) as ckpt:
+        assert ckpt.restore(abstract_state(state, _shardings(state, mesh)))[2] == 1
+        ckpt.save(3, state, {"position": 3})
+        assert ckpt.all_steps() == [1, 3]
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:  # a fresh process sees the same
+        assert ckpt.all_steps() == [1, 3]
+    assert os.path.isdir(tmp_path / "corrupt" / "2")
+
+
+def test_unscored_saves_do_not_warn(tmp_path, caplog, capfd):
+    """Saving without metrics while a best metric is tracked (periodic saves between evals) is
+    deliberate: Orbax's 'Requested tracked_metric; did not provide metrics' is not printed."""
+    mesh = shd.make_mesh({"data": -1})
+    state = _state(mesh)
+    with caplog.at_level("WARNING"):
+        with Checkpointer(tmp_path, max_to_keep=2, best_metric="eval_loss", async_save=False) as ckpt:
+            ckpt.save(1, state, None)
+            ckpt.save(2, state, None, metrics={"eval_loss": 0.5})
+            ckpt.save(3, state, None)
+            assert ckpt.best_step() == 2
+    out = capfd.readouterr()
+    assert "tracked_metric" not in caplog.text + out.out + out.err
 
 
 def test_restore_onto_a_different_mesh(tmp_path):

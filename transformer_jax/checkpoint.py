@@ -3,14 +3,18 @@
 A checkpoint at step s holds the train state after s updates (params, optimiser state, step, rng)
 and each process's data-iterator state (JSON), so a restart continues exactly where the run was.
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it), so a
-run killed mid-save leaves the previous checkpoint as the latest complete one.
+run killed mid-save leaves the previous checkpoint as the latest complete one. A step that cannot
+be read is moved aside to `<directory>/corrupt/<step>` (never deleted) and the one before it is
+restored; moved aside, it no longer takes one of the `max_to_keep` places.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +26,44 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 log = logging.getLogger(__name__)
 
 STATE, DATA = "state", "data"
+CORRUPT = "corrupt"  # unreadable steps are moved to <directory>/corrupt/<step>
+
+
+def committed_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps with a checkpoint in `directory`, read from disk (nothing is created)."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """`TypeName: first line of the message`, cut to `limit` characters (TensorStore errors carry
+    the whole array spec, thousands of lines)."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _DropUnscoredWarning(logging.Filter):
+    """Orbax warns on every save without metrics once a best metric is tracked; ours are deliberate
+    (only eval steps are scored)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_unscored(active: bool):
+    absl_logger = logging.getLogger("absl")
+    flt = _DropUnscoredWarning()
+    if active:
+        absl_logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(flt)
 
 
 def _allgather_json(obj: Any) -> list[Any]:
@@ -97,7 +139,8 @@ class Checkpointer:
         data = {"processes": _allgather_json(data_state)}
         args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data)})
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        return self._manager.save(step, args=args, metrics=metrics, force=force)
+        with _quiet_unscored(bool(self.best_metric) and metrics is None):
+            return self._manager.save(step, args=args, metrics=metrics, force=force)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, int] | None:
         """(state, this process's data state, step) from `step` or the latest readable checkpoint.
@@ -112,18 +155,39 @@ class Checkpointer:
             try:
                 restored = self._manager.restore(candidate, args=ocp.args.Composite(
                     **{STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
-            except Exception as err:  # a partial or corrupt checkpoint: try the one before
+            except Exception as err:  # a partial or corrupt checkpoint: move it aside, try the one before
                 if step is not None:
                     raise
-                log.warning("checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one",
-                            candidate, self.directory, type(err).__name__, err)
-                print(f"warning: checkpoint step {candidate} unreadable ({type(err).__name__}); "
-                      "falling back to the previous one", flush=True)
+                self._set_aside(candidate, err)
                 continue
             processes = (restored[DATA] or {}).get("processes") or [None]
             index = jax.process_index() if len(processes) == jax.process_count() else 0
             return restored[STATE], processes[index], candidate
         return None
+
+    def _set_aside(self, step: int, err: BaseException) -> None:
+        """Move unreadable `step` to `<directory>/corrupt/<step>` (process 0) and say so in one line."""
+        log.debug("checkpoint step %d in %s is unreadable", step, self.directory, exc_info=err)
+        where = "left in place"
+        if jax.process_index() == 0:
+            src = os.path.join(self.directory, str(step))
+            dst = os.path.join(self.directory, CORRUPT, str(step))
+            suffix = 1
+            while os.path.exists(dst):
+                dst, suffix = os.path.join(self.directory, CORRUPT, f"{step}.{suffix}"), suffix + 1
+            try:
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.rename(src, dst)
+                where = f"moved to {dst}"
+            except OSError as move_err:
+                where = f"left in place ({first_line(move_err)})"
+            print(f"warning: checkpoint step {step} is unreadable ({first_line(err)}); {where}; "
+                  "trying the previous one", file=sys.stderr, flush=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+        self._manager.reload()
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are committed."""

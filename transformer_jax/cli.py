@@ -4,7 +4,10 @@
     transformer-jax eval   --workdir DIR [--config ...] [--checkpoint latest|best]
     transformer-jax decode --workdir DIR [--input FILE] [--beam_size 4]   (stdin -> stdout)
 
-Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field.
+Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field
+(`transformer-jax train --help [--config FILE]` lists them all). Attention specs are strings:
+--config.model.encoder_attention='Windowed(128)'. Ctrl-C (or SIGTERM) during training saves a
+checkpoint and exits; the same command resumes.
 Multi-host: pass --coordinator HOST:PORT --num_processes N --process_id I (or rely on the
 cluster's environment, which `jax.distributed.initialize()` reads).
 """
@@ -15,9 +18,20 @@ import os
 import sys
 
 USAGE = __doc__
+COMMANDS = ("train", "eval", "decode")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 
-def _flags(argv: list[str]):
+def _config_path(argv: list[str]) -> str | None:
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
+        path = argv[argv.index("--config") + 1]
+    return path
+
+
+def _parse(argv: list[str]):
+    """absl FlagValues for `argv` (raises absl/ml_collections errors as they come)."""
     from absl import flags
     from ml_collections import config_flags
 
@@ -31,25 +45,75 @@ def _flags(argv: list[str]):
     flags.DEFINE_string("coordinator", None, "multi-host: coordinator address host:port", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "multi-host: this process's index", flag_values=fv)
-    config_path = next((a.split("=", 1)[1] if "=" in a else None for a in argv if a.startswith("--config=")), None)
-    if config_path is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
-        config_path = argv[argv.index("--config") + 1]
-    if config_path is not None and not os.path.isfile(config_path.split(":")[0]):
-        raise SystemExit(f"error: --config={config_path!r}: no such file")
     saved_argv, sys.argv = sys.argv, ["transformer-jax", *argv]  # config_flags reads overrides from sys.argv
     try:
         rest = fv(["transformer-jax", *argv])
-    except (AttributeError, KeyError) as err:  # ml_collections: unknown override key
-        bad = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.?")
-        hint = str(err).strip("'\"").replace("\\n", " ").replace("\n", " ")
-        raise SystemExit(f"error: unknown config key in {bad} ({hint})") from None
-    except flags.Error as err:
-        raise SystemExit(f"error: {err}") from None
     finally:
         sys.argv = saved_argv
     if len(rest) > 1:
         raise SystemExit(f"error: unexpected arguments {rest[1:]}")
     return fv
+
+
+def _override_keys(argv: list[str]) -> list[str]:
+    """'model.d_model' for each --config.model.d_model[=v] override, in order."""
+    return [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+
+
+def unknown_key_message(argv: list[str], config_path: str) -> str:
+    """The error for the first override whose key the config lacks, naming that flag and the valid keys."""
+    from ml_collections import ConfigDict
+
+    base = _parse([f"--config={config_path}"]).config
+    for key in _override_keys(argv):
+        node, parts = base, key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, ConfigDict) or part not in node:
+                where = ".".join(["config", *parts[:depth]])
+                valid = ", ".join(node.keys()) if isinstance(node, ConfigDict) else f"none ({where} is a value)"
+                return f"error: unknown config key in --config.{key}: {where} has no {part!r}; valid: {valid}"
+            node = node[part]
+    return "error: unknown config key in " + " ".join(f"--config.{k}" for k in _override_keys(argv))
+
+
+def _flags(argv: list[str]):
+    from absl import flags
+
+    config_path = _config_path(argv)
+    if config_path is not None and not os.path.isfile(config_path.split(":")[0]):
+        raise SystemExit(f"error: --config={config_path!r}: no such file")
+    try:
+        return _parse(argv)
+    except (AttributeError, KeyError):  # ml_collections: unknown override key
+        raise SystemExit(unknown_key_message(argv, config_path)) from None
+    except flags.Error as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def config_lines(config, prefix: str = "config") -> list[str]:
+    """`--config.KEY=DEFAULT` for every leaf of a ConfigDict."""
+    from ml_collections import ConfigDict
+
+    lines = []
+    for key in config.keys():
+        value = config[key]
+        if isinstance(value, ConfigDict):
+            lines += config_lines(value, f"{prefix}.{key}")
+        else:
+            lines.append(f"  --{prefix}.{key}={value!r}")
+    return lines
+
+
+def _help(command: str, argv: list[str]) -> None:
+    print(USAGE)
+    if command != "train":
+        return
+    path = _config_path(argv) or DEFAULT_CONFIG
+    if not os.path.isfile(path.split(":")[0]):
+        return
+    config = _flags([f"--config={path}"]).config
+    print(f"Config keys and their values in {path} (override with --config.KEY=VALUE):")
+    print("\n".join(config_lines(config)))
 
 
 def _maybe_distributed(fv) -> None:
@@ -60,11 +124,76 @@ def _maybe_distributed(fv) -> None:
                                    process_id=fv.process_id)
 
 
-def _config(fv):
-    """--config if given, else the config saved in the workdir by `train`."""
+def _train(fv) -> int:
     from transformer_jax.train import loop
 
-    return fv.config if fv.config is not None else loop.load_config(fv.workdir)
+    if fv.config is None:
+        raise SystemExit("error: train needs --config FILE")
+    summary = loop.train(fv.config, fv.workdir)
+    if summary.get("signal") == "SIGINT":
+        print(f"interrupted: saved the checkpoint of step {summary['step']} in {fv.workdir}; "
+              "run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _trained_config(fv):
+    """--config if given, else the one `train` saved; the workdir must hold a checkpoint."""
+    from transformer_jax.train import loop
+
+    workdir = fv.workdir
+    if not os.path.exists(workdir):
+        raise FileNotFoundError(f"--workdir={workdir!r} does not exist; train there first")
+    if not os.path.isdir(workdir):
+        raise ValueError(f"--workdir={workdir!r} is a file, not a directory")
+    if not loop.has_checkpoint(workdir):
+        raise FileNotFoundError(f"--workdir={workdir!r} holds no checkpoint; train there first")
+    return fv.config if fv.config is not None else loop.load_config(workdir)
+
+
+def _eval(fv) -> int:
+    import jax
+
+    from transformer_jax.train import loop
+
+    config = _trained_config(fv)
+    s, state, step = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
+    result = {"step": step}
+    iterator = loop.make_data_iterator(config, config.data.eval_split, s.tokenizer, repeat=False)
+    result.update(loop.evaluate_loss(s, state.params, iterator, config.eval_batches))
+    if loop.task_kind(config) == "translation":
+        bleu = loop.evaluate_bleu(s, state.params, config.data.test_split)
+        print(f"BLEU {bleu['bleu']:.2f} on {bleu['split']} | {bleu['signature']}")
+        result.update(bleu)
+    print({k: v for k, v in result.items() if k != "samples"})
+    if jax.process_index() == 0:
+        loop.write_json_atomic(os.path.join(fv.workdir, "eval.json"), result)
+    return 0
+
+
+def _decode(fv) -> int:
+    from transformer_jax.train import loop
+
+    if fv.beam_size < 0:
+        raise ValueError(f"--beam_size={fv.beam_size} must be a positive integer (0: config.decode.beam_size)")
+    if fv.input != "-" and not os.path.isfile(fv.input):
+        raise FileNotFoundError(f"--input={fv.input!r}: no such file")
+    config = _trained_config(fv)
+    if loop.task_kind(config) != "translation":
+        raise ValueError(f"decode needs a translation task; config.data.task={config.data.task!r}")
+    s, state, _ = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
+    if fv.input == "-":
+        lines = [line.rstrip("\n") for line in sys.stdin]
+    else:
+        with open(fv.input) as f:
+            lines = [line.rstrip("\n") for line in f]
+    dc = config.decode
+    outputs = loop.translate(s, state.params, lines, beam_size=fv.beam_size or dc.beam_size,
+                             max_len=min(dc.max_len, s.model.cfg.max_len), length_penalty=dc.length_penalty,
+                             batch_size=dc.batch_size)
+    for line in outputs:
+        print(line)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,59 +202,26 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, argv = argv[0], argv[1:]
-    if command not in ("train", "eval", "decode"):
-        raise SystemExit(f"error: unknown command {command!r}; valid: train, eval, decode\n{USAGE}")
+    if command not in COMMANDS:
+        raise SystemExit(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}\n{USAGE}")
     if any(a in ("-h", "--help", "-help") for a in argv):
-        print(USAGE)
+        _help(command, argv)
         return 0
     fv = _flags(argv)
     if not fv.workdir:
         raise SystemExit("error: --workdir is required")
     _maybe_distributed(fv)
 
-    import jax
-
     from transformer_jax.train import loop
 
-    if command == "train":
-        if fv.config is None:
-            raise SystemExit("error: train needs --config FILE")
-        try:
-            loop.train(fv.config, fv.workdir)
-        except (ValueError, loop.NonFiniteError) as err:
-            raise SystemExit(f"error: {err}") from None
-        return 0
-
-    config = _config(fv)
+    run = {"train": _train, "eval": _eval, "decode": _decode}[command]
     try:
-        s, state, step = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
-    except (ValueError, FileNotFoundError) as err:
+        return run(fv)
+    except (ValueError, FileNotFoundError, loop.NonFiniteError) as err:
         raise SystemExit(f"error: {err}") from None
-    if command == "eval":
-        result = {"step": step}
-        iterator = loop.make_data_iterator(config, config.data.eval_split, s.tokenizer, repeat=False)
-        result.update(loop.evaluate_loss(s, state.params, iterator, config.eval_batches))
-        if loop.task_kind(config) == "translation":
-            bleu = loop.evaluate_bleu(s, state.params, config.data.test_split)
-            print(f"BLEU {bleu['bleu']:.2f} on {bleu['split']} | {bleu['signature']}")
-            result.update(bleu)
-        print({k: v for k, v in result.items() if k != "samples"})
-        if jax.process_index() == 0:
-            loop.write_json_atomic(os.path.join(fv.workdir, "eval.json"), result)
-        return 0
-
-    # decode
-    if loop.task_kind(config) != "translation":
-        raise SystemExit(f"error: decode needs a translation task; config.data.task={config.data.task!r}")
-    stream = sys.stdin if fv.input == "-" else open(fv.input)
-    lines = [line.rstrip("\n") for line in stream]
-    dc = config.decode
-    outputs = loop.translate(s, state.params, lines, beam_size=fv.beam_size or dc.beam_size,
-                             max_len=min(dc.max_len, s.model.cfg.max_len), length_penalty=dc.length_penalty,
-                             batch_size=dc.batch_size)
-    for line in outputs:
-        print(line)
-    return 0
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import sys
 import time
@@ -28,96 +29,16 @@ import ml_collections
 import numpy as np
 
 from transformer_jax import sharding as shd
-from transformer_jax.config import TransformerConfig, preset
 from transformer_jax.train import optim
+from transformer_jax.train.experiment import (MODEL_TYPES, NONFINITE, SYNTHETIC, build_model,  # noqa: F401
+                                              model_config, task_kind, validate_config)
 from transformer_jax.train.state import TrainState, abstract_state, count_params, create_train_state
 from transformer_jax.train.step import (StepConfig, jit_eval_step, jit_train_step, make_eval_step,
                                         make_train_step)
 
-MODEL_TYPES = ("transformer", "encoder_classifier", "masked_lm", "decoder_lm")
-NONFINITE = ("stop", "skip")
-SYNTHETIC = "synthetic"
-_TASK_MODEL = {"translation": "transformer", "classification": "encoder_classifier", "lm": "decoder_lm"}
-
 
 class NonFiniteError(FloatingPointError):
     """The loss or gradient norm became NaN/inf; the last checkpoint on disk is left as it was."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Config -> objects, with validation that names the field
-
-
-def model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
-    """`config.model` (optionally `preset` + overrides) -> TransformerConfig, errors prefixed by the field."""
-    fields = dict(config.model)
-    name = fields.pop("preset", "") or ""
-    valid = {f.name for f in dataclasses.fields(TransformerConfig)}
-    unknown = sorted(set(fields) - valid)
-    if unknown:
-        raise ValueError(f"config.model.{unknown[0]} is not a TransformerConfig field; valid: {', '.join(sorted(valid))}")
-    try:
-        return preset(name, **fields) if name else TransformerConfig(**fields)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"config.model: {err}") from None
-
-
-def build_model(config: ml_collections.ConfigDict):
-    from transformer_jax import model as models
-
-    kind = config.model_type
-    classes = {"transformer": models.Transformer, "encoder_classifier": models.EncoderClassifier,
-               "masked_lm": models.MaskedLM, "decoder_lm": models.DecoderLM}
-    if kind not in classes:
-        raise ValueError(f"config.model_type={kind!r} is not one of {', '.join(MODEL_TYPES)}")
-    return classes[kind](model_config(config))
-
-
-def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None,
-                    num_devices: int | None = None, process_count: int | None = None) -> dict[str, int]:
-    """Check everything that can be checked without data or compilation; return the mesh sizes.
-
-    Errors name the field, the value and what would be valid.
-    """
-    num_devices = jax.device_count() if num_devices is None else num_devices
-    process_count = jax.process_count() if process_count is None else process_count
-    if workdir is not None:
-        parent = os.path.dirname(os.path.abspath(workdir))
-        if not os.path.isdir(parent):
-            raise ValueError(f"--workdir={workdir!r}: its parent directory {parent!r} does not exist")
-    if config.model_type not in MODEL_TYPES:
-        raise ValueError(f"config.model_type={config.model_type!r} is not one of {', '.join(MODEL_TYPES)}")
-    model_config(config)
-    sizes = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
-    for name in ("batch_size", "micro_batches", "num_train_steps", "log_every", "checkpoint_every"):
-        value = config[name]
-        if not isinstance(value, int) or value < (0 if name == "num_train_steps" else 1):
-            raise ValueError(f"config.{name}={value!r} must be a positive integer")
-    shards = sizes["data"] * sizes["fsdp"]
-    if config.batch_size % shards:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the batch shards "
-                         f"mesh.data×mesh.fsdp={shards}; use a multiple of {shards}")
-    if config.batch_size % process_count:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
-    if config.batch_size % config.micro_batches:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
-                         f"config.micro_batches={config.micro_batches}")
-    if (config.batch_size // config.micro_batches) % shards:
-        raise ValueError(f"config.batch_size/config.micro_batches={config.batch_size // config.micro_batches} "
-                         f"must be divisible by the batch shards mesh.data×mesh.fsdp={shards}")
-    if config.optimizer.name not in optim.OPTIMIZERS:
-        raise ValueError(f"config.optimizer.name={config.optimizer.name!r} is not one of {', '.join(optim.OPTIMIZERS)}")
-    if config.schedule.name not in optim.SCHEDULES:
-        raise ValueError(f"config.schedule.name={config.schedule.name!r} is not one of {', '.join(optim.SCHEDULES)}")
-    if config.schedule.warmup_steps < 0 or (config.schedule.name == "inverse_sqrt" and config.schedule.warmup_steps == 0):
-        raise ValueError(f"config.schedule.warmup_steps={config.schedule.warmup_steps} must be positive")
-    if config.nonfinite not in NONFINITE:
-        raise ValueError(f"config.nonfinite={config.nonfinite!r} is not one of {', '.join(NONFINITE)}")
-    if not 0.0 <= config.label_smoothing < 1.0:
-        raise ValueError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
-    if config.best_mode not in ("min", "max"):
-        raise ValueError(f"config.best_mode={config.best_mode!r} is not one of min, max")
-    return sizes
 
 
 def _step_config(config) -> StepConfig:
@@ -249,20 +170,34 @@ def _log(*args):
         print(*args, flush=True)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 @contextlib.contextmanager
-def _sigterm_flag():
-    """Turn SIGTERM into a flag the loop checks between steps (save, then exit)."""
-    flag = {"set": False}
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__("set", True))
-    except ValueError:  # not the main thread
-        pass
+def _stop_signals():
+    """Turn SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks between steps (it saves,
+    then exits); a second Ctrl-C interrupts at once. `flag["signal"]` is the signal's name."""
+    flag: dict[str, str | None] = {"signal": None}
+
+    def handler(signum, _frame):
+        if signum == signal.SIGINT and flag["signal"] == "SIGINT":
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            print("\nSIGINT: saving a checkpoint after this step (Ctrl-C again to abort without saving)",
+                  file=sys.stderr, flush=True)
+
+    previous = {}
+    for sig in STOP_SIGNALS:
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
     try:
         yield flag
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
 
 
 def _any_process(flag: bool) -> bool:
@@ -310,10 +245,37 @@ class Setup:
     example: dict
 
 
+def check_data(config, splits: tuple[str, ...] = ("train",)) -> None:
+    """Open the data task's splits (cheap; prepares built-in tasks) so a missing dataset fails before
+    anything is written to the workdir. DatasetNotPreparedError (a FileNotFoundError) says how."""
+    if config.data.task == SYNTHETIC:
+        return
+    from transformer_jax import data
+
+    for split in splits:
+        data.open_source(config.data.task, split, data_dir=config.data.data_dir or None)
+
+
 def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Setup, Any]:
-    """Validate, build the mesh, model, optimiser and sharded state (not yet restored)."""
+    """Validate, build the mesh, model, optimiser and sharded state (not yet restored).
+
+    The workdir is created only after the config and the data check out; if this call created it
+    and anything fails before it returns, it is removed again (no half-made workdirs).
+    """
     sizes = validate_config(config, workdir)
+    if train_iter is None:
+        check_data(config)
+    fresh = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
+    try:
+        return _build(config, workdir, sizes, train_iter, tokenizer)
+    except BaseException:
+        if fresh and jax.process_index() == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -> tuple[Setup, Any]:
     mesh = shd.make_mesh(sizes)
     model = build_model(config)
     tx, schedule = optim.optimizer_from_config(config.optimizer, config.schedule,
@@ -332,12 +294,13 @@ def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Set
     return Setup(config, workdir, mesh, model, tx, schedule, state, shardings, tokenizer, shapes), train_iter
 
 
-def _checkpointer(config, workdir):
+def _checkpointer(config, workdir, *, track_best: bool = True):
+    """The run's Checkpointer; it scores checkpoints by `best_metric` only when eval computes it."""
     from transformer_jax.checkpoint import Checkpointer
 
+    best = config.best_metric if track_best and config.eval_every and config.best_metric else None
     return Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
-                        best_metric=config.best_metric or None, best_mode=config.best_mode,
-                        async_save=config.async_checkpoints)
+                        best_metric=best, best_mode=config.best_mode, async_save=config.async_checkpoints)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,16 +369,74 @@ def evaluate_bleu(s: Setup, params, split: str) -> dict[str, Any]:
                         for a, b, c in list(zip(sources, references, hyps))[:5]]}
 
 
-def task_kind(config) -> str:
-    if config.data.task == SYNTHETIC:
-        return "synthetic"
-    from transformer_jax import data
-
-    return data.task_spec(config.data.task, _text_keys(config)).kind
-
-
 # ----------------------------------------------------------------------------------------------
 # Train
+
+
+def _compile(s: Setup, state):
+    """The train step compiled for the state's shardings; logs its memory per device."""
+    step_fn = make_train_step(s.model, s.tx, s.schedule, _step_config(s.config))
+    with shd.activate(s.mesh):
+        jitted, _ = jit_train_step(step_fn, s.shardings, s.example, s.mesh)
+        compiled = jitted.lower(abstract_state(state, s.shardings), s.example).compile()
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        total = sum(getattr(mem, f, 0) or 0 for f in ("argument_size_in_bytes", "output_size_in_bytes",
+                                                      "temp_size_in_bytes", "generated_code_size_in_bytes"))
+        total -= getattr(mem, "alias_size_in_bytes", 0) or 0
+        _log(f"compiled train step: ~{total / 2**20:.1f} MiB per device (arguments "
+             f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, temporaries {mem.temp_size_in_bytes / 2**20:.1f} MiB)")
+    return compiled
+
+
+def format_duration(seconds: float) -> str:
+    """3725.2 -> '1:02:05'."""
+    seconds = max(int(round(seconds)), 0)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def progress_line(step: int, total: int, loss: float, rate: float, unit: str, eta_s: float | None) -> str:
+    """One plain progress line for logs: 'step 50/800 | loss 2.3456 | 1,234 tokens/s | ETA 0:03:12'."""
+    eta = "?" if eta_s is None else format_duration(eta_s)
+    return f"step {step}/{total} | loss {loss:.4f} | {rate:,.0f} {unit}/s | ETA {eta}"
+
+
+class Progress:
+    """A tqdm bar on a terminal (stderr); one `progress_line` per logged step when stdout is not a
+    terminal (a log file, a pipe, a batch job), so progress is never invisible. Process 0 only."""
+
+    def __init__(self, start: int, total: int, unit: str, bar: bool | None = None):
+        main = jax.process_index() == 0
+        self.start, self.total, self.unit, self.t0 = start, total, unit, time.time()
+        self.bar = None
+        if main and (sys.stderr.isatty() if bar is None else bar):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+        self.lines = main and not (self.bar is not None and sys.stdout.isatty())
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log(self, step: int, loss: float, rate: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", **{f"{self.unit}/s": f"{rate:.0f}"})
+        if self.lines:
+            done = step - self.start
+            eta = (self.total - step) * (time.time() - self.t0) / done if done > 0 else None
+            print(progress_line(step, self.total, loss, rate, self.unit, eta), flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _nonfinite_message(step_no: int, m: dict, latest: int | None) -> str:
+    kept = (f"the last checkpoint (step {latest}) is intact" if latest is not None
+            else "no checkpoint had been saved yet")
+    return (f"non-finite loss or gradient at step {step_no} (loss={float(m['loss'])}, "
+            f"grad_norm={float(m['grad_norm'])}); stopping; {kept}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterator | None = None,
@@ -423,7 +444,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
     """Train (or resume) in `workdir`; returns a summary (final step, last metrics, eval results).
 
     `train_iter` (this process's batches, with get_state/set_state) and `eval_iter_fn` default to
-    the data pipeline of `config.data`.
+    the data pipeline of `config.data`. `progress`: show a tqdm bar (None: when stderr is a
+    terminal). SIGTERM or Ctrl-C saves a checkpoint after the current step and returns with
+    `summary["preempted"]` and `summary["signal"]` set.
     """
     s, train_iter = setup(config, workdir, train_iter=train_iter)
     save_config(config, workdir)
@@ -439,27 +462,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
             train_iter.set_state(data_state)
         _log(f"resumed from checkpoint at step {step}")
     start = int(jax.device_get(state.step))
-
-    step_fn = make_train_step(s.model, s.tx, s.schedule, _step_config(config))
-    with shd.activate(mesh):
-        jitted, _ = jit_train_step(step_fn, s.shardings, s.example, mesh)
-        compiled = jitted.lower(abstract_state(state, s.shardings), s.example).compile()
-    mem = compiled.memory_analysis()
-    if mem is not None:
-        total = sum(getattr(mem, f, 0) or 0 for f in ("argument_size_in_bytes", "output_size_in_bytes",
-                                                      "temp_size_in_bytes", "generated_code_size_in_bytes"))
-        total -= getattr(mem, "alias_size_in_bytes", 0) or 0
-        _log(f"compiled train step: ~{total / 2**20:.1f} MiB per device (arguments "
-             f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, temporaries {mem.temp_size_in_bytes / 2**20:.1f} MiB)")
+    compiled = _compile(s, state)
 
     writer = MetricsWriter(workdir)
     total_steps = config.num_train_steps
-    show = (sys.stderr.isatty() if progress is None else progress) and jax.process_index() == 0
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps, initial=start, desc="train", dynamic_ncols=True)
+    bar = Progress(start, total_steps, "examples" if "label" in s.example else "tokens", progress)
     pending: list[tuple[int, dict]] = []  # device metrics since the last log (async dispatch)
     last: dict[str, Any] = {}
     summary: dict[str, Any] = {"start_step": start}
@@ -475,27 +482,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
         tokens = sum(float(m["tokens"]) for _, m in fetched)
         for step_no, m in fetched:
             if not bool(m["finite"]):
-                msg = (f"non-finite loss or gradient at step {step_no} (loss={float(m['loss'])}, "
-                       f"grad_norm={float(m['grad_norm'])})")
                 if config.nonfinite == "stop":
-                    raise NonFiniteError(msg + "; stopping. The last checkpoint is intact: "
-                                         f"{ckpt.latest_step()}")
-                _log(f"warning: {msg}; update skipped")
+                    raise NonFiniteError(_nonfinite_message(step_no, m, ckpt.latest_step()))
+                _log(f"warning: non-finite loss or gradient at step {step_no}; update skipped")
         elapsed = max(time.time() - t_log, 1e-9)
         t_log = time.time()
+        logged = False
         for step_no, m in fetched:
             record = {k: float(v) for k, v in m.items() if k not in ("finite",)}
             record["finite"] = bool(m["finite"])
             if step_no % config.log_every == 0 or step_no == total_steps:
                 record["tokens_per_sec"] = tokens / elapsed
                 writer.write(step_no, record)
-                last = {"step": step_no, **record}
-        if bar is not None:
-            bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}",
-                            tok_s=f"{last.get('tokens_per_sec', 0):.0f}")
+                last, logged = {"step": step_no, **record}, True
+        if logged:
+            bar.log(last["step"], last["loss"], last["tokens_per_sec"])
 
     try:
-        with _sigterm_flag() as sigterm, shd.activate(mesh):
+        with _stop_signals() as stop_flag, shd.activate(mesh):
             step = start
             data_state = train_iter.get_state()
             while step < total_steps:
@@ -504,9 +508,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
                 state, metrics = compiled(state, shd.shard_batch(batch, mesh))
                 step += 1  # state.step == step: the number of updates applied
                 pending.append((step, metrics))
-                if bar is not None:
-                    bar.update(1)
-                stop = _any_process(sigterm["set"])
+                bar.update()
+                stop = _any_process(stop_flag["signal"] is not None)
                 log_now = step % config.log_every == 0 or step == total_steps
                 save_now = step % config.checkpoint_every == 0 or step == total_steps or stop
                 eval_now = bool(config.eval_every) and (step % config.eval_every == 0 or step == total_steps)
@@ -526,8 +529,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
                     ckpt.save(step, state, data_state, metrics=best)
                 if stop:
                     ckpt.wait()
-                    _log(f"SIGTERM: saved checkpoint at step {step}; exiting")
-                    summary["preempted"] = True
+                    name = stop_flag["signal"] or "stop signal on another process"
+                    _log(f"{name}: saved checkpoint at step {step}; exiting")
+                    summary.update(preempted=True, signal=stop_flag["signal"])
                     break
             flush_metrics()
         ckpt.wait()
@@ -541,16 +545,28 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
                 write_json_atomic(os.path.join(workdir, "eval.json"), result)
             summary["eval"] = result
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         writer.close()
         ckpt.close()
     summary["state"] = state
     return summary
 
 
+def has_checkpoint(workdir: str) -> bool:
+    """Whether `workdir/checkpoints` holds a committed step (checked on disk, nothing created)."""
+    from transformer_jax.checkpoint import committed_steps
+
+    return bool(committed_steps(os.path.join(workdir, "checkpoints")))
+
+
 def restore_for_eval(config, workdir: str, *, which: str = "latest") -> tuple[Setup, TrainState, int]:
-    """Setup + params of the latest (or best) checkpoint in `workdir`, on this machine's mesh."""
+    """Setup + params of the latest (or best) checkpoint in `workdir`, on this machine's mesh.
+
+    Fails (FileNotFoundError) before building anything when `workdir` holds no checkpoint.
+    """
+    if not has_checkpoint(workdir):
+        raise FileNotFoundError(f"--workdir={workdir!r} holds no checkpoint (nothing in "
+                                f"{os.path.join(workdir, 'checkpoints')}); train there first")
     s, _ = setup(config, workdir)
     ckpt = _checkpointer(config, workdir)
     step = ckpt.best_step() if which == "best" else None

@@ -1,0 +1,305 @@
+"""The experiment config (ml_collections): its model section, attention specs from strings, and the
+one validation that runs before anything is built, written or compiled.
+
+`model_section` lists every `TransformerConfig` field (so each can be overridden from the command
+line, `--config.model.FIELD=VALUE`, including fields added later); fields whose default is None or
+an attention spec are untyped placeholders, so `--config.model.head_dim=64` and
+`--config.model.encoder_attention='Windowed(128)'` parse. Spec strings are read with `ast`: only
+calls of the spec classes `transformer_jax.attention` exports, with literal arguments.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import os
+import typing
+
+import ml_collections
+from ml_collections.config_dict import FieldReference
+
+from transformer_jax import attention
+from transformer_jax.config import TransformerConfig, preset
+
+MODEL_TYPES = ("transformer", "encoder_classifier", "masked_lm", "decoder_lm")
+NONFINITE = ("stop", "skip")
+SYNTHETIC = "synthetic"
+# Which model types train on each kind of task (the batches each kind's pipeline yields).
+TASK_MODELS = {"translation": ("transformer",), "synthetic": ("transformer",),
+               "classification": ("encoder_classifier",), "lm": ("decoder_lm",)}
+EVAL_METRICS = ("eval_loss", "eval_nll", "eval_accuracy")  # what `loop.evaluate_loss` returns
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention specs from strings
+
+
+def spec_classes() -> dict[str, type]:
+    """The attention spec classes `transformer_jax.attention` exports, by name."""
+    members = typing.get_args(attention.AttentionSpec) or (attention.AttentionSpec,)
+    return {cls.__name__: cls for cls in members}
+
+
+def _is_spec(value) -> bool:
+    return isinstance(value, tuple(spec_classes().values()))
+
+
+def parse_attention(text: str, field: str = "attention"):
+    """'Windowed(128)' -> Windowed(window=128); '(Dense(), Windowed(64))' -> a tuple (one per layer).
+
+    Never `eval`: the expression must be a spec class name, or a call of one with literal
+    arguments, or a tuple/list of those.
+    """
+    classes = spec_classes()
+
+    def fail(why: str):
+        raise ValueError(f"config.model.{field}={text!r}: {why}; valid specs: {', '.join(sorted(classes))}, "
+                         "e.g. 'Dense()', 'Windowed(128)', 'BlockSparse(block_size=64)', or a tuple of "
+                         "them with one per layer")
+
+    def one(node):
+        call = node if isinstance(node, ast.Call) else None
+        name_node = call.func if call else node
+        if not isinstance(name_node, ast.Name):
+            fail(f"{ast.unparse(node)!r} is not an attention spec")
+        if name_node.id not in classes:
+            fail(f"{name_node.id!r} is not an attention spec")
+        args, kwargs = (call.args, call.keywords) if call else ([], [])
+        if any(k.arg is None for k in kwargs) or any(isinstance(a, ast.Starred) for a in args):
+            fail("arguments must be literals")
+        try:
+            values = [ast.literal_eval(a) for a in args]
+            named = {k.arg: ast.literal_eval(k.value) for k in kwargs}
+        except ValueError:
+            fail("arguments must be literals (numbers, strings, tuples)")
+        try:
+            return classes[name_node.id](*values, **named)
+        except (TypeError, ValueError) as err:
+            fail(str(err))
+
+    try:
+        tree = ast.parse(str(text).strip(), mode="eval").body
+    except SyntaxError:
+        fail("not a spec expression")
+    if isinstance(tree, (ast.Tuple, ast.List)):
+        return tuple(one(node) for node in tree.elts)
+    return one(tree)
+
+
+def _attention_value(value, field: str):
+    """A spec, a tuple of specs, or their string forms -> specs (other values pass through)."""
+    if isinstance(value, str):
+        return parse_attention(value, field)
+    if isinstance(value, (tuple, list)):
+        return tuple(parse_attention(v, field) if isinstance(v, str) else v for v in value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# The model section
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def attention_fields() -> tuple[str, ...]:
+    """TransformerConfig fields that hold attention specs (by their default's type)."""
+    return tuple(f.name for f in dataclasses.fields(TransformerConfig) if _is_spec(_default(f)))
+
+
+def _untyped(f: dataclasses.Field) -> bool:
+    """Fields the command line must set to values of another type than the default's."""
+    return _default(f) is None or _is_spec(_default(f))
+
+
+def model_section(preset_name: str = "", **values) -> ml_collections.ConfigDict:
+    """`config.model`: every TransformerConfig field, from its defaults (or a preset's), then `values`.
+
+    Fields whose default is None or an attention spec become untyped placeholders, so the command
+    line can give them an int, a spec string or a tuple.
+    """
+    base = preset(preset_name) if preset_name else TransformerConfig()
+    fields = dataclasses.fields(TransformerConfig)
+    unknown = sorted(set(values) - {f.name for f in fields})
+    if unknown:
+        raise ValueError(f"config.model.{unknown[0]} is not a TransformerConfig field; "
+                         f"valid: {', '.join(f.name for f in fields)}")
+    section = ml_collections.ConfigDict()
+    for f in fields:
+        value = values.get(f.name, getattr(base, f.name))
+        section[f.name] = FieldReference(value, field_type=object) if _untyped(f) else value
+    return section
+
+
+def model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+    """`config.model` -> TransformerConfig; errors name the field (`config.model.X`).
+
+    A `preset` key (configs saved by older versions) is applied first, the other keys over it.
+    """
+    fields = dict(config.model)
+    name = fields.pop("preset", "") or ""
+    valid = [f.name for f in dataclasses.fields(TransformerConfig)]
+    unknown = sorted(set(fields) - set(valid))
+    if unknown:
+        raise ValueError(f"config.model.{unknown[0]} is not a TransformerConfig field; valid: {', '.join(valid)}")
+    for field in attention_fields():
+        if field in fields:
+            fields[field] = _attention_value(fields[field], field)
+    try:
+        return preset(name, **fields) if name else TransformerConfig(**fields)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"config.model: {err}") from None
+
+
+def build_model(config: ml_collections.ConfigDict):
+    from transformer_jax import model as models
+
+    classes = {"transformer": models.Transformer, "encoder_classifier": models.EncoderClassifier,
+               "masked_lm": models.MaskedLM, "decoder_lm": models.DecoderLM}
+    _check_choice(config, "model_type", MODEL_TYPES)
+    return classes[config.model_type](model_config(config))
+
+
+def task_kind(config) -> str:
+    """translation | classification | lm (from the data task), or synthetic."""
+    if config.data.task == SYNTHETIC:
+        return SYNTHETIC
+    from transformer_jax import data
+
+    keys = tuple(config.data.get("text_keys", ())) or None
+    try:
+        return data.task_spec(config.data.task, keys).kind
+    except ValueError as err:
+        raise ValueError(f"config.data.task: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: everything that can be checked without data or compilation
+
+
+def _check_choice(section, name: str, valid, prefix: str = "") -> None:
+    value = section[name]
+    if value not in valid:
+        raise ValueError(f"config.{prefix}{name}={value!r} is not one of {', '.join(valid)}")
+
+
+def _check_int(section, prefix: str, name: str, minimum: int) -> None:
+    value = section[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"config.{prefix}{name}={value!r} must be {what}")
+
+
+def _check_float(section, prefix: str, name: str, low: float, high: float = math.inf, *,
+                 open_low: bool = False, open_high: bool = False) -> None:
+    value = section[name]
+    bad = (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+           or value < low or (open_low and value == low) or value > high or (open_high and value == high))
+    if bad:
+        if high == math.inf:
+            what = f"a number > {low:g}" if open_low else f"a number >= {low:g}"
+        else:
+            what = f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ValueError(f"config.{prefix}{name}={value!r} must be {what}")
+
+
+def check_workdir(workdir: str) -> None:
+    """The workdir is a directory or can be made one (its parent exists and is a directory)."""
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--workdir={workdir!r} is a file, not a directory")
+    parent = os.path.dirname(path)
+    ancestor = parent
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"--workdir={workdir!r} lies under {ancestor!r}, which is a file, not a directory")
+    if not os.path.isdir(parent):
+        raise ValueError(f"--workdir={workdir!r}: its parent directory {parent!r} does not exist")
+
+
+def _check_model_fits_task(config) -> None:
+    kind = task_kind(config)
+    fits = TASK_MODELS.get(kind, MODEL_TYPES)
+    if config.model_type not in fits:
+        raise ValueError(f"config.model_type={config.model_type!r} does not fit config.data.task="
+                         f"{config.data.task!r} (a {kind} task); valid for it: {', '.join(fits)}")
+
+
+def _check_counts(config) -> None:
+    for name in ("batch_size", "micro_batches", "log_every", "checkpoint_every", "keep_checkpoints"):
+        _check_int(config, "", name, 1)
+    for name in ("num_train_steps", "eval_every", "eval_batches"):
+        _check_int(config, "", name, 0)
+    for name in ("beam_size", "max_len", "batch_size"):
+        _check_int(config.decode, "decode.", name, 1)
+    _check_int(config.decode, "decode.", "max_examples", 0)
+
+
+def _check_batch(config, sizes: dict[str, int], process_count: int) -> None:
+    shards = sizes["data"] * sizes["fsdp"]
+    if config.batch_size % shards:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the batch shards "
+                         f"mesh.data×mesh.fsdp={shards}; use a multiple of {shards}")
+    if config.batch_size % process_count:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
+    if config.batch_size % config.micro_batches:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
+                         f"config.micro_batches={config.micro_batches}")
+    if (config.batch_size // config.micro_batches) % shards:
+        raise ValueError(f"config.batch_size/config.micro_batches={config.batch_size // config.micro_batches} "
+                         f"must be divisible by the batch shards mesh.data×mesh.fsdp={shards}")
+
+
+def _check_optimizer(config) -> None:
+    from transformer_jax.train import optim
+
+    opt, sched = config.optimizer, config.schedule
+    _check_choice(opt, "name", optim.OPTIMIZERS, "optimizer.")
+    _check_choice(sched, "name", optim.SCHEDULES, "schedule.")
+    _check_float(opt, "optimizer.", "learning_rate", 0.0, open_low=True)
+    for name in ("weight_decay", "clip_norm", "eps"):
+        if name in opt:
+            _check_float(opt, "optimizer.", name, 0.0)
+    for name in ("b1", "b2"):
+        if name in opt:
+            _check_float(opt, "optimizer.", name, 0.0, 1.0, open_high=True)
+    if "end_learning_rate" in sched:
+        _check_float(sched, "schedule.", "end_learning_rate", 0.0)
+    if sched.warmup_steps < 0 or (sched.name == "inverse_sqrt" and sched.warmup_steps == 0):
+        raise ValueError(f"config.schedule.warmup_steps={sched.warmup_steps} must be positive")
+
+
+def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None,
+                    num_devices: int | None = None, process_count: int | None = None) -> dict[str, int]:
+    """Check everything that can be checked without data or compilation; return the mesh sizes.
+
+    Errors name the field, the value and what would be valid.
+    """
+    import jax
+
+    from transformer_jax import sharding as shd
+
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    process_count = jax.process_count() if process_count is None else process_count
+    if workdir is not None:
+        check_workdir(workdir)
+    _check_choice(config, "model_type", MODEL_TYPES)
+    model_config(config)
+    _check_model_fits_task(config)
+    sizes = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
+    _check_counts(config)
+    _check_batch(config, sizes, process_count)
+    _check_optimizer(config)
+    _check_choice(config, "nonfinite", NONFINITE)
+    _check_float(config, "", "label_smoothing", 0.0, 1.0, open_high=True)
+    _check_float(config, "", "z_loss", 0.0)
+    if config.best_metric not in ("", *EVAL_METRICS):
+        raise ValueError(f"config.best_metric={config.best_metric!r} is not an eval metric; valid: "
+                         f"{', '.join(EVAL_METRICS)}, or '' to keep no best checkpoint")
+    _check_choice(config, "best_mode", ("min", "max"))
+    return sizes
