@@ -6,17 +6,30 @@ Only the top-level models read a `TransformerConfig`; layers receive the scalars
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
-from transformer_jax.attention import Dense
+from transformer_jax.attention import BlockSparse, Dense, Flash, Windowed
 
-ACTIVATIONS = ("relu", "gelu", "swiglu", "geglu")
+# "gelu" is the exact erf form, "gelu_tanh" the tanh approximation (GPT-2's "gelu_new");
+# "swiglu", "geglu" and "geglu_tanh" are gated (Shazeer 2020): act(x W) * (x V).
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tanh")
+GATED = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
-POSITIONS = ("sinusoidal", "learned", "rotary", "none")
+# "sinusoidal": tensor2tensor's timing signal (frequencies 10000^(-i/(D/2-1)), sin | cos halves);
+# "sinusoidal_paper": the paper's frequencies 10000^(-2i/D) in the same sin | cos layout (Marian);
+# "relative": T5's bucketed relative position bias (Raffel et al. 2020, section 2.1), no absolute positions.
+POSITIONS = ("sinusoidal", "sinusoidal_paper", "learned", "rotary", "relative", "none")
+POOLINGS = ("mean", "cls")
 DTYPES = ("float32", "bfloat16", "float16")
+SPEC_TYPES = (Dense, Flash, Windowed, BlockSparse)
+# Cross-attention sees every source position; only the full-attention specs are correct there
+# (and cached decoding computes it densely).
+CROSS_SPEC_TYPES = (Dense, Flash)
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 
@@ -26,7 +39,11 @@ class TransformerConfig:
     """Hyper-parameters of every model in the library (encoder-decoder, encoder-only, decoder-only).
 
     Attention fields take an attention spec (e.g. `Dense()`, `Windowed(128)`) for every layer, or a
-    tuple with one spec per layer. Token id 0 is padding, 1 EOS, 2 BOS.
+    tuple with one spec per layer. Token id 0 is padding (see `pad_id`), 1 EOS, 2 BOS.
+
+    The fields after `rotary_base` describe the published architectures that
+    `transformer_jax.pretrained` loads (BERT, GPT-2, T5, BART, Marian, Llama, Mistral); any model
+    can use them. Their defaults are the paper's Transformer.
     """
 
     vocab_size: int = 32_000
@@ -51,27 +68,68 @@ class TransformerConfig:
     dtype: str = "float32"  # computation dtype; logits, softmax and loss stay float32
     param_dtype: str = "float32"
     rotary_base: float = 10_000.0
+    num_kv_heads: int | None = None  # grouped-query attention (Ainslie et al. 2023); default num_heads
+    use_bias: bool = True  # biases in the attention and feed-forward projections
+    norm_eps: float = 1e-6
+    attention_scale: float | None = None  # scores = scale * q.k; default 1/sqrt(head_dim) (T5: 1.0)
+    relative_buckets: int = 32  # position="relative": T5 buckets and the distance they cover
+    relative_max_distance: int = 128
+    position_offset: int = 0  # learned positions look up row position + offset (BART: 2)
+    embed_scale: bool = True  # multiply token embeddings by sqrt(d_model) (section 3.4)
+    embed_norm: bool = False  # a norm right after the embeddings (BERT, BART)
+    type_vocab_size: int = 0  # token-type (segment A/B) embeddings, as in BERT; 0 = none
+    logits_bias: bool = False  # a bias on the output logits (BERT's MLM head, BART, Marian)
+    logits_scale: float = 1.0  # multiplies the final hidden state before the output head (T5: D^-0.5)
+    pad_id: int | None = 0  # encoder-input padding token; None = no padding token
+    pooling: str = "mean"  # EncoderClassifier: mean over tokens, or the first token ("cls", BERT)
 
     def __post_init__(self):
-        positive = ("vocab_size", "d_model", "num_heads", "d_ff", "max_len", "num_classes")
+        for f in dataclasses.fields(self):  # numpy scalars and dtype objects are welcome
+            value = getattr(self, f.name)
+            if isinstance(value, np.generic):
+                object.__setattr__(self, f.name, value.item())
+            elif f.name in ("dtype", "param_dtype") and not isinstance(value, str):
+                try:
+                    object.__setattr__(self, f.name, jnp.dtype(value).name)
+                except TypeError:
+                    pass  # reported below with the valid names
+        positive = ("vocab_size", "d_model", "num_heads", "d_ff", "max_len", "num_classes",
+                    "relative_buckets", "relative_max_distance")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ValueError(f"TransformerConfig.{name} must be a positive integer; got {value!r}")
-        for name in ("num_encoder_layers", "num_decoder_layers"):
+        for name in ("num_encoder_layers", "num_decoder_layers", "position_offset", "type_vocab_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
+            if not _is_int(value) or value < 0:
                 raise ValueError(f"TransformerConfig.{name} must be a non-negative integer; got {value!r}")
+        for name, low in (("num_kv_heads", 1), ("pad_id", 0)):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < low):
+                raise ValueError(f"TransformerConfig.{name} must be an integer >= {low} or None; got {value!r}")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"TransformerConfig.num_kv_heads={self.num_kv_heads} must divide "
+                             f"num_heads={self.num_heads}")
+        if self.pad_id is not None and self.pad_id >= self.vocab_size:
+            raise ValueError(f"TransformerConfig.pad_id={self.pad_id} must be < vocab_size={self.vocab_size}")
+        for name in ("norm_eps", "logits_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not value > 0:
+                raise ValueError(f"TransformerConfig.{name} must be a positive number; got {value!r}")
+        if self.attention_scale is not None and not (isinstance(self.attention_scale, numbers.Real)
+                                                     and self.attention_scale > 0):
+            raise ValueError(f"TransformerConfig.attention_scale must be a positive number or None; "
+                             f"got {self.attention_scale!r}")
         if self.head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"TransformerConfig.num_heads={self.num_heads} must divide d_model={self.d_model} "
                 "(or set head_dim explicitly)")
-        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim <= 0):
+        if self.head_dim is not None and (not _is_int(self.head_dim) or self.head_dim <= 0):
             raise ValueError(f"TransformerConfig.head_dim must be a positive integer or None; got {self.head_dim!r}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"TransformerConfig.dropout_rate must be in [0, 1); got {self.dropout_rate!r}")
         choices = {"activation": ACTIVATIONS, "norm": NORMS, "norm_position": NORM_POSITIONS,
-                   "position": POSITIONS, "dtype": DTYPES, "param_dtype": DTYPES}
+                   "position": POSITIONS, "dtype": DTYPES, "param_dtype": DTYPES, "pooling": POOLINGS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(
@@ -89,14 +147,29 @@ class TransformerConfig:
                         "give one spec for all layers or exactly one per layer")
                 object.__setattr__(self, name, tuple(value))
             for spec in self.layer_specs(name):
-                if not callable(spec) or not hasattr(spec, "mask"):
+                if isinstance(spec, type):
+                    raise TypeError(f"TransformerConfig.{name} needs an attention spec instance, e.g. "
+                                    f"{spec.__name__}(...); got the class {spec.__name__}")
+                if not isinstance(spec, SPEC_TYPES):
                     raise ValueError(
                         f"TransformerConfig.{name} must hold attention specs from transformer_jax.attention "
                         f"(Dense(), Flash(), Windowed(w), BlockSparse()); got {spec!r}")
+                if name == "cross_attention" and not isinstance(spec, CROSS_SPEC_TYPES):
+                    raise ValueError(
+                        f"TransformerConfig.cross_attention={spec!r} is not valid: cross-attention attends "
+                        "to every source position; use Dense() or Flash()")
+                if self.position == "relative" and not isinstance(spec, Dense):
+                    raise ValueError(
+                        f"TransformerConfig.{name}={spec!r} cannot add position='relative' biases; the "
+                        "relative position bias needs Dense() attention")
 
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def resolved_kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
 
     @property
     def compute_dtype(self):
@@ -114,6 +187,10 @@ class TransformerConfig:
 
     def replace(self, **changes) -> "TransformerConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def tiny(**overrides) -> TransformerConfig:

@@ -13,7 +13,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
+
+from transformer_jax.config import GATED
 
 Dtype = Any
 
@@ -23,6 +26,23 @@ def partitioned(init, *axes: str | None):
     return nn.with_logical_partitioning(init, axes)
 
 
+def check_token_range(tokens: Array, vocab_size: int, name: str = "tokens") -> None:
+    """Raise if concrete token ids fall outside [0, vocab_size).
+
+    Under jit the ids are not known while tracing; there an out-of-range id gathers NaN (jnp.take's
+    "fill" mode), so its logits and the loss are NaN and the train step's non-finite guard stops the
+    run, naming the step. It never silently reads another row.
+    """
+    if isinstance(tokens, jax.core.Tracer) or tokens.size == 0:
+        return
+    ids = np.asarray(tokens)  # concrete: numpy, so nothing is staged into an enclosing trace
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = high if high >= vocab_size else low
+        raise ValueError(f"{name} holds id {bad}, outside the vocabulary [0, {vocab_size}); "
+                         f"check the tokenizer against vocab_size={vocab_size}")
+
+
 class Embed(nn.Module):
     """Token embedding; `attend` reuses the table for tied output logits (Press & Wolf, 2017)."""
 
@@ -30,6 +50,7 @@ class Embed(nn.Module):
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    scale: bool = True  # multiply by sqrt(features), as in Vaswani et al. 2017, section 3.4
 
     def setup(self):
         init = nn.initializers.normal(stddev=self.features ** -0.5)
@@ -37,11 +58,12 @@ class Embed(nn.Module):
                                     (self.vocab_size, self.features), self.param_dtype)
 
     def __call__(self, tokens: Array) -> Array:
-        """[B, T] int -> [B, T, D], scaled by sqrt(D) as in Vaswani et al. 2017, section 3.4."""
+        """[B, T] int -> [B, T, D] (times sqrt(D) when `scale`)."""
+        check_token_range(tokens, self.vocab_size)
         # gather from a whole table (as FSDP gathers any weight before use), not a sharded one
         table = nn.with_logical_constraint(jnp.asarray(self.embedding, self.dtype), (None, None))
-        x = jnp.take(table, tokens, axis=0)
-        return x * jnp.asarray(math.sqrt(self.features), self.dtype)
+        x = jnp.take(table, tokens, axis=0, mode="fill", fill_value=jnp.nan)
+        return x * jnp.asarray(math.sqrt(self.features), self.dtype) if self.scale else x
 
     def attend(self, x: Array) -> Array:
         """[B, T, D] -> [B, T, V] float32 logits, x @ E^T.
@@ -53,10 +75,15 @@ class Embed(nn.Module):
                           preferred_element_type=jnp.float32)
 
 
-def sinusoidal(positions: Array, features: int, dtype: Dtype = jnp.float32) -> Array:
-    """Fixed sinusoidal encodings (Vaswani et al. 2017, section 3.5): [B, T] int -> [B, T, D]."""
+def sinusoidal(positions: Array, features: int, dtype: Dtype = jnp.float32, paper: bool = False) -> Array:
+    """Fixed sinusoidal encodings (Vaswani et al. 2017, section 3.5): [B, T] int -> [B, T, D].
+
+    Sines in the first half, cosines in the second. Frequencies 10000^(-i / (D/2 - 1)) as in
+    tensor2tensor, or with `paper` the paper's 10000^(-2i / D) (Marian's table).
+    """
     half = features // 2
-    inv = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+    denom = half if paper else max(half - 1, 1)
+    inv = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / denom)
     angles = positions.astype(jnp.float32)[..., None] * inv  # [B T D/2]
     enc = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
     if features % 2:
@@ -65,18 +92,60 @@ def sinusoidal(positions: Array, features: int, dtype: Dtype = jnp.float32) -> A
 
 
 class LearnedPositions(nn.Module):
-    """Learned absolute position embeddings for positions < max_len."""
+    """Learned absolute position embeddings for positions < max_len, at row position + offset
+    (BART reserves the first `offset` = 2 rows)."""
 
     max_len: int
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    offset: int = 0
 
     @nn.compact
     def __call__(self, positions: Array) -> Array:
         table = self.param("pos_embedding", partitioned(nn.initializers.normal(0.02), None, "embed"),
-                           (self.max_len, self.features), self.param_dtype)
-        return jnp.take(jnp.asarray(table, self.dtype), positions, axis=0)  # [B T D]
+                           (self.max_len + self.offset, self.features), self.param_dtype)
+        return jnp.take(jnp.asarray(table, self.dtype), positions + self.offset, axis=0)  # [B T D]
+
+
+def relative_position_bucket(relative: Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+    """T5's bucket of each key - query offset (Raffel et al. 2020): exact for small offsets, then
+    logarithmic up to max_distance; bidirectional buckets split by sign. int [...] -> int [...]."""
+    bucket = jnp.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (relative > 0).astype(relative.dtype) * num_buckets
+        distance = jnp.abs(relative)
+    else:
+        distance = -jnp.minimum(relative, 0)
+    exact = num_buckets // 2
+    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / exact) / math.log(max_distance / exact)
+    large = exact + (log_ratio * (num_buckets - exact)).astype(relative.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return bucket + jnp.where(distance < exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned scalar per head and relative-position bucket, added to the attention scores
+    (T5). One per stack, shared by its layers."""
+
+    num_heads: int
+    num_buckets: int
+    max_distance: int
+    bidirectional: bool
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, q_positions: Array, kv_positions: Array) -> Array:
+        """[B, T], [B, S] int positions -> float32 bias [B, N, T, S]."""
+        table = self.param("embedding", partitioned(nn.initializers.normal(1.0), None, "heads"),
+                           (self.num_buckets, self.num_heads), self.param_dtype)
+        relative = kv_positions[:, None, :] - q_positions[:, :, None]  # [B T S]
+        bucket = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+        bias = jnp.take(jnp.asarray(table, jnp.float32), bucket, axis=0)  # [B T S N]
+        return jnp.transpose(bias, (0, 3, 1, 2))
 
 
 def apply_rotary(x: Array, positions: Array, base: float = 10_000.0) -> Array:
@@ -134,31 +203,43 @@ def dense(features, axes: tuple[str | None, ...], dtype, param_dtype, name=None,
     return Projection(features, axes, in_dims, use_bias, dtype, param_dtype, name=name)
 
 
+_ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False),
+                "gelu_tanh": lambda x: nn.gelu(x, approximate=True), "silu": nn.silu}
+
+
+def activation_fn(name: str):
+    """The elementwise function of an activation name (a gated name gives its gate's function)."""
+    return _ACTIVATIONS[GATED.get(name, name)]
+
+
 class MLP(nn.Module):
-    """Position-wise feed-forward: ReLU (the paper), GELU, or gated SwiGLU / GEGLU (Shazeer, 2020)."""
+    """Position-wise feed-forward: ReLU (the paper), GELU, SiLU, or gated SwiGLU / GEGLU
+    (Shazeer 2020), `wo(act(wi x) * wi_gate x)`."""
 
     d_ff: int
     activation: str = "relu"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         d = x.shape[-1]
-        act = {"relu": nn.relu, "gelu": nn.gelu, "swiglu": nn.silu, "geglu": nn.gelu}[self.activation]
-        h = act(dense(self.d_ff, ("embed", "mlp"), self.dtype, self.param_dtype, "wi")(x))  # [B T F]
-        if self.activation in ("swiglu", "geglu"):
-            h = h * dense(self.d_ff, ("embed", "mlp"), self.dtype, self.param_dtype, "wi_gate")(x)
+        proj = lambda features, axes, name: dense(features, axes, self.dtype, self.param_dtype, name,  # noqa: E731
+                                                  self.use_bias)
+        h = activation_fn(self.activation)(proj(self.d_ff, ("embed", "mlp"), "wi")(x))  # [B T F]
+        if self.activation in GATED:
+            h = h * proj(self.d_ff, ("embed", "mlp"), "wi_gate")(x)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        return dense(d, ("mlp", "embed"), self.dtype, self.param_dtype, "wo")(h)  # [B T D]
+        return proj(d, ("mlp", "embed"), "wo")(h)  # [B T D]
 
 
-def norm(kind: str, dtype, param_dtype, name: str) -> nn.Module:
+def norm(kind: str, dtype, param_dtype, name: str, eps: float = 1e-6) -> nn.Module:
     """LayerNorm (Ba et al. 2016) or RMSNorm (Zhang & Sennrich 2019), statistics in float32."""
     scale = partitioned(nn.initializers.ones_init(), "embed")
     if kind == "rmsnorm":
-        return nn.RMSNorm(dtype=dtype, param_dtype=param_dtype, scale_init=scale, name=name)
-    return nn.LayerNorm(dtype=dtype, param_dtype=param_dtype, scale_init=scale,
+        return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, scale_init=scale, name=name)
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, scale_init=scale,
                         bias_init=partitioned(nn.initializers.zeros_init(), "embed"), name=name)
 
 

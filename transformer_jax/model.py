@@ -15,20 +15,31 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from transformer_jax.attention import Dense
 from transformer_jax.attention.masks import segment_ids_from_tokens
 from transformer_jax.attention.module import MultiHeadAttention, keys_per_query
-from transformer_jax.config import TransformerConfig
-from transformer_jax.layers import (MLP, Embed, LearnedPositions, dense, norm,
-                                    positions_from_segments, sinusoidal)
+from transformer_jax.config import GATED, TransformerConfig
+from transformer_jax.layers import (MLP, Embed, LearnedPositions, RelativePositionBias, activation_fn,
+                                    dense, norm, partitioned, positions_from_segments, sinusoidal)
 
 
-def _segments_and_positions(tokens, segment_ids, positions):
-    """Fill in unpacked defaults: segment 1 for real tokens, 0 for padding; positions 0..T-1."""
+def _default_segments(tokens, pad_id: int | None):
+    """Unpacked segment ids: 1 for real tokens, 0 for `pad_id` (no padding when pad_id is None)."""
+    return jnp.ones(tokens.shape, jnp.int32) if pad_id is None else segment_ids_from_tokens(tokens, pad_id)
+
+
+def _segments_and_positions(tokens, segment_ids, positions, pad_id: int | None):
+    """Fill in unpacked defaults: segments from `pad_id`; positions 0..T-1 (restarting at each
+    packed segment)."""
     if segment_ids is None:
-        segment_ids = segment_ids_from_tokens(tokens)
+        segment_ids = _default_segments(tokens, pad_id)
     if positions is None:
         positions = positions_from_segments(segment_ids)
     return segment_ids, positions
+
+
+def _norm(cfg: TransformerConfig, name: str):
+    return norm(cfg.norm, cfg.compute_dtype, cfg.params_dtype, name, cfg.norm_eps)
 
 
 class Residual(nn.Module):
@@ -39,7 +50,7 @@ class Residual(nn.Module):
     @nn.compact
     def __call__(self, x, sublayer, deterministic: bool):
         cfg = self.cfg
-        layer_norm = norm(cfg.norm, cfg.compute_dtype, cfg.params_dtype, "norm")
+        layer_norm = _norm(cfg, "norm")
         if cfg.norm_position == "pre":
             y = sublayer(layer_norm(x))
             return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
@@ -47,51 +58,60 @@ class Residual(nn.Module):
         return layer_norm(x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic))
 
 
-def _attention(cfg: TransformerConfig, spec, causal: bool, rotary: bool, name: str, cross: bool = False):
+def _attention(cfg: TransformerConfig, spec, causal: bool, name: str, cross: bool = False):
     return MultiHeadAttention(
         num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, spec=spec, causal=causal, cross=cross,
-        rotary_base=cfg.rotary_base if rotary else None, cache_len=cfg.max_len,
-        dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, name=name)
+        rotary_base=cfg.rotary_base if cfg.position == "rotary" and not cross else None,
+        cache_len=cfg.max_len, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+        num_kv_heads=cfg.num_kv_heads, use_bias=cfg.use_bias, scale=cfg.attention_scale, name=name)
 
 
 def _mlp(cfg: TransformerConfig):
-    return MLP(cfg.d_ff, cfg.activation, cfg.compute_dtype, cfg.params_dtype, name="mlp")
+    return MLP(cfg.d_ff, cfg.activation, cfg.compute_dtype, cfg.params_dtype, cfg.use_bias, name="mlp")
 
 
 class EncoderBlock(nn.Module):
-    """Self-attention then feed-forward, each in a residual."""
+    """Self-attention then feed-forward, each in a residual: x [B, S, D] -> [B, S, D].
+
+    Usable alone: `EncoderBlock(cfg)(x)` attends over all of x (no padding, positions 0..S-1).
+    """
 
     cfg: TransformerConfig
-    spec: object
+    spec: object = Dense()
 
     @nn.compact
-    def __call__(self, x, segment_ids, positions, deterministic: bool = True):
+    def __call__(self, x, segment_ids=None, positions=None, deterministic: bool = True, bias=None):
         cfg = self.cfg
-        attn = _attention(cfg, self.spec, False, cfg.position == "rotary", "self_attention")
+        attn = _attention(cfg, self.spec, False, "self_attention")
         x = Residual(cfg, name="attention_block")(
             x, lambda h: attn(h, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                              q_positions=positions), deterministic)
+                              q_positions=positions, bias=bias), deterministic)
         x = Residual(cfg, name="mlp_block")(x, _mlp(cfg), deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class DecoderBlock(nn.Module):
-    """Causal self-attention, optional cross-attention to the encoder, then feed-forward."""
+    """Causal self-attention, optional cross-attention to the encoder, then feed-forward.
+
+    Usable alone: `DecoderBlock(cfg, cross_spec=None)(x)` is a GPT block over x [B, T, D].
+    """
 
     cfg: TransformerConfig
-    spec: object
-    cross_spec: object | None  # None: decoder-only, no cross-attention
+    spec: object = Dense()
+    cross_spec: object | None = None  # None: decoder-only, no cross-attention
 
     @nn.compact
-    def __call__(self, x, segment_ids, positions, encoded=None, src_segment_ids=None,
-                 deterministic: bool = True, decode: bool = False):
+    def __call__(self, x, segment_ids=None, positions=None, encoded=None, src_segment_ids=None,
+                 deterministic: bool = True, decode: bool = False, bias=None):
         cfg = self.cfg
-        attn = _attention(cfg, self.spec, True, cfg.position == "rotary", "self_attention")
+        attn = _attention(cfg, self.spec, True, "self_attention")
         x = Residual(cfg, name="attention_block")(
             x, lambda h: attn(h, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                              q_positions=positions, decode=decode), deterministic)
+                              q_positions=positions, bias=bias, decode=decode), deterministic)
         if self.cross_spec is not None:
-            cross = _attention(cfg, self.cross_spec, False, False, "cross_attention", cross=True)
+            if encoded is None and not decode:
+                raise ValueError("DecoderBlock with cross_spec needs `encoded` (the encoder output)")
+            cross = _attention(cfg, self.cross_spec, False, "cross_attention", cross=True)
             x = Residual(cfg, name="cross_block")(
                 x, lambda h: cross(h, encoded, q_segment_ids=segment_ids,
                                    kv_segment_ids=src_segment_ids, decode=decode), deterministic)
@@ -100,20 +120,34 @@ class DecoderBlock(nn.Module):
 
 
 class Embedder(nn.Module):
-    """Tokens -> embeddings plus additive positions (none for rotary), then dropout."""
+    """Tokens -> embeddings (+ token types) + additive positions (none for rotary and relative),
+    then an optional norm (BERT, BART) and dropout."""
 
     cfg: TransformerConfig
     embed: Embed
 
     @nn.compact
-    def __call__(self, tokens, positions, deterministic: bool):
+    def __call__(self, tokens, positions, deterministic: bool, token_types=None):
         cfg = self.cfg
         x = self.embed(tokens)  # [B T D]
-        if cfg.position == "sinusoidal":
-            x = x + sinusoidal(positions, cfg.d_model, cfg.compute_dtype)
+        if cfg.type_vocab_size:
+            types = jnp.zeros_like(tokens) if token_types is None else token_types
+            table = Embed(cfg.type_vocab_size, cfg.d_model, cfg.compute_dtype, cfg.params_dtype,
+                          scale=False, name="token_types")
+            x = x + table(types)
+        elif token_types is not None:
+            raise ValueError("token_types were given but TransformerConfig.type_vocab_size is 0")
+        if cfg.position in ("sinusoidal", "sinusoidal_paper"):
+            x = x + sinusoidal(positions, cfg.d_model, cfg.compute_dtype, cfg.position == "sinusoidal_paper")
         elif cfg.position == "learned":
+            if tokens.shape[1] > cfg.max_len:
+                raise ValueError(f"sequence length {tokens.shape[1]} exceeds TransformerConfig.max_len="
+                                 f"{cfg.max_len}, the size of the learned position table; truncate the "
+                                 "input or use a model with a larger max_len")
             x = x + LearnedPositions(cfg.max_len, cfg.d_model, cfg.compute_dtype, cfg.params_dtype,
-                                     name="positions")(positions)
+                                     cfg.position_offset, name="positions")(positions)
+        if cfg.embed_norm:
+            x = _norm(cfg, "norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -121,56 +155,91 @@ class Embedder(nn.Module):
 def _final_norm(cfg: TransformerConfig, x):
     """Pre-LN stacks end with a norm; post-LN stacks are already normalised."""
     if cfg.norm_position == "pre":
-        return norm(cfg.norm, cfg.compute_dtype, cfg.params_dtype, "final_norm")(x)
+        return _norm(cfg, "final_norm")(x)
     return x
 
 
+def _relative_bias(cfg: TransformerConfig, bidirectional: bool):
+    return RelativePositionBias(cfg.num_heads, cfg.relative_buckets, cfg.relative_max_distance,
+                                bidirectional, cfg.compute_dtype, cfg.params_dtype, name="relative_bias")
+
+
+def _embed(cfg: TransformerConfig, name: str | None = None) -> Embed:
+    return Embed(cfg.vocab_size, cfg.d_model, cfg.compute_dtype, cfg.params_dtype, cfg.embed_scale, name=name)
+
+
 class Encoder(nn.Module):
+    """The encoder stack: tokens [B, S] -> [B, S, D]. Builds its own `embedding` unless given one
+    to share (the encoder-decoder shares it with the decoder)."""
+
     cfg: TransformerConfig
-    embed: Embed
+    embed: Embed | None = None
 
     @nn.compact
-    def __call__(self, tokens, segment_ids, positions, deterministic: bool = True):
-        """[B, S] tokens -> [B, S, D]."""
-        x = Embedder(self.cfg, self.embed, name="embedder")(tokens, positions, deterministic)
-        for i, spec in enumerate(self.cfg.layer_specs("encoder_attention")):
-            x = EncoderBlock(self.cfg, spec, name=f"layer_{i}")(x, segment_ids, positions, deterministic)
-        return _final_norm(self.cfg, x)
+    def __call__(self, tokens, segment_ids=None, positions=None, deterministic: bool = True,
+                 token_types=None):
+        cfg = self.cfg
+        segment_ids, positions = _segments_and_positions(tokens, segment_ids, positions, cfg.pad_id)
+        embed = self.embed if self.embed is not None else _embed(cfg, "embedding")
+        x = Embedder(cfg, embed, name="embedder")(tokens, positions, deterministic, token_types)
+        bias = _relative_bias(cfg, True)(positions, positions) if cfg.position == "relative" else None
+        for i, spec in enumerate(cfg.layer_specs("encoder_attention")):
+            x = EncoderBlock(cfg, spec, name=f"layer_{i}")(x, segment_ids, positions, deterministic, bias)
+        return _final_norm(cfg, x)
+
+
+def _output_logits(module: nn.Module, cfg: TransformerConfig, embed: Embed, x):
+    """[B, T, D] -> float32 logits [B, T, V]: the tied table or an untied `logits` projection,
+    after `logits_scale`, plus the optional `logits_bias`."""
+    if cfg.logits_scale != 1.0:
+        x = x * jnp.asarray(cfg.logits_scale, x.dtype)
+    if cfg.tie_output:
+        logits = embed.attend(x)
+    else:
+        logits = dense(cfg.vocab_size, ("embed", "vocab"), cfg.compute_dtype, cfg.params_dtype, "logits",
+                       use_bias=False)(x)
+    logits = logits.astype(jnp.float32)
+    if cfg.logits_bias:
+        logits = logits + module.param("logits_bias", partitioned(nn.initializers.zeros_init(), "vocab"),
+                                       (cfg.vocab_size,), cfg.params_dtype).astype(jnp.float32)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
 class Decoder(nn.Module):
     """The decoder stack. `cross=False` makes it a decoder-only language model."""
 
     cfg: TransformerConfig
-    embed: Embed
+    embed: Embed | None = None
     cross: bool = True
 
     @nn.compact
-    def __call__(self, tokens, segment_ids, positions, encoded=None, src_segment_ids=None,
+    def __call__(self, tokens, segment_ids=None, positions=None, encoded=None, src_segment_ids=None,
                  deterministic: bool = True, decode: bool = False):
-        """[B, T] tokens -> [B, T, V] float32 logits; `decode=True` runs one cached step."""
+        """[B, T] tokens -> [B, T, V] float32 logits; `decode=True` runs one cached step.
+
+        Decoder inputs are never padding (T5 and Marian start with the pad id): without segment
+        ids every token is real, which causal attention makes harmless for trailing padding.
+        """
         cfg = self.cfg
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
         if decode:  # the position is the number of steps already taken
             index = self.variable("cache", "decode_index", lambda: jnp.array(0, jnp.int32))
             positions = jnp.broadcast_to(index.value, tokens.shape)
             index.value = index.value + 1
-        x = Embedder(cfg, self.embed, name="embedder")(tokens, positions, deterministic)
+        elif positions is None:
+            positions = positions_from_segments(segment_ids)
+        embed = self.embed if self.embed is not None else _embed(cfg, "embedding")
+        x = Embedder(cfg, embed, name="embedder")(tokens, positions, deterministic)
+        bias = None
+        if cfg.position == "relative":  # while decoding, the keys are the cache's slots
+            kv_positions = jnp.arange(cfg.max_len, dtype=jnp.int32)[None] if decode else positions
+            bias = _relative_bias(cfg, False)(positions, kv_positions)
         cross_specs = cfg.layer_specs("cross_attention") if self.cross else (None,) * cfg.num_decoder_layers
         for i, (spec, cross_spec) in enumerate(zip(cfg.layer_specs("decoder_attention"), cross_specs)):
             x = DecoderBlock(cfg, spec, cross_spec, name=f"layer_{i}")(
-                x, segment_ids, positions, encoded, src_segment_ids, deterministic, decode)
-        x = _final_norm(cfg, x)
-        if cfg.tie_output:
-            logits = self.embed.attend(x)
-        else:
-            logits = dense(cfg.vocab_size, ("embed", "vocab"), cfg.compute_dtype, cfg.params_dtype,
-                           "logits")(x)
-        logits = logits.astype(jnp.float32)
-        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-
-
-def _embed(cfg: TransformerConfig, name: str | None = None) -> Embed:
-    return Embed(cfg.vocab_size, cfg.d_model, cfg.compute_dtype, cfg.params_dtype, name=name)
+                x, segment_ids, positions, encoded, src_segment_ids, deterministic, decode, bias)
+        return _output_logits(self, cfg, embed, _final_norm(cfg, x))
 
 
 class Transformer(nn.Module):
@@ -194,18 +263,15 @@ class Transformer(nn.Module):
 
     def encode(self, src, *, src_segment_ids=None, src_positions=None, deterministic: bool = True):
         """[B, S] -> [B, S, D]."""
-        seg, pos = _segments_and_positions(src, src_segment_ids, src_positions)
-        return self.encoder(src, seg, pos, deterministic)
+        return self.encoder(src, src_segment_ids, src_positions, deterministic)
 
     def decode(self, encoded, src, tgt_in, *, src_segment_ids=None, tgt_segment_ids=None,
                tgt_positions=None, deterministic: bool = True, decode: bool = False):
         """encoded [B, S, D], src [B, S] (for its padding), tgt_in [B, T] -> logits [B, T, V] float32."""
-        src_seg = segment_ids_from_tokens(src) if src_segment_ids is None else src_segment_ids
+        src_seg = _default_segments(src, self.cfg.pad_id) if src_segment_ids is None else src_segment_ids
         if decode:
-            tgt_seg, tgt_pos = jnp.ones_like(tgt_in, jnp.int32), None
-        else:
-            tgt_seg, tgt_pos = _segments_and_positions(tgt_in, tgt_segment_ids, tgt_positions)
-        return self.decoder(tgt_in, tgt_seg, tgt_pos, encoded, src_seg, deterministic, decode)
+            tgt_segment_ids = tgt_positions = None
+        return self.decoder(tgt_in, tgt_segment_ids, tgt_positions, encoded, src_seg, deterministic, decode)
 
     def __call__(self, src, tgt_in, *, src_segment_ids=None, src_positions=None, tgt_segment_ids=None,
                  tgt_positions=None, deterministic: bool = True):
@@ -223,35 +289,40 @@ def _masked_mean(x, segment_ids):
 
 
 class EncoderClassifier(nn.Module):
-    """Encoder-only sequence classifier: mean-pooled encoder output -> class logits (float32)."""
+    """Encoder-only sequence classifier: pooled encoder output (the mean over tokens, or the first
+    token as in BERT) -> tanh pooler -> class logits (float32)."""
 
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, inputs, *, segment_ids=None, positions=None, deterministic: bool = True):
+    def __call__(self, inputs, *, segment_ids=None, positions=None, token_types=None,
+                 deterministic: bool = True):
         cfg = self.cfg
-        seg, pos = _segments_and_positions(inputs, segment_ids, positions)
-        x = Encoder(cfg, _embed(cfg, "embedding"), name="encoder")(inputs, seg, pos, deterministic)
-        pooled = _masked_mean(x, seg)  # [B D]
+        seg, pos = _segments_and_positions(inputs, segment_ids, positions, cfg.pad_id)
+        x = Encoder(cfg, name="encoder")(inputs, seg, pos, deterministic, token_types)
+        pooled = x[:, 0] if cfg.pooling == "cls" else _masked_mean(x, seg)  # [B D]
         h = nn.tanh(dense(cfg.d_model, ("embed", "mlp"), cfg.compute_dtype, cfg.params_dtype, "pooler")(pooled))
+        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         logits = dense(cfg.num_classes, ("mlp", "classes"), cfg.compute_dtype, cfg.params_dtype, "classifier")(h)
         return logits.astype(jnp.float32)  # [B C]
 
 
 class MaskedLM(nn.Module):
-    """Encoder-only masked language model (BERT's MLM head, tied to the input embedding)."""
+    """Encoder-only masked language model: BERT's MLM head (dense, activation, norm) on the encoder,
+    then the (tied) output logits."""
 
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, inputs, *, segment_ids=None, positions=None, deterministic: bool = True):
+    def __call__(self, inputs, *, segment_ids=None, positions=None, token_types=None,
+                 deterministic: bool = True):
         cfg = self.cfg
-        seg, pos = _segments_and_positions(inputs, segment_ids, positions)
         embed = _embed(cfg, "embedding")
-        x = Encoder(cfg, embed, name="encoder")(inputs, seg, pos, deterministic)
-        x = nn.gelu(dense(cfg.d_model, ("embed", "mlp"), cfg.compute_dtype, cfg.params_dtype, "transform")(x))
-        x = norm(cfg.norm, cfg.compute_dtype, cfg.params_dtype, "transform_norm")(x)
-        return embed.attend(x).astype(jnp.float32)  # [B S V]
+        x = Encoder(cfg, embed, name="encoder")(inputs, segment_ids, positions, deterministic, token_types)
+        x = activation_fn(cfg.activation)(
+            dense(cfg.d_model, ("embed", "mlp"), cfg.compute_dtype, cfg.params_dtype, "transform")(x))
+        x = _norm(cfg, "transform_norm")(x)
+        return _output_logits(self, cfg, embed, x)  # [B S V]
 
 
 class DecoderLM(nn.Module):
@@ -262,10 +333,8 @@ class DecoderLM(nn.Module):
     @nn.compact
     def __call__(self, inputs, *, segment_ids=None, positions=None, deterministic: bool = True,
                  decode: bool = False):
-        cfg = self.cfg
-        seg, pos = _segments_and_positions(inputs, segment_ids, positions)
-        return Decoder(cfg, _embed(cfg, "embedding"), cross=False, name="decoder")(
-            inputs, seg, pos, deterministic=deterministic, decode=decode)
+        return Decoder(self.cfg, _embed(self.cfg, "embedding"), cross=False, name="decoder")(
+            inputs, segment_ids, positions, deterministic=deterministic, decode=decode)
 
 
 def flops_per_token(cfg: TransformerConfig, src_len: int, tgt_len: int) -> float:
@@ -275,13 +344,14 @@ def flops_per_token(cfg: TransformerConfig, src_len: int, tgt_len: int) -> float
     spec really visits, as in PaLM's MFU accounting (Chowdhery et al. 2022, appendix B).
     """
     d, f, a = cfg.d_model, cfg.d_ff, cfg.num_heads * cfg.resolved_head_dim
-    mlp = 2 * d * f * (3 if cfg.activation in ("swiglu", "geglu") else 2)
-    proj = 2 * 4 * d * a  # q, k, v and output projections
+    kv = cfg.resolved_kv_heads * cfg.resolved_head_dim
+    mlp = 2 * d * f * (3 if cfg.activation in GATED else 2)
+    proj = 2 * 2 * d * (a + kv)  # q and output projections, k and v (fewer heads with GQA)
     enc = sum(proj + mlp + 4 * a * keys_per_query(s, src_len, False)
               for s in cfg.layer_specs("encoder_attention")) * src_len
     dec = sum(proj + mlp + 4 * a * keys_per_query(s, tgt_len, True)
               for s in cfg.layer_specs("decoder_attention")) * tgt_len
-    cross = sum(2 * 2 * d * a * tgt_len + 2 * 2 * d * a * src_len + 4 * a * keys_per_query(s, src_len, False) * tgt_len
+    cross = sum(2 * 2 * d * a * tgt_len + 2 * 2 * d * kv * src_len + 4 * a * keys_per_query(s, src_len, False) * tgt_len
                 for s in cfg.layer_specs("cross_attention")) if cfg.num_encoder_layers else 0
     logits = 2 * d * cfg.vocab_size * tgt_len
     return 3.0 * (enc + dec + cross + logits) / tgt_len

@@ -14,13 +14,17 @@ from transformer_jax.attention import masks
 from transformer_jax.attention.base import check_qkv
 
 
-def masked_softmax_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
-    """softmax(q k^T / sqrt(H)) v with a boolean mask broadcastable to [B, N, T, S].
+def masked_softmax_attention(q: Array, k: Array, v: Array, mask: Array | None,
+                             bias: Array | None = None) -> Array:
+    """softmax(q k^T / sqrt(H) + bias) v with a boolean mask broadcastable to [B, N, T, S].
 
+    `bias` (broadcastable to [B, N, T, S], e.g. T5's relative positions) is added to the scores.
     Scores and softmax in float32; rows with no visible key give zeros (not a uniform average).
     """
     scale = 1.0 / np.sqrt(q.shape[-1])
     s = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale  # [B N T S]
+    if bias is not None:
+        s = s + bias.astype(jnp.float32)
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
     m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
@@ -45,7 +49,8 @@ class Dense:
     def mask(self, q_len: int, kv_len: int, causal: bool = False) -> np.ndarray:
         return masks.causal_mask(q_len, kv_len) if causal else np.ones((q_len, kv_len), bool)
 
-    def __call__(self, q, k, v, *, causal=False, q_segment_ids=None, kv_segment_ids=None):
+    def __call__(self, q, k, v, *, causal=False, q_segment_ids=None, kv_segment_ids=None, bias=None):
+        """As every spec, plus an optional additive score `bias` [B or 1, N, T, S] (Dense only)."""
         check_qkv(q, k, v, q_segment_ids, kv_segment_ids)
         seg = None
         if q_segment_ids is not None or kv_segment_ids is not None:
@@ -56,10 +61,10 @@ class Dense:
         mask = masks.combine(pattern, seg)
         if self.backend == "cudnn" and jax.default_backend() == "gpu":
             try:
-                out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+                out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation="cudnn")
                 if mask is not None:  # cuDNN averages fully masked rows; the contract gives zeros
                     out = jnp.where(jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None], out, 0)
                 return out
             except (NotImplementedError, ValueError, RuntimeError):
                 pass
-        return masked_softmax_attention(q, k, v, mask)
+        return masked_softmax_attention(q, k, v, mask, bias)

@@ -15,9 +15,9 @@ import numpy as np
 from jax import Array
 
 
-def segment_ids_from_tokens(tokens: Array) -> Array:
-    """[B, T] int tokens (0 = padding) -> [B, T] int32 segment ids (0 = padding)."""
-    return (tokens != 0).astype(jnp.int32)
+def segment_ids_from_tokens(tokens: Array, pad_id: int = 0) -> Array:
+    """[B, T] int tokens -> [B, T] int32 segment ids (0 where the token is `pad_id`)."""
+    return (tokens != pad_id).astype(jnp.int32)
 
 
 def segment_mask(q_segment_ids: Array, kv_segment_ids: Array) -> Array:
