@@ -1,0 +1,202 @@
+"""`from_pretrained` and `save_pretrained`: Hugging Face model directories <-> (model, variables).
+
+Loading checks everything it can before reading a byte of tensor data: the files, the
+architecture, every config field, the full set of tensor names and each tensor's shape (from the
+safetensors headers). Then it reads one tensor at a time and places it straight into its sharding
+(from the logical rules table) when a mesh is given, so each device only ever holds its shard and
+the host holds at most one tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from transformer_jax import sharding
+from transformer_jax.config import TransformerConfig
+from transformer_jax.model import Transformer
+from transformer_jax.pretrained.checkpoint_files import (SINGLE, TensorReader, read_json, weight_files,
+                                                         write_json, write_tensors)
+from transformer_jax.pretrained.families import ARCHITECTURES, FAMILIES, Family
+from transformer_jax.pretrained.tensors import Tensor
+
+# Fields that do not change what a model computes at inference, or that its class never reads.
+_IRRELEVANT = {"dtype", "param_dtype", "dropout_rate"}
+_UNUSED_BY = {
+    "Encoder": {"num_decoder_layers", "decoder_attention", "cross_attention", "share_embeddings", "tie_output",
+                "logits_bias", "logits_scale", "num_classes", "pooling"},
+    "MaskedLM": {"num_decoder_layers", "decoder_attention", "cross_attention", "share_embeddings",
+                 "num_classes", "pooling"},
+    "EncoderClassifier": {"num_decoder_layers", "decoder_attention", "cross_attention", "share_embeddings",
+                          "tie_output", "logits_bias", "logits_scale"},
+    "DecoderLM": {"num_encoder_layers", "encoder_attention", "cross_attention", "share_embeddings",
+                  "num_classes", "pooling", "pad_id", "type_vocab_size"},
+    "Transformer": {"num_classes", "pooling", "type_vocab_size"},
+}
+
+
+def _architecture(hf: dict, config_path: Path) -> tuple[str, Family]:
+    archs = hf.get("architectures") or []
+    supported = ", ".join(sorted(ARCHITECTURES))
+    if not archs:
+        raise ValueError(f"{config_path} has no 'architectures' entry; supported architectures: {supported}")
+    if archs[0] not in ARCHITECTURES:
+        raise ValueError(f"{config_path}: architecture {archs[0]!r} is not supported; supported: {supported}")
+    return archs[0], ARCHITECTURES[archs[0]]
+
+
+def _example_inputs(model) -> tuple:
+    ids = jnp.ones((1, 1), jnp.int32)
+    return (ids, ids) if isinstance(model, Transformer) else (ids,)
+
+
+def abstract_params(model) -> dict:
+    """The model's (boxed) parameter shapes, without allocating them."""
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), *_example_inputs(model)))["params"]
+
+
+def _check_names(table: list[Tensor], stored: set[str], family: Family, directory: Path) -> dict[str, str]:
+    """Row name -> the stored name to read; raises naming missing and unexpected tensors."""
+    chosen, missing = {}, []
+    for row in table:
+        found = next((n for n in (row.name, *row.aliases) if n in stored), None)
+        if found is None:
+            missing.append(row.name)
+        chosen[row.name] = found
+    known = {n for row in table for n in (row.name, *row.aliases)}
+    unexpected = sorted(n for n in stored - known if not any(re.fullmatch(p, n) for p in family.ignored))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensor(s): {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
+        if unexpected:
+            parts.append(f"unexpected tensor(s): {', '.join(unexpected[:12])}{' ...' if len(unexpected) > 12 else ''}")
+        raise ValueError(f"{directory}: the checkpoint does not match its config.json ({family.name}): "
+                         + "; ".join(parts))
+    return chosen
+
+
+def _expected_shape(row: Tensor, shapes: dict) -> tuple[int, ...]:
+    structs = [jax.ShapeDtypeStruct(shapes[p], jnp.float32) for p in row.paths]
+    return tuple(jax.eval_shape(row.save, *structs).shape)
+
+
+def from_pretrained(path, *, mesh=None, dtype: str | None = None, param_dtype: str = "float32",
+                    rules=sharding.LOGICAL_RULES, **config_overrides):
+    """Load a Hugging Face model directory: returns `(model, variables)`.
+
+    `config.json`'s `architectures[0]` picks the model (see `SUPPORTED`); weights come from
+    `model.safetensors` or a sharded `model.safetensors.index.json`. With `mesh`, every parameter is
+    created already sharded by the logical rules. `dtype` sets the computation dtype;
+    `config_overrides` replace further `TransformerConfig` fields (e.g. `max_len`, `dropout_rate`).
+    """
+    directory = Path(path)
+    files = weight_files(directory)  # first: a missing directory or weights file is the likeliest error
+    hf = read_json(directory / "config.json")
+    arch, family = _architecture(hf, directory / "config.json")
+    cfg = family.to_config(hf)
+    overrides = dict(config_overrides, param_dtype=param_dtype)
+    if dtype is not None:
+        overrides["dtype"] = dtype
+    cfg = cfg.replace(**overrides)
+    model = family.architectures[arch](cfg)
+
+    boxed = abstract_params(model)
+    shardings = flatten_dict(sharding.logical_shardings(boxed, mesh, rules)) if mesh is not None else {}
+    shapes = {p: tuple(x.shape) for p, x in flatten_dict(nn.unbox(boxed)).items()}
+    table = family.tensors(cfg, arch)
+    covered = [p for row in table for p in row.paths]
+    assert sorted(covered) == sorted(shapes), (  # a bug in a tensor table, never the user's input
+        f"{family.name} table vs model: {sorted(set(covered) ^ set(shapes))}")
+
+    reader = TensorReader(files)
+    stored = _check_names(table, reader.names(), family, directory)
+    for row in table:
+        want, got = _expected_shape(row, shapes), reader.shape(stored[row.name])
+        if want != got:
+            raise ValueError(f"{directory}: tensor {stored[row.name]!r} has shape {got} in the checkpoint, "
+                             f"but config.json implies {want}")
+
+    np_dtype = jnp.dtype(param_dtype)
+    params = {}
+    for row in table:
+        for p, value in zip(row.paths, row.load(reader.read(stored[row.name]))):
+            value = np.asarray(value, np_dtype)
+            if p in shardings:
+                params[p] = jax.make_array_from_callback(value.shape, shardings[p], lambda idx, v=value: v[idx])
+            else:
+                params[p] = jnp.asarray(value)
+    return model, {"params": unflatten_dict(params)}
+
+
+def _differences(cfg: TransformerConfig, other: TransformerConfig, model_name: str) -> list[str]:
+    skip = _IRRELEVANT | _UNUSED_BY.get(model_name, set())
+    return [f.name for f in dataclasses.fields(cfg)
+            if f.name not in skip and getattr(cfg, f.name) != getattr(other, f.name)]
+
+
+def hf_config_of(model) -> tuple[dict, Family, str]:
+    """The config.json a model would be saved with; raises naming a field with no equivalent."""
+    cls, cfg = type(model), model.cfg
+    candidates = [f for f in FAMILIES if cls in f.architectures.values()]
+    if not candidates:
+        raise ValueError(f"{cls.__name__} has no Hugging Face equivalent; supported models: "
+                         f"{', '.join(sorted({c.__name__ for f in FAMILIES for c in f.architectures.values()}))}")
+    best = None
+    for family in candidates:
+        arch = family.architecture_of(cls)
+        hf = dict(family.to_hf(cfg), architectures=[arch])
+        try:
+            diffs = _differences(cfg, family.to_config(hf), cls.__name__)
+        except ValueError as e:  # the exported config is itself unsupported
+            diffs = [str(e)]
+        if best is None or len(diffs) < len(best[3]):
+            best = (hf, family, arch, diffs)
+    hf, family, arch, diffs = best
+    if diffs:
+        field = diffs[0]
+        if not hasattr(cfg, field):
+            raise ValueError(f"{cls.__name__} cannot be saved as {family.name}: {field}")
+        expected = getattr(family.to_config(hf), field)
+        raise ValueError(
+            f"TransformerConfig.{field}={getattr(cfg, field)!r} has no Hugging Face equivalent for "
+            f"{cls.__name__}: the closest architecture, {arch}, needs {field}={expected!r}"
+            + (f" (also differs: {', '.join(diffs[1:])})" if len(diffs) > 1 else ""))
+    return hf, family, arch
+
+
+def save_pretrained(model, variables, path, *, generation_config: dict | None = None) -> Path:
+    """Write `config.json` and `model.safetensors` in the Hugging Face layout (float32).
+
+    Raises a ValueError naming the field when the model has no reference equivalent (e.g. a
+    `BlockSparse` encoder). Files are written beside their final names and renamed into place.
+    """
+    hf, family, arch = hf_config_of(model)
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
+    params = flatten_dict(nn.unbox(variables["params"]))
+    table = family.tensors(model.cfg, arch)
+    missing = sorted({p for row in table for p in row.paths} - set(params))
+    if missing:
+        raise ValueError(f"save_pretrained: variables lack parameter(s) {['/'.join(p) for p in missing[:8]]}")
+    tensors = {}
+    for row in table:
+        arrays = [np.asarray(jax.experimental.multihost_utils.process_allgather(params[p], tiled=True)
+                             if not params[p].is_fully_addressable else params[p], np.float32)
+                  for p in row.paths]
+        tensors[row.name] = np.asarray(row.save(*arrays), np.float32)
+    if jax.process_index() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_tensors(directory / SINGLE, tensors)
+        write_json(directory / "config.json", dict(hf, torch_dtype="float32"))
+        if generation_config is not None:
+            write_json(directory / "generation_config.json", generation_config)
+    return directory
