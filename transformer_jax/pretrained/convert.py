@@ -21,6 +21,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from transformer_jax import sharding
 from transformer_jax.config import TransformerConfig
+from transformer_jax.decode import GenerationConfig
 from transformer_jax.model import Transformer
 from transformer_jax.pretrained.checkpoint_files import (SINGLE, TensorReader, read_json, weight_files,
                                                          write_json, write_tensors)
@@ -134,6 +135,20 @@ def from_pretrained(path, *, mesh=None, dtype: str | None = None, param_dtype: s
             else:
                 params[p] = jnp.asarray(value)
     return model, {"params": unflatten_dict(params)}
+
+
+_GENERATION_KEYS = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
+                    "forced_bos_token_id", "forced_eos_token_id")
+
+
+def load_generation_config(path) -> GenerationConfig:
+    """The directory's `generation_config.json`, or (as Hugging Face does without one) the special
+    token ids of its `config.json`."""
+    directory = Path(path)
+    if (directory / "generation_config.json").exists():
+        return GenerationConfig.from_json(directory / "generation_config.json")
+    hf = read_json(directory / "config.json")
+    return GenerationConfig.from_dict({k: hf[k] for k in _GENERATION_KEYS if hf.get(k) is not None})
 
 
 def _differences(cfg: TransformerConfig, other: TransformerConfig, model_name: str) -> list[str]:
