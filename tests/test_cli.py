@@ -2,12 +2,16 @@
 writes metrics.jsonl, a checkpoint and eval.json, and resumes; bad configs fail before compiling
 with a message naming the field."""
 
+import dataclasses
 import json
 import os
 
 import pytest
 
 from transformer_jax import cli
+from transformer_jax.attention import BlockSparse, Dense, Windowed
+from transformer_jax.config import TransformerConfig
+from transformer_jax.train import experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(REPO, "configs", "default.py")
@@ -61,3 +65,74 @@ def test_missing_workdir_parent_and_config_file(tmp_path):
         cli.main(["train", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "w")])
     with pytest.raises(SystemExit, match="unknown command 'fit'"):
         cli.main(["fit"])
+
+
+def _model(*overrides):
+    """TransformerConfig from configs/default.py with command-line overrides (parsed, not trained)."""
+    fv = cli._flags(["--config", DEFAULT, "--workdir", "unused", *overrides])
+    return fv.config, experiment.model_config(fv.config)
+
+
+def test_every_transformer_config_field_is_a_key_and_settable():
+    """config.model lists every TransformerConfig field (fields added later appear by themselves), and
+    each can be set from the command line: re-setting every field to its own value changes nothing."""
+    config, cfg = _model()
+    names = [f.name for f in dataclasses.fields(TransformerConfig)]
+    assert sorted(config.model.keys()) == sorted(names)
+    again = [f"--config.model.{n}={v if isinstance(v, str) else repr(v)}"
+             for n, v in ((n, getattr(cfg, n)) for n in names)]
+    assert _model(*again)[1] == cfg
+
+
+def test_model_overrides_including_attention_specs_and_none_defaults():
+    _, cfg = _model("--config.model.activation=gelu", "--config.model.norm=rmsnorm",
+                    "--config.model.norm_position=pre", "--config.model.position=rotary",
+                    "--config.model.head_dim=16", "--config.model.param_dtype=bfloat16",
+                    "--config.model.encoder_attention=Windowed(128)",
+                    "--config.model.decoder_attention=BlockSparse(block_size=64)",
+                    "--config.model.cross_attention=Dense()")
+    assert (cfg.activation, cfg.norm, cfg.norm_position, cfg.position) == ("gelu", "rmsnorm", "pre", "rotary")
+    assert cfg.head_dim == 16 and cfg.param_dtype == "bfloat16"
+    assert cfg.encoder_attention == Windowed(128)
+    assert cfg.decoder_attention == BlockSparse(block_size=64) and cfg.cross_attention == Dense()
+    _, cfg = _model("--config.model.encoder_attention=(Windowed(8), Dense(), BlockSparse(16))")
+    assert cfg.encoder_attention == (Windowed(8), Dense(), BlockSparse(16))  # one per layer (3 layers)
+    _, cfg = _model("--config.model.head_dim=16", "--config.model.head_dim=None")
+    assert cfg.head_dim is None
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Dense()", Dense()), ("Dense", Dense()), ("Windowed(128)", Windowed(128)),
+    ("Windowed(window=128)", Windowed(128)), (" BlockSparse(block_size=64) ", BlockSparse(block_size=64)),
+    ("[Dense(), Windowed(4)]", (Dense(), Windowed(4))),
+])
+def test_parse_attention_accepts_spec_calls(text, want):
+    assert experiment.parse_attention(text, "encoder_attention") == want
+
+
+@pytest.mark.parametrize("text", [
+    "__import__('os').system('true')", "Windowed(window=n)", "Dense().mask", "lambda: Dense()",
+    "Windowed(*[1])", "Dense(**{})", "Windowed(", "open('x')", "Windowed(128)(1)",
+])
+def test_parse_attention_rejects_anything_else_naming_the_field(text):
+    with pytest.raises(ValueError, match=r"config\.model\.encoder_attention=.*valid specs: BlockSparse, Dense"):
+        experiment.parse_attention(text, "encoder_attention")
+
+
+def test_train_help_lists_the_config_keys_with_their_defaults(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--config.batch_size=64" in out and "--config.optimizer.learning_rate=0.002" in out
+    assert "--config.model.head_dim=None" in out and "--config.model.norm_position='post'" in out
+    assert "--config.model.encoder_attention=Dense(" in out
+    for f in dataclasses.fields(TransformerConfig):
+        assert f"--config.model.{f.name}=" in out
+    assert cli.main(["train", "--help", "--config", os.path.join(REPO, "configs", "long.py")]) == 0
+    assert "--config.model.encoder_attention=Windowed(window=128)" in capsys.readouterr().out
+
+
+def test_unknown_key_names_the_flag_that_has_it(tmp_path):
+    with pytest.raises(SystemExit, match=r"in --config\.optimiser\.name") as exc:
+        cli.main(["train", "--config", DEFAULT, "--workdir", str(tmp_path / "w"), "--config.batch_size=16",
+                  "--config.seed=1", "--config.optimiser.name=adamw"])
+    assert "--config.batch_size" not in str(exc.value.code) and "optimizer" in str(exc.value.code)

@@ -2,6 +2,7 @@
 run's per-step losses and final parameters bit for bit; the non-finite guard stops with the step."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,8 +105,7 @@ def test_sigkill_between_checkpoints_then_resume_is_bitwise_identical(tmp_path):
     assert len({a[s]["loss"] for s in a}) == 8  # the losses do change from step to step
 
 
-def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
-    from transformer_jax.train.synthetic import SyntheticIterator
+def _tiny_synthetic(**overrides):
     sys.path.insert(0, os.path.join(REPO, "configs"))
     import tiny
 
@@ -113,7 +113,16 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_pa
     c.data.task = "synthetic"
     c.model.update(vocab_size=64, num_decoder_layers=1, num_encoder_layers=1)
     c.data.max_src_len = 8
-    c.num_train_steps, c.checkpoint_every = 6, 1
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 100])
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, checkpoint_every):
+    from transformer_jax.train.synthetic import SyntheticIterator
+
+    c = _tiny_synthetic(num_train_steps=6, checkpoint_every=checkpoint_every)
     c.optimizer.update(name="sgd", learning_rate=1e30, clip_norm=0.0)  # explodes after the first update
     c.schedule.update(name="constant")
     it = SyntheticIterator(global_batch_size=c.batch_size, max_len=8, vocab_size=64)
@@ -122,4 +131,97 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_pa
     bad_step = int(str(err.value).split("at step ")[1].split()[0])
     assert bad_step >= 2
     with Checkpointer(tmp_path / "run" / "checkpoints") as ckpt:
-        assert ckpt.latest_step() == bad_step - 1  # the last good state; the bad one was never saved
+        latest = ckpt.latest_step()
+    if checkpoint_every == 1:
+        assert latest == bad_step - 1  # the last good state; the bad one was never saved
+        assert f"the last checkpoint (step {latest}) is intact" in str(err.value)
+    else:
+        assert latest is None
+        assert "no checkpoint had been saved yet" in str(err.value) and "None" not in str(err.value)
+
+
+class _Classification:
+    """Classification-shaped batches (inputs, label) with get_state/set_state."""
+
+    def __init__(self, batch, length, vocab=64, classes=2):
+        self.batch, self.length, self.vocab, self.classes, self.position = batch, length, vocab, classes, 0
+
+    def __next__(self):
+        rng = np.random.default_rng(self.position)
+        self.position += 1
+        inputs = rng.integers(4, self.vocab, size=(self.batch, self.length)).astype(np.int32)
+        return {"inputs": inputs, "label": rng.integers(0, self.classes, size=self.batch).astype(np.int32)}
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
+
+
+@pytest.mark.parametrize("model_type,unit", [("transformer", "tokens"), ("encoder_classifier", "examples")])
+def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path, capsys, model_type, unit):
+    """Off a TTY (here: captured), every log_every steps print step/total, loss, rate (tokens/s, or
+    examples/s for classification) and ETA; no tqdm bar."""
+    from transformer_jax.train.synthetic import SyntheticIterator
+
+    c = _tiny_synthetic(num_train_steps=4, log_every=2, checkpoint_every=100, model_type=model_type)
+    if model_type == "transformer":
+        it = SyntheticIterator(global_batch_size=c.batch_size, max_len=8, vocab_size=64)
+    else:
+        c.model.update(num_decoder_layers=0, num_classes=2)
+        it = _Classification(c.batch_size, 8)
+    loop.train(c, str(tmp_path / "run"), train_iter=it)
+    out = capsys.readouterr()
+    lines = [line for line in out.out.splitlines() if line.startswith("step ")]
+    pattern = rf"step (\d)/4 \| loss \d+\.\d{{4}} \| [\d,]+ {unit}/s \| ETA \d+:\d\d:\d\d"
+    assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["2", "4"], out.out
+    assert "it/s" not in out.err  # no tqdm bar
+
+
+def test_setup_failure_removes_a_workdir_it_created_and_keeps_an_existing_one(tmp_path):
+    class Broken:
+        def get_state(self):
+            return {}
+
+        def __next__(self):
+            raise ValueError("no batches")
+
+    c = _tiny_synthetic()
+    with pytest.raises(ValueError, match="no batches"):
+        loop.setup(c, str(tmp_path / "fresh"), train_iter=Broken())
+    assert not os.path.exists(tmp_path / "fresh")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="no batches"):
+        loop.setup(c, str(tmp_path / "old"), train_iter=Broken())
+    assert (tmp_path / "old" / "keep.txt").read_text() == "x"
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    """Ctrl-C (SIGINT) is handled like SIGTERM: the step in flight finishes, a checkpoint is saved,
+    a message says how to resume, exit status 130, no KeyboardInterrupt traceback."""
+    workdir = tmp_path / "run"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    args = [sys.executable, "-m", "transformer_jax.cli", "train", "--config", os.path.join(REPO, "configs", "tiny.py"),
+            "--workdir", str(workdir), "--config.data.task=synthetic", "--config.model.vocab_size=64",
+            "--config.data.max_src_len=8", "--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1",
+            "--config.num_train_steps=100000", "--config.checkpoint_every=100000", "--config.log_every=1"]
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("step 3/100000") or time.time() > deadline:
+            break
+    assert proc.poll() is None, "".join(seen) + proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    out = "".join(seen) + out
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err
+    saved = int(re.search(r"SIGINT: saved checkpoint at step (\d+); exiting", out).group(1))
+    assert saved >= 3
+    assert f"interrupted: saved the checkpoint of step {saved}" in err and "resume" in err
+    with Checkpointer(workdir / "checkpoints") as ckpt:
+        assert ckpt.all_steps() == [saved]

@@ -25,9 +25,11 @@ from transformer_jax.config import TransformerConfig, preset
 MODEL_TYPES = ("transformer", "encoder_classifier", "masked_lm", "decoder_lm")
 NONFINITE = ("stop", "skip")
 SYNTHETIC = "synthetic"
-# Which model types train on each kind of task (the batches each kind's pipeline yields).
-TASK_MODELS = {"translation": ("transformer",), "synthetic": ("transformer",),
-               "classification": ("encoder_classifier",), "lm": ("decoder_lm",)}
+# Which model types train on each kind of task (the batches each kind's pipeline yields); a
+# synthetic task's batches come from the caller's iterator, checked by `check_batch_fits`.
+TASK_MODELS = {"translation": ("transformer",), "classification": ("encoder_classifier",), "lm": ("decoder_lm",)}
+BATCH_KEYS = {"transformer": ("src", "tgt_in", "tgt_out"), "encoder_classifier": ("inputs", "label"),
+              "masked_lm": ("inputs", "targets"), "decoder_lm": ("inputs", "targets")}
 EVAL_METRICS = ("eval_loss", "eval_nll", "eval_accuracy")  # what `loop.evaluate_loss` returns
 
 
@@ -230,6 +232,15 @@ def _check_model_fits_task(config) -> None:
                          f"{config.data.task!r} (a {kind} task); valid for it: {', '.join(fits)}")
 
 
+def check_batch_fits(config, batch_keys) -> None:
+    """The batches carry what `config.model_type` reads (checked on the first batch, before init)."""
+    need = BATCH_KEYS.get(config.model_type, ())
+    missing = [k for k in need if k not in batch_keys]
+    if missing:
+        raise ValueError(f"config.model_type={config.model_type!r} needs batches with {', '.join(need)}; "
+                         f"config.data.task={config.data.task!r} yields {', '.join(sorted(batch_keys))}")
+
+
 def _check_counts(config) -> None:
     for name in ("batch_size", "micro_batches", "log_every", "checkpoint_every", "keep_checkpoints"):
         _check_int(config, "", name, 1)
@@ -289,7 +300,12 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     if workdir is not None:
         check_workdir(workdir)
     _check_choice(config, "model_type", MODEL_TYPES)
-    model_config(config)
+    vocab = model_config(config).vocab_size
+    spm = config.data.task != SYNTHETIC and config.data.tokenizer == "sentencepiece"
+    if spm and (config.data.vocab_size or 0) > vocab:
+        raise ValueError(f"config.model.vocab_size={vocab} is smaller than config.data.vocab_size="
+                         f"{config.data.vocab_size} (the SentencePiece vocabulary); set it to at least "
+                         f"{config.data.vocab_size}")
     _check_model_fits_task(config)
     sizes = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
     _check_counts(config)

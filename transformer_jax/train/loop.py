@@ -31,7 +31,7 @@ import numpy as np
 from transformer_jax import sharding as shd
 from transformer_jax.train import optim
 from transformer_jax.train.experiment import (MODEL_TYPES, NONFINITE, SYNTHETIC, build_model,  # noqa: F401
-                                              model_config, task_kind, validate_config)
+                                              check_batch_fits, model_config, task_kind, validate_config)
 from transformer_jax.train.state import TrainState, abstract_state, count_params, create_train_state
 from transformer_jax.train.step import (StepConfig, jit_eval_step, jit_train_step, make_eval_step,
                                         make_train_step)
@@ -288,6 +288,7 @@ def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -
     if train_iter is None:
         train_iter = make_data_iterator(config, "train", tokenizer, repeat=True)
     example = _peek(train_iter)
+    check_batch_fits(config, example)
     shapes = {k: jax.ShapeDtypeStruct((config.batch_size, *np.shape(v)[1:]), np.asarray(v).dtype)
               for k, v in example.items()}
     state, shardings = create_train_state(model, tx, shapes, mesh, seed=config.seed)
