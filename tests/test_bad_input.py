@@ -23,6 +23,7 @@ def _train(workdir, *overrides):
 CASES = [
     ("workdir_is_a_file", lambda t, w: _train(str(t / "file")), ["--workdir=", "file", "is a file"]),
     ("workdir_under_a_file", lambda t, w: _train(str(t / "file" / "run")), ["--workdir=", "lies under", "file"]),
+    ("decode_workdir_is_a_file", lambda t, w: ["decode", "--workdir", str(t / "file")], ["--workdir=", "is a file"]),
     ("decode_missing_workdir", lambda t, w: ["decode", "--workdir", w], ["--workdir=", "does not exist"]),
     ("decode_empty_workdir", lambda t, w: ["decode", "--workdir", str(t / "empty")], ["empty", "no checkpoint"]),
     ("eval_empty_workdir", lambda t, w: ["eval", "--workdir", str(t / "empty")], ["empty", "no checkpoint"]),

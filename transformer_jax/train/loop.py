@@ -183,9 +183,8 @@ def _stop_signals():
         if signum == signal.SIGINT and flag["signal"] == "SIGINT":
             raise KeyboardInterrupt
         flag["signal"] = signal.Signals(signum).name
-        if signum == signal.SIGINT:
-            print("\nSIGINT: saving a checkpoint after this step (Ctrl-C again to abort without saving)",
-                  file=sys.stderr, flush=True)
+        if signum == signal.SIGINT:  # os.write: print() here could re-enter a stream tqdm is writing
+            os.write(2, b"\nSIGINT: saving a checkpoint after this step (Ctrl-C again to abort without saving)\n")
 
     previous = {}
     for sig in STOP_SIGNALS:
