@@ -54,6 +54,8 @@ CASES = [
      ["config.model.encoder_attention", "__import__"]),
     ("bad_attention_argument", lambda t, w: _train(w, "--config.model.encoder_attention=Windowed(-3)"),
      ["config.model.encoder_attention", "Windowed(-3)"]),
+    ("config_file_with_unknown_model_field", lambda t, w: ["train", "--config", str(t / "bad.py"), "--workdir", w],
+     ["config.model.dmodel", "d_model"]),
     ("vocab_smaller_than_tokenizer", lambda t, w: _train(w, "--config.model.vocab_size=100"),
      ["config.model.vocab_size=100", "config.data.vocab_size=512"]),
     ("bad_head_dim", lambda t, w: _train(w, "--config.model.head_dim=-4"), ["head_dim", "-4"]),
@@ -69,6 +71,8 @@ CASES = [
 def test_bad_input_gives_one_error_line(tmp_path, capsys, monkeypatch, argv_fn, names):
     (tmp_path / "file").write_text("not a directory\n")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.py").write_text("from transformer_jax.train.experiment import model_section\n"
+                                     "def get_config():\n    return model_section(dmodel=8)\n")
 
     def never(*args, **kwargs):
         raise AssertionError("restored or built before the input was checked")

@@ -60,8 +60,9 @@ def _override_keys(argv: list[str]) -> list[str]:
     return [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
 
 
-def unknown_key_message(argv: list[str], config_path: str) -> str:
-    """The error for the first override whose key the config lacks, naming that flag and the valid keys."""
+def unknown_key_message(argv: list[str], config_path: str) -> str | None:
+    """The error for the first override whose key the config lacks, naming that flag and the valid
+    keys there (None when every override's key exists)."""
     from ml_collections import ConfigDict
 
     base = _parse([f"--config={config_path}"]).config
@@ -73,7 +74,7 @@ def unknown_key_message(argv: list[str], config_path: str) -> str:
                 valid = ", ".join(node.keys()) if isinstance(node, ConfigDict) else f"none ({where} is a value)"
                 return f"error: unknown config key in --config.{key}: {where} has no {part!r}; valid: {valid}"
             node = node[part]
-    return "error: unknown config key in " + " ".join(f"--config.{k}" for k in _override_keys(argv))
+    return None
 
 
 def _flags(argv: list[str]):
@@ -84,10 +85,21 @@ def _flags(argv: list[str]):
         raise SystemExit(f"error: --config={config_path!r}: no such file")
     try:
         return _parse(argv)
-    except (AttributeError, KeyError):  # ml_collections: unknown override key
-        raise SystemExit(unknown_key_message(argv, config_path)) from None
+    except (AttributeError, KeyError) as err:  # ml_collections: unknown override key (or a config bug)
+        try:
+            message = unknown_key_message(argv, config_path)
+        except Exception:  # the config file itself fails to load
+            message = None
+        raise SystemExit(message or f"error: --config={config_path!r}: {type(err).__name__}: {err}") from None
     except flags.Error as err:
-        raise SystemExit(f"error: {err}") from None
+        raise SystemExit(f"error: {_named_config_error(str(err)) or err}") from None
+
+
+def _named_config_error(message: str) -> str | None:
+    """A config file's own named error (`ValueError: config.x ...`, e.g. from `model_section`), which
+    config_flags wraps in the whole traceback; None for anything else (a bug: keep the traceback)."""
+    last = (message.strip().splitlines() or [""])[-1]
+    return last.removeprefix("ValueError: ") if last.startswith("ValueError: config.") else None
 
 
 def config_lines(config, prefix: str = "config") -> list[str]:
