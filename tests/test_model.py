@@ -45,6 +45,11 @@ VARIANTS = {
     "sparse_decoder": dict(decoder_attention=tj.attention.BlockSparse(2, 3, 1, 1, seed=3)),
     "per_layer_specs": dict(decoder_attention=(tj.attention.Windowed(1), tj.attention.Flash(block_size=4)),
                             cross_attention=tj.attention.Flash(block_size=4)),
+    "t5_relative_bias": dict(position="relative", relative_buckets=8, relative_max_distance=16,
+                             attention_scale=1.0, use_bias=False, norm="rmsnorm", norm_position="pre",
+                             activation="geglu_tanh", tie_output=True, logits_scale=32 ** -0.5),
+    "gqa_bart_style": dict(num_kv_heads=2, position="learned", position_offset=2, embed_norm=True,
+                           embed_scale=False, logits_bias=True, activation="gelu", pad_id=1),
 }
 
 
