@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import transformer_jax as tj
-from transformer_jax.attention import BlockSparse, Flash, Windowed
+from transformer_jax.attention import BlockSparse, Flash, Windowed, masked_softmax_attention, masks
 
 B, N, H = 2, 2, 8
 SPECS = [Flash(8), Windowed(6), BlockSparse(8, 3, 1, 1, seed=1)]
@@ -48,12 +48,16 @@ def test_bfloat16_matches_float32(spec, causal):
         np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0, atol=2e-2 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=repr)
-def test_bfloat16_eager(spec):
-    """Outside jit too (each primitive dispatched on its own)."""
-    q = jax.random.normal(jax.random.PRNGKey(0), (1, 24, N, H), jnp.bfloat16)
-    out = spec(q, q, q, causal=True)
-    assert out.dtype == jnp.bfloat16 and out.shape == q.shape and bool(jnp.all(jnp.isfinite(out)))
+def test_bfloat16_eager():
+    """Outside jit, op by op. BlockSparse covers every column kind (diagonal window, shared global,
+    gathered random) and Flash (its global query rows)."""
+    q, k, v = (jax.random.normal(kk, (B, 40, N, H), jnp.bfloat16) for kk in jax.random.split(jax.random.PRNGKey(1), 3))
+    seg = _padding(40, seed=4)
+    out = SPECS[2](q, k, v, causal=True, q_segment_ids=seg, kv_segment_ids=seg)
+    mask = masks.combine(SPECS[2].mask(40, 40, causal=True), masks.segment_mask(seg, seg))
+    want = masked_softmax_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask)
+    assert out.dtype == jnp.bfloat16 and out.shape == q.shape
+    np.testing.assert_allclose(np.asarray(out, np.float32), want, rtol=0, atol=2e-2 * float(jnp.max(jnp.abs(want))))
 
 
 @pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
@@ -74,7 +78,7 @@ def test_dots_accumulate_in_float32_on_every_platform(platform):
 
 
 def test_bfloat16_transformer():
-    """init, apply, jit and grad of an encoder-decoder in bfloat16 with every blockwise spec in it:
+    """init, apply and grad (all jitted) of an encoder-decoder in bfloat16 with every blockwise spec:
     Windowed encoder, BlockSparse decoder (causal) and Flash cross-attention (T != S)."""
     cfg = tj.tiny(encoder_attention=Windowed(6), decoder_attention=BlockSparse(8, 3, 1, 1, seed=1),
                   cross_attention=Flash(8), num_encoder_layers=1, num_decoder_layers=1, dtype="bfloat16")
@@ -82,9 +86,9 @@ def test_bfloat16_transformer():
     rng = np.random.default_rng(0)
     src = jnp.asarray(rng.integers(1, cfg.vocab_size, (2, 24)), jnp.int32).at[1, 17:].set(0)  # padded
     tgt = jnp.asarray(rng.integers(1, cfg.vocab_size, (2, 16)), jnp.int32).at[1, 11:].set(0)
-    variables = jax.jit(model.init)(jax.random.key(0), src, tgt)
-    logits = model.apply(variables, src, tgt)  # eager: every primitive dispatched on its own
-    assert logits.shape == (2, 16, cfg.vocab_size) and bool(jnp.all(jnp.isfinite(logits)))
+    logits, variables = jax.jit(model.init_with_output)(jax.random.key(0), src, tgt)  # one compile
+    assert logits.dtype == jnp.float32 and logits.shape == (2, 16, cfg.vocab_size)
+    assert bool(jnp.all(jnp.isfinite(logits)))
 
     def cross_entropy(logits, tgt):
         logp = jax.nn.log_softmax(logits.astype(jnp.float32))
@@ -93,7 +97,7 @@ def test_bfloat16_transformer():
     def loss(params, src, tgt):
         return cross_entropy(model.apply({**variables, "params": params}, src, tgt), tgt)
 
-    value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"], src, tgt)  # jit forward + backward
+    value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"], src, tgt)
     np.testing.assert_allclose(float(value), float(cross_entropy(logits, tgt)), rtol=2e-2)
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
