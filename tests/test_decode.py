@@ -212,6 +212,19 @@ def test_eos_stops_a_row_and_pads_it_with_pad_id(lm, encdec):
             assert set(row[row.index(tj.config.EOS_ID) + 1:]) <= {63}
 
 
+def test_generate_traces_inside_an_outer_jit(lm, encdec):
+    """The training loop jits `generate` itself (inputs are tracers there)."""
+    model, variables, src = encdec
+    gen = jax.jit(lambda p, s: tj.generate(model, {"params": p}, s, max_len=N, beam_size=2, length_penalty=0.6))
+    np.testing.assert_array_equal(gen(variables["params"], src),
+                                  tj.generate(model, variables, src, max_len=N, beam_size=2))
+    model, variables = lm
+    prompt = tokens(12, (3, P))
+    gen = jax.jit(lambda p, x, n: tj.generate(model, {"params": p}, x, max_new_tokens=N, prompt_lengths=n))
+    np.testing.assert_array_equal(gen(variables["params"], prompt, jnp.array([5, 2, 4])),
+                                  tj.generate(model, variables, prompt, max_new_tokens=N, prompt_lengths=[5, 2, 4]))
+
+
 # ---- the core with a model of our own ---------------------------------------------------------
 
 def bigram_pair_step(a, b):
@@ -324,7 +337,8 @@ ERRORS = {
     "both_lengths": (dict(max_len=8, max_new_tokens=2), ValueError, "not both"),
     "no_length": (dict(), ValueError, "give max_len or max_new_tokens"),
     "max_len_within_prompt": (dict(max_len=5), ValueError, "max_len=5 leaves 0 tokens"),
-    "prompt_length_zero": (dict(max_new_tokens=2, prompt_lengths=[0, 5, 5]), ValueError, r"in \[1, 5\] \(the prompt width\); got 0..5"),
+    "prompt_length_zero": (dict(max_new_tokens=2, prompt_lengths=[0, 5, 5]), ValueError,
+                           r"in \[1, 5\] \(the prompt width\); got 0..5"),
     "prompt_length_past_width": (dict(max_new_tokens=2, prompt_lengths=[6, 5, 5]), ValueError, r"got 5..6"),
     "prompt_lengths_shape": (dict(max_new_tokens=2, prompt_lengths=[5, 5]), ValueError, r"shape \(3,\)"),
     "beam_unequal_prompts": (dict(max_new_tokens=2, beam_size=2, prompt_lengths=[5, 4, 5]), ValueError,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import numbers
 import warnings
 from typing import Any, Callable
 
@@ -88,7 +89,9 @@ class GenerationConfig:
     decoder_start_id: first decoder input of an encoder-decoder (HF `decoder_start_token_id`).
     eos_ids: any of these ends a row (HF `eos_token_id`, an int or a list); () never ends early.
     pad_id: emitted after a row has ended.
-    forced_bos_id: forced at the first generated position (HF `forced_bos_token_id`).
+    forced_bos_id: forced at the first generated position (HF `forced_bos_token_id`; HF applies it
+      only when the input is one token long, so for decoder-only prompts longer than one token HF
+      ignores it and we do not).
     forced_eos_id: forced at the last position, when the length runs out (HF
       `forced_eos_token_id`; a tuple makes all of them allowed, scored equally, as in HF).
     max_new_tokens, max_length: HF semantics; max_length counts the prompt (decoder-only) or the
@@ -194,7 +197,10 @@ def sample(step: Step, cache, prompt: Array, *, max_new_tokens: int,
 
     Row b feeds its first prompt_lengths[b] tokens (default P), then generates N = max_new_tokens
     tokens; `pad_id` follows its EOS and its end. One `lax.while_loop` that stops once every row
-    is done; the first step runs before it, so it may add cache entries.
+    is done; the first step runs before it, so it may add cache entries. Call it under `jax.jit`:
+
+        step = lambda cache, tok: my_logits_and_cache(params, cache, tok)  # [B] -> [B, V], cache
+        out = jax.jit(lambda c, p: sample(step, c, p, max_new_tokens=32))(cache, prompt)
     """
     b, p = prompt.shape
     n = max_new_tokens
@@ -238,7 +244,7 @@ def _length_penalty(length, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def _gather_beams(x: Array, indices: Array, batch: int, beams: int) -> Array:
+def _gather_beams(x: Array, indices: Array) -> Array:
     """Reorder the beams of x [B, beams, ...] by indices [B, K'] -> [B, K', ...]."""
     return jnp.take_along_axis(x, indices.reshape(indices.shape + (1,) * (x.ndim - 2)), axis=1)
 
@@ -291,14 +297,15 @@ def beam_search(step: Step, cache, prompt: Array, *, max_new_tokens: int, beam_s
         cand = (alive_logp[:, :, None] + logp_next.reshape(b, k, vocab)).reshape(b, k * vocab)
         top_logp, top_idx = jax.lax.top_k(cand, 2 * k)  # [B 2K]
         beam_idx, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
-        top_seqs = _gather_beams(seqs, beam_idx, b, k).at[:, :, i].set(token)  # [B 2K N]
+        top_seqs = _gather_beams(seqs, beam_idx).at[:, :, i].set(token)  # [B 2K N]
         is_eos = _is_any(token, config.eos_ids)
         # alive: the best K candidates that did not just end
         new_alive_logp, keep = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_logp), k)
         new_seqs = jnp.take_along_axis(top_seqs, keep[..., None], axis=1)
         src_beam = jnp.take_along_axis(beam_idx, keep, axis=1)  # [B K]
-        reorder = lambda x: _gather_beams(x.reshape((b, k) + x.shape[1:]), src_beam, b, k).reshape(x.shape)  # noqa: E731
-        new_cache = _map_batched(reorder, cache, batched, b * k)
+        new_cache = _map_batched(  # [B * K, ...] -> [B, K, ...] -> reordered -> [B * K, ...]
+            lambda x: _gather_beams(x.reshape((b, k) + x.shape[1:]), src_beam).reshape(x.shape),
+            cache, batched, b * k)
         # finished: the best K among those already finished and those that just ended
         ended = jnp.where(is_eos, top_logp / _length_penalty(i + 1.0, length_penalty), NEG_INF)
         fin_scores, pick = jax.lax.top_k(jnp.concatenate([fin_scores, ended], axis=1), k)
@@ -518,10 +525,11 @@ def generate(model, variables, inputs: Array, *, max_len: int | None = None,
     if p + n - 1 > model.cfg.max_len:  # positions the cache must hold: prompt, then all but the last
         raise ValueError(f"generate: a prompt of {p} plus {n} new tokens needs {p + n - 1} cache positions "
                          f"but the model's cfg.max_len is {model.cfg.max_len}")
-    if not isinstance(beam_size, int) or beam_size < 1:
+    if not isinstance(beam_size, numbers.Integral) or beam_size < 1:
         raise ValueError(f"generate: beam_size must be an int >= 1; got {beam_size!r}")
     vocab = model.cfg.vocab_size
-    if temperature < 0 or not isinstance(top_k, int) or not 0 <= top_k <= vocab or not 0.0 < top_p <= 1.0:
+    if (temperature < 0 or not isinstance(top_k, numbers.Integral) or not 0 <= top_k <= vocab
+            or not 0.0 < top_p <= 1.0):
         raise ValueError(f"generate: need temperature >= 0, top_k an int in [0, {vocab}], 0 < top_p <= 1; "
                          f"got temperature={temperature}, top_k={top_k!r}, top_p={top_p}")
     if beam_size > 1 and temperature > 0:
@@ -530,7 +538,7 @@ def generate(model, variables, inputs: Array, *, max_len: int | None = None,
         raise ValueError("generate: sampling (temperature > 0) needs rng")
     lengths = _check_prompt_lengths(prompt_lengths, inputs.shape[0], p, beam_size)
     return _generate(model, config, variables, inputs, src_segment_ids, lengths, rng, n=n,
-                     beam_size=beam_size, temperature=float(temperature), top_k=int(top_k),
+                     beam_size=int(beam_size), temperature=float(temperature), top_k=int(top_k),
                      top_p=float(top_p), length_penalty=float(length_penalty))
 
 
