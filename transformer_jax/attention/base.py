@@ -13,7 +13,8 @@ row that sees no key returns zeros.
 
 from __future__ import annotations
 
-from jax import Array
+import jax.numpy as jnp
+from jax import Array, lax
 
 
 def check_qkv(q: Array, k: Array, v: Array, q_segment_ids=None, kv_segment_ids=None) -> None:
@@ -30,3 +31,26 @@ def check_qkv(q: Array, k: Array, v: Array, q_segment_ids=None, kv_segment_ids=N
         raise ValueError(f"q_segment_ids must have shape [B, T] = {q.shape[:2]}; got {q_segment_ids.shape}")
     if kv_segment_ids is not None and kv_segment_ids.shape != k.shape[:2]:
         raise ValueError(f"kv_segment_ids must have shape [B, S] = {k.shape[:2]}; got {kv_segment_ids.shape}")
+
+
+def einsum_f32(eq: str, a: Array, b: Array) -> Array:
+    """`jnp.einsum(eq, a, b)` accumulated and returned in float32, on every backend.
+
+    On GPU and TPU a bfloat16 x bfloat16 -> float32 dot is the fast path, so low-precision tiles go
+    in as they are (`preferred_element_type`). XLA:CPU (jaxlib 0.10) accepts such a dot only in the
+    layouts its dot library (YNNPACK) takes: it keeps it in bfloat16 during float normalisation, a
+    later pass folds a transpose into the dot's dimension numbers (here `p` in "bqnts,bnsh->bqnth",
+    whose batch axes b, n are not leading), the library then refuses it and the fallback DotThunk
+    fails with "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32". So on CPU the
+    tiles are upcast first and the dot is float32 x float32. The choice is `lax.platform_dependent`,
+    made when lowering for the platform that runs the code (not `jax.default_backend()` at trace
+    time), so a GPU host jitting onto a CPU device, or an exported function, also gets it right.
+    float32 inputs take neither branch and trace exactly as a plain einsum.
+    """
+    if a.dtype == jnp.float32 and b.dtype == jnp.float32:
+        return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32)
+    return lax.platform_dependent(
+        a, b,
+        cpu=lambda a, b: jnp.einsum(eq, a.astype(jnp.float32), b.astype(jnp.float32),
+                                    preferred_element_type=jnp.float32),
+        default=lambda a, b: jnp.einsum(eq, a, b, preferred_element_type=jnp.float32))

@@ -20,7 +20,7 @@ trace does not grow with n.
 Shapes: B batch, T query length, S key length, N heads, H head dim; inside the kernel queries are
 laid out [B, nq, N, bq, H] and keys [B, nk, N, bk, H] so every einsum has its batch axes leading.
 
-Every einsum accumulates in float32 whatever the input dtype (`_einsum_f32`): scores, softmax and
+Every einsum accumulates in float32 whatever the input dtype (`einsum_f32`): scores, softmax and
 log-sum-exp stay float32, and bfloat16 tiles feed the matrix units directly on GPU and TPU.
 """
 
@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
 
+from transformer_jax.attention.base import einsum_f32
+
 # Internal column kinds (see module docstring).
 _SHARED, _DIAG, _GATHER = "shared", "diag", "gather"
 CHUNK_ROWS = 4096  # query rows per step of the chunk loop (see `blockwise_attention`)
@@ -40,29 +42,6 @@ CHUNK_ROWS = 4096  # query rows per step of the chunk loop (see `blockwise_atten
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _einsum_f32(eq: str, a: Array, b: Array) -> Array:
-    """`jnp.einsum(eq, a, b)` accumulated and returned in float32, on every backend.
-
-    On GPU and TPU a bfloat16 x bfloat16 -> float32 dot is the fast path, so low-precision tiles go
-    in as they are (`preferred_element_type`). XLA:CPU (jaxlib 0.10) accepts such a dot only in the
-    layouts its dot library (YNNPACK) takes: it keeps it in bfloat16 during float normalisation, a
-    later pass folds a transpose into the dot's dimension numbers (here `p` in "bqnts,bnsh->bqnth",
-    whose batch axes b, n are not leading), the library then refuses it and the fallback DotThunk
-    fails with "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32". So on CPU the
-    tiles are upcast first and the dot is float32 x float32. The choice is `lax.platform_dependent`,
-    made when lowering for the platform that runs the code (not `jax.default_backend()` at trace
-    time), so a GPU host jitting onto a CPU device, or an exported function, also gets it right.
-    float32 inputs take neither branch and trace exactly as a plain einsum.
-    """
-    if a.dtype == jnp.float32 and b.dtype == jnp.float32:
-        return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32)
-    return lax.platform_dependent(
-        a, b,
-        cpu=lambda a, b: jnp.einsum(eq, a.astype(jnp.float32), b.astype(jnp.float32),
-                                    preferred_element_type=jnp.float32),
-        default=lambda a, b: jnp.einsum(eq, a, b, preferred_element_type=jnp.float32))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -158,7 +137,7 @@ def _tile_mask(plan: _Plan, g: _Group, x, qs, ks_t, qb0) -> Array:
 
 def _scores(g: _Group, qb, k_t, scale):
     eq = "bqnth,bnsh->bqnts" if g.kind == _SHARED else "bqnth,bqnsh->bqnts"
-    return _einsum_f32(eq, qb, k_t) * scale  # [B, nq, N, bq, bk]
+    return einsum_f32(eq, qb, k_t) * scale  # [B, nq, N, bq, bk]
 
 
 def _chunks(plan: _Plan, *arrays):
@@ -204,7 +183,7 @@ def _forward(plan: _Plan, qb, kb, vb, qs, ks):
                 p = jnp.exp(s - m_safe[..., None])  # [B, chunk, N, bq, bk], 0 where masked
                 corr = jnp.exp(m - m_safe)
                 eq = "bqnts,bnsh->bqnth" if g.kind == _SHARED else "bqnts,bqnsh->bqnth"
-                pv = _einsum_f32(eq, p.astype(v_t.dtype), v_t)
+                pv = einsum_f32(eq, p.astype(v_t.dtype), v_t)
                 return (m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv), None
 
             (m, l, acc), _ = lax.scan(step, (m, l, acc), (jnp.asarray(g.keys), table))
@@ -239,11 +218,11 @@ def _backward(plan: _Plan, res, do):
                 p = jnp.exp(s - lse[..., None])  # [B, chunk, N, bq, bk], 0 where masked
                 shared = g.kind == _SHARED
                 kv_out = "bnsh" if shared else "bqnsh"
-                dv_t = _einsum_f32(f"bqnts,bqnth->{kv_out}", p.astype(do.dtype), do)
-                dp = _einsum_f32(f"bqnth,{kv_out}->bqnts", do, v_t)
+                dv_t = einsum_f32(f"bqnts,bqnth->{kv_out}", p.astype(do.dtype), do)
+                dp = einsum_f32(f"bqnth,{kv_out}->bqnts", do, v_t)
                 ds = p * (dp - delta[..., None])  # d loss / d scores
-                dq = dq + _einsum_f32(f"bqnts,{kv_out}->bqnth", ds.astype(k_t.dtype), k_t) * scale
-                dk_t = _einsum_f32(f"bqnts,bqnth->{kv_out}", ds.astype(qb.dtype), qb) * scale
+                dq = dq + einsum_f32(f"bqnts,{kv_out}->bqnth", ds.astype(k_t.dtype), k_t) * scale
+                dk_t = einsum_f32(f"bqnts,bqnth->{kv_out}", ds.astype(qb.dtype), qb) * scale
                 key, col = x
                 if shared:
                     j = key + plan.pad_lo

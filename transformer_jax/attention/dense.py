@@ -11,7 +11,7 @@ import numpy as np
 from jax import Array
 
 from transformer_jax.attention import masks
-from transformer_jax.attention.base import check_qkv
+from transformer_jax.attention.base import check_qkv, einsum_f32
 
 
 def masked_softmax_attention(q: Array, k: Array, v: Array, mask: Array | None,
@@ -22,7 +22,7 @@ def masked_softmax_attention(q: Array, k: Array, v: Array, mask: Array | None,
     Scores and softmax in float32; rows with no visible key give zeros (not a uniform average).
     """
     scale = 1.0 / np.sqrt(q.shape[-1])
-    s = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale  # [B N T S]
+    s = einsum_f32("btnh,bsnh->bnts", q, k) * scale  # [B N T S]
     if bias is not None:
         s = s + bias.astype(jnp.float32)
     if mask is not None:
