@@ -221,3 +221,34 @@ def test_truncated_file(tmp_path):
     (d / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="model.safetensors.*truncated"):
         tj.from_pretrained(d)
+
+
+# ---- the command line -----------------------------------------------------------------------------
+
+def test_cli_decode_pretrained_continues_and_translates(tmp_path, capsys):
+    from transformer_jax import cli
+    from transformer_jax.pretrained.text import generate_text
+
+    lines = ["The quick brown fox", "reads books about music"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    for case, beam in (("gpt2", 1), ("t5", 2)):
+        assert cli.main(["decode", "--pretrained", str(FIXTURES / case), "--input", str(tmp_path / "in.txt"),
+                         "--max_new_tokens", "6", "--beam_size", str(beam)]) == 0
+        printed = capsys.readouterr().out.splitlines()
+        model, variables = tj.from_pretrained(FIXTURES / case)
+        expected = generate_text(model, variables, tj.load_tokenizer(FIXTURES / case), lines,
+                                 generation_config=tj.load_generation_config(FIXTURES / case),
+                                 max_new_tokens=6, beam_size=beam)
+        assert printed == expected and len(printed) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["decode", "--pretrained", "/nonexistent/model"], "/nonexistent/model does not exist"),
+    (["train", "--pretrained", "x", "--workdir", "w"], "--pretrained is for decode"),
+    (["decode", "--pretrained", str(FIXTURES / "gpt2"), "--max_new_tokens", "-1"], "--max_new_tokens=-1"),
+])
+def test_cli_decode_pretrained_bad_input(argv, message):
+    from transformer_jax import cli
+
+    with pytest.raises(SystemExit, match=message):
+        cli.main(argv)

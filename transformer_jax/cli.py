@@ -3,6 +3,7 @@
     transformer-jax train  --config configs/default.py --workdir DIR [--config.KEY=VALUE ...]
     transformer-jax eval   --workdir DIR [--config ...] [--checkpoint latest|best]
     transformer-jax decode --workdir DIR [--input FILE] [--beam_size 4]   (stdin -> stdout)
+    transformer-jax decode --pretrained DIR [--input FILE] [--beam_size 4] [--max_new_tokens 64]
 
 Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field
 (`transformer-jax train --help [--config FILE]` lists them all). Attention specs are strings:
@@ -41,6 +42,10 @@ def _parse(argv: list[str]):
     flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard, eval.json", flag_values=fv)
     flags.DEFINE_string("input", "-", "decode: file of source lines ('-': stdin)", flag_values=fv)
     flags.DEFINE_integer("beam_size", 0, "decode: beam size (0: config.decode.beam_size)", flag_values=fv)
+    flags.DEFINE_string("pretrained", None, "decode: a Hugging Face model directory (translate or continue)",
+                        flag_values=fv)
+    flags.DEFINE_integer("max_new_tokens", 0, "decode --pretrained: tokens to generate (0: the model's "
+                         "generation_config, else 64)", flag_values=fv)
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval/decode: which checkpoint", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "multi-host: coordinator address host:port", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=fv)
@@ -183,6 +188,30 @@ def _eval(fv) -> int:
     return 0
 
 
+def _read_lines(path: str) -> list[str]:
+    if path == "-":
+        return [line.rstrip("\n") for line in sys.stdin]
+    with open(path) as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def _decode_pretrained(fv) -> int:
+    """Translate or continue each input line with a Hugging Face model directory."""
+    import transformer_jax as tj
+    from transformer_jax.pretrained.text import generate_text
+
+    if fv.max_new_tokens < 0:
+        raise ValueError(f"--max_new_tokens={fv.max_new_tokens} must be >= 0 (0: the model's generation_config)")
+    model, variables = tj.from_pretrained(fv.pretrained)
+    tokenizer = tj.load_tokenizer(fv.pretrained)
+    config = tj.load_generation_config(fv.pretrained)
+    n = fv.max_new_tokens or config.max_new_tokens or 64
+    for line in generate_text(model, variables, tokenizer, _read_lines(fv.input), generation_config=config,
+                              max_new_tokens=n, beam_size=fv.beam_size or 1):
+        print(line)
+    return 0
+
+
 def _decode(fv) -> int:
     from transformer_jax.train import loop
 
@@ -190,15 +219,13 @@ def _decode(fv) -> int:
         raise ValueError(f"--beam_size={fv.beam_size} must be a positive integer (0: config.decode.beam_size)")
     if fv.input != "-" and not os.path.isfile(fv.input):
         raise FileNotFoundError(f"--input={fv.input!r}: no such file")
+    if fv.pretrained:
+        return _decode_pretrained(fv)
     config = _trained_config(fv)
     if loop.task_kind(config) != "translation":
         raise ValueError(f"decode needs a translation task; config.data.task={config.data.task!r}")
     s, state, _ = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
-    if fv.input == "-":
-        lines = [line.rstrip("\n") for line in sys.stdin]
-    else:
-        with open(fv.input) as f:
-            lines = [line.rstrip("\n") for line in f]
+    lines = _read_lines(fv.input)
     dc = config.decode
     outputs = loop.translate(s, state.params, lines, beam_size=fv.beam_size or dc.beam_size,
                              max_len=min(dc.max_len, s.model.cfg.max_len), length_penalty=dc.length_penalty,
@@ -220,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         _help(command, argv)
         return 0
     fv = _flags(argv)
-    if not fv.workdir:
-        raise SystemExit("error: --workdir is required")
+    if fv.pretrained and command != "decode":
+        raise SystemExit(f"error: --pretrained is for decode; {command} takes --workdir")
+    if not fv.workdir and not (command == "decode" and fv.pretrained):
+        raise SystemExit("error: --workdir is required" + (" (or --pretrained DIR)" if command == "decode" else ""))
     _maybe_distributed(fv)
 
     from transformer_jax.train import loop
