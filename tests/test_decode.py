@@ -89,6 +89,7 @@ CACHE_VARIANTS = {
     "pre_rms_rotary": dict(norm="rmsnorm", norm_position="pre", position="rotary", num_decoder_layers=2),
     "learned_untied": dict(position="learned", tie_output=False),
     "windowed": dict(decoder_attention=tj.attention.Windowed(2), position="rotary"),
+    "gqa_relative": dict(num_kv_heads=2, position="relative", num_decoder_layers=2),
 }
 
 
@@ -305,6 +306,9 @@ def test_generation_config_reads_hugging_face_json(tmp_path):
     assert config == GenerationConfig(decoder_start_id=50256, eos_ids=(50256,), pad_id=50256)  # HF: pad = EOS
     assert GenerationConfig() == GenerationConfig(decoder_start_id=2, eos_ids=(1,), pad_id=0)
     assert GenerationConfig(eos_ids=7).eos_ids == (7,)
+    # without a generation config, rows pad with the model's own padding token
+    assert decode._default_config(tj.DecoderLM(tj.tiny(pad_id=5))) == GenerationConfig(pad_id=5)
+    assert decode._default_config(tj.DecoderLM(tj.tiny(pad_id=None))) == GenerationConfig()
 
 
 def test_lengths_from_generation_config_follow_hugging_face(lm, encdec):

@@ -496,6 +496,12 @@ def _check_prompt_lengths(prompt_lengths, batch: int, p: int, beam_size: int):
     return lengths
 
 
+def _default_config(model) -> GenerationConfig:
+    """The library's ids, with the model's own padding token where it has one."""
+    pad_id = getattr(model.cfg, "pad_id", None)
+    return GenerationConfig() if pad_id is None else GenerationConfig(pad_id=pad_id)
+
+
 def generate(model, variables, inputs: Array, *, max_len: int | None = None,
              max_new_tokens: int | None = None, beam_size: int = 1, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, rng: Array | None = None, length_penalty: float = 0.6,
@@ -508,9 +514,10 @@ def generate(model, variables, inputs: Array, *, max_len: int | None = None,
     output [B, P + N]. `max_len` is the output width (N for the encoder-decoder, P + N for the
     decoder-only model); `max_new_tokens` is N. beam_size 1 with temperature 0 is greedy;
     temperature > 0 samples (top-k, top-p); beam_size > 1 is beam search with GNMT
-    `length_penalty`. Every error is raised here, before anything is compiled.
+    `length_penalty`. Special tokens and lengths come from `generation_config` (default: start 2,
+    EOS 1, padding `model.cfg.pad_id`, else 0). Every error is raised here, before compiling.
     """
-    config = GenerationConfig() if generation_config is None else generation_config
+    config = _default_config(model) if generation_config is None else generation_config
     if not isinstance(config, GenerationConfig):
         raise TypeError(f"generate: generation_config must be a GenerationConfig; got {type(config).__name__}")
     adapter = _adapter(model)
@@ -546,7 +553,7 @@ def sequence_logprob(model: Transformer, variables, src: Array, tokens: Array, *
                      generation_config: GenerationConfig | None = None) -> Array:
     """Sum of an encoder-decoder's log-probabilities of tokens [B, L] (generate's output), up to and
     including the first EOS and skipping padding; [B]."""
-    config = GenerationConfig() if generation_config is None else generation_config
+    config = _default_config(model) if generation_config is None else generation_config
     start = jnp.full((tokens.shape[0], 1), config.decoder_start_id, jnp.int32)
     tgt_in = jnp.concatenate([start, tokens[:, :-1]], axis=1)
     logp = jax.nn.log_softmax(model.apply(variables, src, tgt_in))
