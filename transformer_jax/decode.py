@@ -25,7 +25,8 @@ Caches: `init_cache(model, batch_size)` gives a fresh cache (every index 0). Do 
 and every later logit is shifted by a position.
 
 Special tokens and lengths come from `GenerationConfig` (which reads HF `generation_config.json`);
-its defaults are this library's ids: start 2, EOS 1, padding 0.
+its defaults are this library's ids: start 2, EOS 1, padding 0 (`generate` pads with the model's
+`cfg.pad_id` when no config is given).
 """
 
 from __future__ import annotations
@@ -65,11 +66,12 @@ _HF_UNHONOURED = {
     "exponential_decay_length_penalty": None, "renormalize_logits": False,
     "remove_invalid_values": False, "num_return_sequences": 1, "guidance_scale": None,
     "max_time": None, "stop_strings": None, "watermarking_config": None, "dola_layers": None,
+    "token_healing": False,
 }
 # Fields that change nothing about the tokens (outputs, caching, bookkeeping): ignored silently.
 _HF_COSMETIC = ("transformers_version", "output_attentions", "output_hidden_states", "output_scores",
                 "output_logits", "return_dict_in_generate", "use_cache", "cache_implementation",
-                "cache_config", "return_legacy_cache", "low_memory", "is_assistant", "token_healing",
+                "cache_config", "return_legacy_cache", "low_memory", "is_assistant",
                 "num_assistant_tokens", "num_assistant_tokens_schedule",
                 "assistant_confidence_threshold", "prompt_lookup_num_tokens",
                 "max_matching_ngram_size", "generation_kwargs")
@@ -204,6 +206,10 @@ def sample(step: Step, cache, prompt: Array, *, max_new_tokens: int,
     """
     b, p = prompt.shape
     n = max_new_tokens
+    if n < 1 or p < 1:
+        raise ValueError(f"sample: need a prompt of >= 1 tokens and max_new_tokens >= 1; got {p}, {n}")
+    if temperature > 0 and rng is None:
+        raise ValueError("sample: sampling (temperature > 0) needs rng")
     total = p + n
     lengths = jnp.full((b,), p, jnp.int32) if prompt_lengths is None else jnp.asarray(prompt_lengths, jnp.int32)
     end = lengths + n  # [B] one past each row's last position
@@ -276,12 +282,17 @@ def beam_search(step: Step, cache, prompt: Array, *, max_new_tokens: int, beam_s
                 batched: Callable[[tuple, Any], bool] = batched_by_name()) -> Array:
     """Beam search continuing prompt [B, P] (equal lengths) -> int32 [B, P + N], the best beam.
 
-    GNMT length penalty, EOS handling and early stopping as in Flax's WMT example. The prompt is
+    GNMT length penalty ((5 + n) / 6) ** alpha over the n generated tokens, EOS handling and
+    early stopping as in Flax's WMT example (HF's beam search divides by length ** alpha instead,
+    counting the prompt, so beams can differ from HF's; greedy matches it exactly). The prompt is
     fed once per row, then the cache leaves `batched` selects (leading axis B) are tiled to B * K
     and reordered with the beams every step; other leaves (step counters) are shared.
     """
     b, p = prompt.shape
     k, n = beam_size, max_new_tokens
+    if n < 1 or p < 1 or k < 1:
+        raise ValueError(f"beam_search: need a prompt of >= 1 tokens, max_new_tokens >= 1 and beam_size >= 1; "
+                         f"got {p}, {n}, {k}")
     prompt = prompt.astype(jnp.int32)
     logits, cache = step(cache, prompt[:, 0])  # may add cache entries: outside any loop
     if p > 1:
