@@ -37,6 +37,10 @@
    implementation. Forward FLOPs per token (`flops_per_token / 3`, attention over the causal
    keys) give GFLOP/s for both, beside a measured [B*T, d] @ [d, 4d] matmul.
 
+   Beside each shape, the attention op alone (one layer's: our `cfg.decoder_attention` jitted vs torch's
+   `scaled_dot_product_attention`, causal, same [B, T, 12, 64] inputs, interleaved the same way), and
+   its share of the forward (x n_layer / forward time): where the time of a shape goes.
+
 4. Correctness guard: our logits and the reference's on the first shape's input,
    max |diff| / max |reference logit| < 1e-4, recorded in the JSON (`correctness`).
 
@@ -136,13 +140,34 @@ def make_checkpoint(directory: Path, shape: dict, seed: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------- workers
 
-def _rss_bytes() -> int:
-    """Current resident set size (VmRSS) of this process."""
+def _status_bytes(field: str) -> int:
+    """A size field of /proc/self/status (VmRSS: resident now, VmHWM: this process image's peak)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return -1
+
+
+def _rss_bytes() -> int:
+    return _status_bytes("VmRSS")
+
+
+def _rss_after_malloc_trim() -> int | None:
+    """RSS once glibc has returned its free heap pages to the system (what the allocator merely kept)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return _rss_bytes()
+
+
+def _first_forward_rss(forward) -> int:
+    """RSS after one 1 x 8 forward: weights a loader left memory-mapped are paged in by then."""
+    forward(np.arange(8, dtype=np.int32)[None])
+    return _rss_bytes()
 
 
 def _peak_rss_bytes() -> int:
@@ -163,6 +188,7 @@ def worker_load(directory: str) -> None:
 
     import_s = time.perf_counter() - t0
     rss_import, peak_import = _rss_bytes(), _peak_rss_bytes()
+    anon_import, file_import = _status_bytes("RssAnon"), _status_bytes("RssFile")
     import jax
     import jax.numpy as jnp
 
@@ -174,11 +200,14 @@ def worker_load(directory: str) -> None:
     model, variables = tj.from_pretrained(directory)
     jax.block_until_ready(variables)
     load_s = time.perf_counter() - t0
-    peak = _peak_rss_bytes()
+    peak, hwm = _peak_rss_bytes(), _status_bytes("VmHWM")
     leaves = jax.tree_util.tree_leaves(variables)
-    _emit({"import_s": import_s, "backend_init_s": backend_s, "load_s": load_s,
+    _emit({"import_s": import_s, "backend_init_s": backend_s, "load_s": load_s, "vm_hwm": hwm,
            "rss_after_import": rss_import, "peak_rss_at_import": peak_import, "rss_after_backend_init": rss_backend,
            "peak_rss": peak, "rss_after_load": _rss_bytes(),
+           "rss_anon_after_import": anon_import, "rss_file_after_import": file_import,
+           "rss_anon_after_load": _status_bytes("RssAnon"), "rss_file_after_load": _status_bytes("RssFile"),
+           "rss_after_malloc_trim": _rss_after_malloc_trim(),
            "peak_minus_import": peak - rss_import, "peak_minus_backend_init": peak - rss_backend,
            "device_param_bytes": int(sum(x.nbytes for x in leaves)), "num_arrays": len(leaves)})
 
@@ -192,16 +221,29 @@ def worker_reference_load(directory: str, threads: int) -> None:
     import_s = time.perf_counter() - t0
     torch.set_num_threads(threads)
     rss_import, peak_import = _rss_bytes(), _peak_rss_bytes()
+    anon_import, file_import = _status_bytes("RssAnon"), _status_bytes("RssFile")
     t0 = time.perf_counter()
     model = transformers.GPT2LMHeadModel.from_pretrained(directory, attn_implementation="sdpa",
                                                          dtype=torch.float32)
     model.eval()
     load_s = time.perf_counter() - t0
-    peak = _peak_rss_bytes()
-    _emit({"import_s": import_s, "load_s": load_s, "rss_after_import": rss_import,
+    peak, hwm = _peak_rss_bytes(), _status_bytes("VmHWM")
+    anon, file = _status_bytes("RssAnon"), _status_bytes("RssFile")
+
+    def forward(ids):
+        with torch.no_grad():
+            return model(input_ids=torch.from_numpy(ids.astype(np.int64)), use_cache=False).logits
+
+    _emit({"import_s": import_s, "load_s": load_s, "vm_hwm": hwm, "rss_after_import": rss_import,
            "peak_rss_at_import": peak_import, "peak_rss": peak, "rss_after_load": _rss_bytes(),
+           "rss_anon_after_import": anon_import, "rss_file_after_import": file_import,
+           "rss_anon_after_load": anon, "rss_file_after_load": file,
            "peak_minus_import": peak - rss_import,
-           "param_bytes": int(sum(p.numel() * p.element_size() for p in model.parameters()))})
+           "param_bytes": int(sum(p.numel() * p.element_size() for p in model.parameters())),
+           "rss_after_first_forward": _first_forward_rss(forward),
+           "rss_anon_after_first_forward": _status_bytes("RssAnon"),
+           "rss_file_after_first_forward": _status_bytes("RssFile"),
+           "peak_rss_after_first_forward": _peak_rss_bytes()})
 
 
 def worker_reference(directory: str, threads: int) -> None:
@@ -224,6 +266,16 @@ def worker_reference(directory: str, threads: int) -> None:
         cmd = json.loads(line)
         if cmd["op"] == "quit":
             break
+        if cmd["op"] == "attention":  # the attention op alone: sdpa, causal, [B, N, T, H]
+            q, k, v = (torch.from_numpy(x.transpose(0, 2, 1, 3).copy()) for x in _qkv(cmd["shape"]))
+            times = []
+            with torch.no_grad():
+                for _ in range(cmd.get("repeats", 1)):
+                    t = time.perf_counter()
+                    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    times.append(time.perf_counter() - t)
+            _emit({"times_s": times})
+            continue
         if cmd["ids"] not in inputs:
             inputs[cmd["ids"]] = torch.from_numpy(np.load(cmd["ids"]).astype(np.int64))
         ids = inputs[cmd["ids"]]
@@ -241,6 +293,12 @@ def worker_reference(directory: str, threads: int) -> None:
                 _emit({"times_s": times})
 
 
+def _qkv(shape) -> list[np.ndarray]:
+    """Seeded random q, k, v of shape [B, T, N, H] (our layout), float32."""
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(tuple(shape), dtype=np.float32) for _ in range(3)]
+
+
 def _worker_env(omp_wait_policy: str | None = None) -> dict:
     env = dict(os.environ)
     if omp_wait_policy:
@@ -256,8 +314,14 @@ def _parse(stdout: str) -> dict:
     return json.loads(lines[-1])
 
 
+# ru_maxrss survives fork + execve: a worker forked straight from this (large) process would start with
+# our peak as its own. Forked from a small `sh` instead (which must fork: a command follows), it starts
+# from the shell's few MB. VmHWM (per process image, reset by execve) is recorded as a cross-check.
+_VIA_SHELL = ["sh", "-c", '"$@"; exit $?', "sh"]
+
+
 def run_worker(python: str, args: list[str], timeout: float = 900, omp_wait_policy: str | None = None) -> dict:
-    proc = subprocess.run([python, "-m", "benchmarks.pretrained_load", *args], cwd=ROOT,
+    proc = subprocess.run([*_VIA_SHELL, python, "-m", "benchmarks.pretrained_load", *args], cwd=ROOT,
                           env=_worker_env(omp_wait_policy),
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -377,7 +441,8 @@ def reference_skip_reason(args) -> str | None:
 COLUMNS = [("shape", "B x T", ""), ("ours_median_s", "ours s", ".4f"), ("ours_tokens_per_s", "ours tok/s", ",.0f"),
            ("ref_median_s", "ref s", ".4f"), ("ref_tokens_per_s", "ref tok/s", ",.0f"),
            ("ratio_ours_over_ref", "ours/ref", ".3f"), ("ours_gflops_per_s", "ours GFLOP/s", ".1f"),
-           ("matmul_gflops_per_s", "matmul GFLOP/s", ".1f")]
+           ("matmul_gflops_per_s", "matmul GFLOP/s", ".1f"), ("ours_attention_share", "ours attn", ".2f"),
+           ("ref_attention_share", "ref attn", ".2f")]
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -457,7 +522,8 @@ def main(argv=None) -> dict[str, Any]:
             "warm page cache (the file was just written); load_s = tj.from_pretrained(dir) until every parameter "
             "is on the device, after the XLA backend was started (backend_init_s, separately); peak_rss is "
             "ru_maxrss of the worker (the whole process); the parameters themselves (device_param_bytes) stay "
-            "resident because the CPU device's memory is host memory")
+            "resident because the CPU device's memory is host memory; workers are forked from a small sh, since "
+            "ru_maxrss is inherited across fork+exec (vm_hwm, the kernel's per-image peak, agrees)")
         save()
 
         # ---- 3. forward throughput, ours (this process) vs reference (subprocess), interleaved
@@ -529,10 +595,35 @@ def main(argv=None) -> dict[str, Any]:
                     row.update(ref_median_s=rm, ref_min_s=min(theirs), ref_times_s=theirs,
                                ref_tokens_per_s=b * t / rm, ref_gflops_per_s=fpt * b * t / rm / 1e9,
                                ratio_ours_over_ref=(b * t / row["ours_median_s"]) / (b * t / rm))
+                # The attention op alone (one layer's), same interleaving: where the time of a shape goes.
+                shp = [b, t, cfg.num_heads, cfg.resolved_head_dim]
+                q, k, v = (jax.device_put(a) for a in _qkv(shp))
+                attn = jax.jit(lambda q, k, v: cfg.decoder_attention(q, k, v, causal=True))
+                for _ in range(max(1, args.warmup)):
+                    jax.block_until_ready(attn(q, k, v))
+                if ref:
+                    ref.ask(op="attention", shape=shp, repeats=max(1, args.warmup))
+                ours_a, theirs_a = [], []
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(attn(q, k, v))
+                    ours_a.append(time.perf_counter() - t0)
+                    if ref:
+                        theirs_a += ref.ask(op="attention", shape=shp, repeats=1)["times_s"]
+                layers = cfg.num_decoder_layers
+                row.update(attention_op=repr(cfg.decoder_attention), ours_attention_s=statistics.median(ours_a),
+                           ours_attention_share=layers * statistics.median(ours_a) / row["ours_median_s"])
+                if theirs_a:
+                    row.update(ref_attention_s=statistics.median(theirs_a),
+                               ref_attention_share=layers * statistics.median(theirs_a) / row["ref_median_s"],
+                               attention_ratio_ours_over_ref=statistics.median(theirs_a) / statistics.median(ours_a))
                 rows.append(row)
                 print(f"{b}x{t}: ours {row['ours_median_s'] * 1e3:.1f} ms ({row['ours_tokens_per_s']:,.0f} tok/s)"
                       + (f", reference {row['ref_median_s'] * 1e3:.1f} ms ({row['ref_tokens_per_s']:,.0f} tok/s), "
-                         f"ours/ref {row['ratio_ours_over_ref']:.3f}" if theirs else ""), flush=True)
+                         f"ours/ref {row['ratio_ours_over_ref']:.3f}" if theirs else "")
+                      + f"; attention op x {layers} layers: ours {row['ours_attention_share']:.0%} of the forward"
+                      + (f", reference {row['ref_attention_share']:.0%} (op speed ours/ref "
+                         f"{row['attention_ratio_ours_over_ref']:.2f})" if theirs_a else ""), flush=True)
                 save()
 
             # ---- 4. correctness guard on the first shape's input
