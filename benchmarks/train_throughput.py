@@ -135,7 +135,8 @@ def run_config(args, variant: str, length: int, peak: float, known_peak: float |
     from transformer_jax.attention.module import keys_per_query
     from transformer_jax.model import Transformer, flops_per_token
     from transformer_jax.train.optim import make_optimizer
-    from transformer_jax.train.state import abstract_state, count_params, create_train_state
+    from transformer_jax.model import param_count as count_params
+    from transformer_jax.train.state import abstract_state, create_train_state
     from transformer_jax.train.step import jit_train_step, make_train_step
 
     cfg = model_config(args, variant, length)

@@ -15,7 +15,14 @@ from transformer_jax.train.experiment import model_section
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.model_type = "transformer"  # transformer | encoder_classifier | masked_lm | decoder_lm
+    # The model follows from the task (transformer_jax/tasks.py: tjax_numbers is translation, so a
+    # Transformer). "" = the task's; else checked against it, or it picks the task where a dataset
+    # offers several (a text corpus: decoder_lm | masked_lm | encoder_classifier).
+    c.model_type = ""
+    # Fine-tuning: a workdir of ours or a Hugging Face directory whose matching parameters start the
+    # run (ignored once this workdir has its own checkpoint); parameters to freeze, by path regex.
+    c.init_from = ""
+    c.freeze = ()
     # Every field of transformer_jax.TransformerConfig, its defaults overridden here (a preset's
     # instead: model_section("base", ...)); attention specs may be strings, e.g. "Windowed(128)".
     c.model = model_section(vocab_size=512, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=3,
@@ -46,5 +53,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.best_mode = "min"
     c.async_checkpoints = True
     c.decode = ml_collections.ConfigDict(dict(
-        beam_size=4, length_penalty=0.6, max_len=32, batch_size=128, max_examples=0, bleu_at_end=True))
+        beam_size=4, length_penalty=0.6, max_len=32, batch_size=128, max_examples=0))
+    c.test_at_end = True  # the task's own evaluation on data.test_split (BLEU, accuracy, perplexity)
     return c

@@ -11,7 +11,6 @@ def _sibling(name: str):
 
 def get_config():
     c = _sibling("default.py")
-    c.model_type = "encoder_classifier"
     c.model.update(vocab_size=64, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=4,
                    num_decoder_layers=0, num_classes=10, max_len=2048, position="sinusoidal")
     c.data.update(task="tjax_listops", tokenizer="listops", max_src_len=2048, max_tgt_len=2, pack=False)
@@ -22,5 +21,4 @@ def get_config():
     c.label_smoothing = 0.0
     c.best_metric = "eval_accuracy"
     c.best_mode = "max"
-    c.decode.bleu_at_end = False
     return c

@@ -27,7 +27,7 @@ TINY = ["--config.model.d_model=32", "--config.model.num_heads=2", "--config.mod
 def test_default_config_trains_writes_metrics_and_resumes(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     args = ["train", "--config", DEFAULT, "--workdir", workdir, *TINY]
-    assert cli.main([*args, "--config.num_train_steps=2", "--config.decode.bleu_at_end=False"]) == 0
+    assert cli.main([*args, "--config.num_train_steps=2", "--config.test_at_end=False"]) == 0
     first = capsys.readouterr().out
     assert "mesh data=8" in first and "parameters" in first and "MiB per device" in first
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))

@@ -15,8 +15,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from transformer_jax import data as D
+from transformer_jax import tasks
 from transformer_jax.data import default_task, listops
-from transformer_jax.data.tokenizers import BOS_ID, EOS_ID, UNK_ID
+from transformer_jax.config import BOS_ID, EOS_ID, UNK_ID
 
 NUMBERS = "tjax_numbers/tiny"
 LISTOPS = "tjax_listops/tiny"
@@ -168,7 +169,7 @@ def test_packing_keeps_every_token_once(data_dir):
 
 def test_lm_packing(data_dir):
     it = _iter(data_dir, text_keys=("target",), pack=True, max_tgt_len=128)
-    assert it.spec.kind == "lm"
+    assert it.task == tasks.CausalLM("target")
     b = next(it)
     assert set(b) == {"inputs", "targets", "segment_ids", "positions"}
     ins = _segments(b["inputs"], b["segment_ids"], b["positions"])
@@ -219,7 +220,7 @@ def test_wmt_style_translation_with_mock_data():
             pack=True,
             seed=0,
         )
-        assert it.spec == D.TaskSpec("translation", ("de", "en"))
+        assert it.task == tasks.Translation("de", "en")
         b = next(it)
         assert {k: v.shape for k, v in b.items()} == {
             "src": (4, 32),
@@ -239,7 +240,7 @@ def test_not_prepared_dataset_gives_a_clear_error(tmp_path):
         _iter(tmp_path, task="imdb_reviews", max_src_len=64)
     assert "array_record" in str(e.value) and str(tmp_path) in str(e.value)
     with pytest.raises(ValueError, match="text_keys"):
-        D.task_spec("some_unknown_dataset")
+        tasks.lookup("some_unknown_dataset")
 
 
 # --- bad data ----------------------------------------------------------------

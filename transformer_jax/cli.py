@@ -2,7 +2,8 @@
 
     transformer-jax train  --config configs/default.py --workdir DIR [--config.KEY=VALUE ...]
     transformer-jax eval   --workdir DIR [--config ...] [--checkpoint latest|best]
-    transformer-jax decode --workdir DIR [--input FILE] [--beam_size 4]   (stdin -> stdout)
+    transformer-jax decode --workdir DIR [--input FILE] [--beam_size 4]   (stdin -> stdout: translations,
+                           or continuations of prompts for a causal-LM workdir [--max_new_tokens 64])
     transformer-jax decode --pretrained DIR [--input FILE] [--beam_size 4] [--max_new_tokens 64]
 
 Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field
@@ -44,8 +45,8 @@ def _parse(argv: list[str]):
     flags.DEFINE_integer("beam_size", 0, "decode: beam size (0: config.decode.beam_size)", flag_values=fv)
     flags.DEFINE_string("pretrained", None, "decode: a Hugging Face model directory (translate or continue)",
                         flag_values=fv)
-    flags.DEFINE_integer("max_new_tokens", 0, "decode --pretrained: tokens to generate (0: the model's "
-                         "generation_config, else 64)", flag_values=fv)
+    flags.DEFINE_integer("max_new_tokens", 0, "decode a causal LM or --pretrained: tokens to generate (0: "
+                         "the model's generation_config, else 64)", flag_values=fv)
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval/decode: which checkpoint", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "multi-host: coordinator address host:port", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=fv)
@@ -176,13 +177,12 @@ def _eval(fv) -> int:
     config = _trained_config(fv)
     s, state, step = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
     result = {"step": step}
-    iterator = loop.make_data_iterator(config, config.data.eval_split, s.tokenizer, repeat=False)
+    iterator = loop.make_data_iterator(config, config.data.eval_split, s.tokenizer, repeat=False, task=s.task)
     result.update(loop.evaluate_loss(s, state.params, iterator, config.eval_batches))
-    if loop.task_kind(config) == "translation":
-        bleu = loop.evaluate_bleu(s, state.params, config.data.test_split)
-        print(f"BLEU {bleu['bleu']:.2f} on {bleu['split']} | {bleu['signature']}")
-        result.update(bleu)
-    print({k: v for k, v in result.items() if k != "samples"})
+    final = s.task.final_eval(s, state.params, config.data.test_split)  # BLEU, accuracy or perplexity
+    print(loop.summary_line(final))
+    result["test"] = final
+    print({k: v for k, v in result.items() if k != "test"})
     if jax.process_index() == 0:
         loop.write_json_atomic(os.path.join(fv.workdir, "eval.json"), result)
     return 0
@@ -213,23 +213,32 @@ def _decode_pretrained(fv) -> int:
 
 
 def _decode(fv) -> int:
-    from transformer_jax.train import loop
+    from transformer_jax import tasks
+    from transformer_jax.train import evaluate, experiment, loop
 
     if fv.beam_size < 0:
         raise ValueError(f"--beam_size={fv.beam_size} must be a positive integer (0: config.decode.beam_size)")
+    if fv.max_new_tokens < 0:
+        raise ValueError(f"--max_new_tokens={fv.max_new_tokens} must be >= 0 (0: the default)")
     if fv.input != "-" and not os.path.isfile(fv.input):
         raise FileNotFoundError(f"--input={fv.input!r}: no such file")
     if fv.pretrained:
         return _decode_pretrained(fv)
     config = _trained_config(fv)
-    if loop.task_kind(config) != "translation":
-        raise ValueError(f"decode needs a translation task; config.data.task={config.data.task!r}")
+    task = experiment.config_task(config)
+    if not isinstance(task, (tasks.Translation, tasks.CausalLM)) or isinstance(task, tasks.MaskedLM):
+        raise ValueError(f"decode translates (a translation task) or continues prompts (a causal LM); "
+                         f"config.data.task={config.data.task!r} is a {task.name} task")
     s, state, _ = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
     lines = _read_lines(fv.input)
     dc = config.decode
-    outputs = loop.translate(s, state.params, lines, beam_size=fv.beam_size or dc.beam_size,
-                             max_len=min(dc.max_len, s.model.cfg.max_len), length_penalty=dc.length_penalty,
-                             batch_size=dc.batch_size)
+    if isinstance(task, tasks.Translation):
+        outputs = evaluate.translate(s, state.params, lines, beam_size=fv.beam_size or dc.beam_size,
+                                     max_len=min(dc.max_len, s.model.cfg.max_len),
+                                     length_penalty=dc.length_penalty, batch_size=dc.batch_size)
+    else:
+        outputs = evaluate.continue_text(s, state.params, lines, max_new_tokens=fv.max_new_tokens or dc.max_len,
+                                         beam_size=fv.beam_size or 1, batch_size=dc.batch_size)
     for line in outputs:
         print(line)
     return 0

@@ -1,33 +1,27 @@
-"""Data: tfds sources read without TensorFlow, tokenizers, packing, built-in tasks, metrics.
+"""Data: tfds sources read without TensorFlow, tokenizers, packing, built-in datasets, metrics.
 
 Importing this package registers the built-in tfds builders ``tjax_numbers``
-(the default translation-like task) and ``tjax_listops`` (Long Range Arena
-ListOps).
+(the default translation-like task), ``tjax_listops`` (Long Range Arena
+ListOps) and ``tjax_text`` (English prose that ships with Python). What a
+batch of each task holds lives in ``transformer_jax.tasks``.
 """
 
+from transformer_jax.data.corpus import TjaxText
 from transformer_jax.data.default_task import TjaxNumbers
 from transformer_jax.data.listops import TjaxListops
 from transformer_jax.data.listops import evaluate as evaluate_listops
 from transformer_jax.data.metrics import accuracy, corpus_bleu, corpus_chrf, exact_match
 from transformer_jax.data.pipeline import (
-    DEFAULT_TASK,
     BatchIterator,
-    DatasetNotPreparedError,
-    TaskSpec,
+    Featurizer,
     eval_pairs,
     iter_texts,
     make_iterator,
     make_task_tokenizer,
-    open_source,
-    prepare,
-    task_spec,
 )
+from transformer_jax.data.sources import DEFAULT_TASK, DatasetNotPreparedError, open_source, prepare
 from transformer_jax.data.stats import DataStats
 from transformer_jax.data.tokenizers import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    UNK_ID,
     ByteTokenizer,
     SentencePieceTokenizer,
     Tokenizer,
@@ -36,19 +30,16 @@ from transformer_jax.data.tokenizers import (
 )
 
 __all__ = [
-    "BOS_ID",
-    "EOS_ID",
-    "PAD_ID",
-    "UNK_ID",
     "BatchIterator",
     "ByteTokenizer",
     "DEFAULT_TASK",
     "DataStats",
     "DatasetNotPreparedError",
+    "Featurizer",
     "SentencePieceTokenizer",
-    "TaskSpec",
     "TjaxListops",
     "TjaxNumbers",
+    "TjaxText",
     "Tokenizer",
     "WordTokenizer",
     "accuracy",
@@ -63,5 +54,4 @@ __all__ = [
     "make_tokenizer",
     "open_source",
     "prepare",
-    "task_spec",
 ]

@@ -1,7 +1,8 @@
 """Tokenizers with one small interface: ``encode``, ``decode``, ``vocab_size``.
 
-Reserved ids are shared by the whole library: 0 = pad, 1 = EOS, 2 = BOS,
-3 = UNK. ``encode`` adds neither BOS nor EOS (the pipeline does); ``decode``
+Reserved ids are shared by the whole library (defined once, in config.py): 0 = pad,
+1 = EOS, 2 = BOS, 3 = UNK. A tokenizer that can serve a masked LM has a ``mask_id``
+(SentencePiece trained with the "[MASK]" symbol); the others have ``mask_id = None``. ``encode`` adds neither BOS nor EOS (the pipeline does); ``decode``
 stops at the first EOS and drops pad and BOS, so it can be fed a model's raw
 output row.
 """
@@ -16,10 +17,11 @@ from typing import Protocol
 
 import sentencepiece as spm
 
+from transformer_jax.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from transformer_jax.data.stats import DataStats
 
-PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 NUM_RESERVED = 4
+MASK = "[MASK]"
 
 
 class Tokenizer(Protocol):
@@ -64,6 +66,7 @@ class ByteTokenizer:
     """
 
     vocab_size = 256 + NUM_RESERVED
+    mask_id = None
 
     def __init__(self, stats: DataStats | None = None):
         self.stats = stats if stats is not None else DataStats()
@@ -84,6 +87,8 @@ class WordTokenizer:
     Range Arena setup tokenizes it word by word). Unknown words become UNK and
     are counted.
     """
+
+    mask_id = None
 
     def __init__(self, vocab: Sequence[str], stats: DataStats | None = None):
         if len(set(vocab)) != len(vocab) or any(not w or w.split() != [w] for w in vocab):
@@ -125,6 +130,7 @@ class SentencePieceTokenizer:
         texts: Iterable[str] | Callable[[], Iterable[str]] | None = None,
         max_train_sentences: int = 1_000_000,
         stats: DataStats | None = None,
+        symbols: Sequence[str] = (),
     ):
         self.model_path = os.fspath(model_path)
         self.stats = stats if stats is not None else DataStats()
@@ -135,10 +141,16 @@ class SentencePieceTokenizer:
                     f"SentencePiece model {self.model_path!r} does not exist; pass vocab_size "
                     "and texts (e.g. the task's training split) to train it"
                 )
-            self._train(texts, vocab_size, max_train_sentences)
+            self._train(texts, vocab_size, max_train_sentences, tuple(symbols))
             self.trained = True
         self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
         self.vocab_size = self._sp.get_piece_size()
+        mask = self._sp.piece_to_id(MASK)
+        self.mask_id = None if mask == self._sp.unk_id() else mask
+        missing = [s for s in symbols if self._sp.piece_to_id(s) == self._sp.unk_id()]
+        if missing:
+            raise ValueError(f"SentencePiece model {self.model_path!r} lacks the piece(s) {missing}; delete it to "
+                             "train a new one with them")
         reserved = (self._sp.pad_id(), self._sp.eos_id(), self._sp.bos_id(), self._sp.unk_id())
         if reserved != (PAD_ID, EOS_ID, BOS_ID, UNK_ID):
             raise ValueError(
@@ -146,7 +158,7 @@ class SentencePieceTokenizer:
                 f"expected {(PAD_ID, EOS_ID, BOS_ID, UNK_ID)}"
             )
 
-    def _train(self, texts, vocab_size: int, max_sentences: int) -> None:
+    def _train(self, texts, vocab_size: int, max_sentences: int, symbols: tuple[str, ...] = ()) -> None:
         if vocab_size <= NUM_RESERVED:
             raise ValueError(f"vocab_size must exceed {NUM_RESERVED}, got {vocab_size}")
         if callable(texts):
@@ -176,6 +188,7 @@ class SentencePieceTokenizer:
             bos_id=BOS_ID,
             unk_id=UNK_ID,
             hard_vocab_limit=False,  # a small corpus may give fewer pieces
+            user_defined_symbols=list(symbols),  # e.g. [MASK]: ids 4, 5, ... never split
             num_threads=2,
             minloglevel=2,
         )
@@ -210,6 +223,7 @@ def make_tokenizer(
     vocab_size: int | None = None,
     model_path: str | os.PathLike | None = None,
     texts: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+    symbols: Sequence[str] = (),
 ) -> Tokenizer:
     """Builds a tokenizer by name: 'byte', 'sentencepiece' or 'listops'.
 
@@ -225,5 +239,5 @@ def make_tokenizer(
     if kind == "sentencepiece":
         if model_path is None:
             raise ValueError("make_tokenizer('sentencepiece') needs model_path (a file in the workdir)")
-        return SentencePieceTokenizer(model_path, vocab_size=vocab_size, texts=texts)
+        return SentencePieceTokenizer(model_path, vocab_size=vocab_size, texts=texts, symbols=symbols)
     raise ValueError(f"unknown tokenizer kind {kind!r}; valid kinds: {TOKENIZER_KINDS}")

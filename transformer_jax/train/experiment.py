@@ -14,23 +14,19 @@ import ast
 import dataclasses
 import math
 import os
+import re
 import typing
 
 import ml_collections
 from ml_collections.config_dict import FieldReference
 
-from transformer_jax import attention
+from transformer_jax import attention, tasks
 from transformer_jax.config import TransformerConfig, preset
+from transformer_jax.tasks import MODEL_TYPES
 
-MODEL_TYPES = ("transformer", "encoder_classifier", "masked_lm", "decoder_lm")
 NONFINITE = ("stop", "skip")
 SYNTHETIC = "synthetic"
-# Which model types train on each kind of task (the batches each kind's pipeline yields); a
-# synthetic task's batches come from the caller's iterator, checked by `check_batch_fits`.
-TASK_MODELS = {"translation": ("transformer",), "classification": ("encoder_classifier",), "lm": ("decoder_lm",)}
-BATCH_KEYS = {"transformer": ("src", "tgt_in", "tgt_out"), "encoder_classifier": ("inputs", "label"),
-              "masked_lm": ("inputs", "targets"), "decoder_lm": ("inputs", "targets")}
-EVAL_METRICS = ("eval_loss", "eval_nll", "eval_accuracy")  # what `loop.evaluate_loss` returns
+EVAL_METRICS = ("eval_loss", "eval_nll", "eval_accuracy", "eval_perplexity")  # what `evaluate.evaluate_loss` returns
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,26 +153,27 @@ def model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
         raise ValueError(f"config.model: {err}") from None
 
 
-def build_model(config: ml_collections.ConfigDict):
-    from transformer_jax import model as models
-
-    classes = {"transformer": models.Transformer, "encoder_classifier": models.EncoderClassifier,
-               "masked_lm": models.MaskedLM, "decoder_lm": models.DecoderLM}
-    _check_choice(config, "model_type", MODEL_TYPES)
-    return classes[config.model_type](model_config(config))
-
-
-def task_kind(config) -> str:
-    """translation | classification | lm (from the data task), or synthetic."""
+def config_task(config) -> tasks.Task:
+    """The task the experiment trains: `config.data.task`'s (the registry, or `config.data.text_keys`),
+    switched by `config.model_type` where the dataset allows (a text corpus trains either language
+    model); an impossible pairing is a named error. The synthetic task follows `model_type`."""
+    model_type = config.get("model_type", "") or ""
     if config.data.task == SYNTHETIC:
-        return SYNTHETIC
-    from transformer_jax import data
-
+        return tasks.synthetic(model_type)
     keys = tuple(config.data.get("text_keys", ())) or None
-    try:
-        return data.task_spec(config.data.task, keys).kind
-    except ValueError as err:
-        raise ValueError(f"config.data.task: {err}") from None
+    features = None
+    if keys is not None and len(keys) == 2:  # text or label second: the stored features say
+        from transformer_jax import data
+
+        features = data.open_source(config.data.task, "train", data_dir=config.data.data_dir or None
+                                    ).dataset_info.features
+    return tasks.resolve(config.data.task, model_type, keys, features)
+
+
+def build_model(config: ml_collections.ConfigDict, task: tasks.Task | None = None):
+    """The model class follows from the task."""
+    task = config_task(config) if task is None else task
+    return task.model_class()(model_config(config))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,21 +221,36 @@ def check_workdir(workdir: str) -> None:
         raise ValueError(f"--workdir={workdir!r}: its parent directory {parent!r} does not exist")
 
 
-def _check_model_fits_task(config) -> None:
-    kind = task_kind(config)
-    fits = TASK_MODELS.get(kind, MODEL_TYPES)
-    if config.model_type not in fits:
-        raise ValueError(f"config.model_type={config.model_type!r} does not fit config.data.task="
-                         f"{config.data.task!r} (a {kind} task); valid for it: {', '.join(fits)}")
-
-
-def check_batch_fits(config, batch_keys) -> None:
-    """The batches carry what `config.model_type` reads (checked on the first batch, before init)."""
-    need = BATCH_KEYS.get(config.model_type, ())
-    missing = [k for k in need if k not in batch_keys]
+def check_batch_fits(config, task: tasks.Task, batch_keys) -> None:
+    """The batches carry what the task's model reads (checked on the first batch, before init)."""
+    missing = [k for k in task.needs if k not in batch_keys]
     if missing:
-        raise ValueError(f"config.model_type={config.model_type!r} needs batches with {', '.join(need)}; "
+        raise ValueError(f"a {task.name} task ({task.model_type}) needs batches with {', '.join(task.needs)}; "
                          f"config.data.task={config.data.task!r} yields {', '.join(sorted(batch_keys))}")
+
+
+def _check_init_from(config) -> None:
+    """`init_from` names one of our workdirs (with a checkpoint) or a Hugging Face directory."""
+    path = config.get("init_from", "") or ""
+    if path:
+        from transformer_jax.checkpoint import committed_steps
+
+        if not os.path.isdir(path):
+            raise ValueError(f"config.init_from={path!r}: no such directory (want a workdir with checkpoints, "
+                             "or a Hugging Face model directory with config.json)")
+        ours = committed_steps(os.path.join(path, "checkpoints")) and os.path.exists(os.path.join(path, "config.pkl"))
+        if not ours and not os.path.exists(os.path.join(path, "config.json")):
+            raise ValueError(f"config.init_from={path!r} holds neither a checkpoint (checkpoints/<step> and "
+                             "config.pkl, as `train` writes) nor a Hugging Face config.json")
+    patterns = config.get("freeze", ()) or ()
+    if isinstance(patterns, str):
+        raise ValueError(f"config.freeze={patterns!r} must be a tuple of regular expressions, e.g. "
+                         "('encoder/layer_0/.*',)")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as err:
+            raise ValueError(f"config.freeze: {pattern!r} is not a regular expression ({err})") from None
 
 
 def _check_counts(config) -> None:
@@ -299,14 +311,15 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     process_count = jax.process_count() if process_count is None else process_count
     if workdir is not None:
         check_workdir(workdir)
-    _check_choice(config, "model_type", MODEL_TYPES)
+    _check_choice(config, "model_type", ("", *MODEL_TYPES))
     vocab = model_config(config).vocab_size
     spm = config.data.task != SYNTHETIC and config.data.tokenizer == "sentencepiece"
     if spm and (config.data.vocab_size or 0) > vocab:
         raise ValueError(f"config.model.vocab_size={vocab} is smaller than config.data.vocab_size="
                          f"{config.data.vocab_size} (the SentencePiece vocabulary); set it to at least "
                          f"{config.data.vocab_size}")
-    _check_model_fits_task(config)
+    config_task(config)  # the task and model fit (a named error otherwise)
+    _check_init_from(config)
     sizes = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
     _check_counts(config)
     _check_batch(config, sizes, process_count)

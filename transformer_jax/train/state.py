@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh
 
 from transformer_jax import sharding as shd
+from transformer_jax import tasks
 
 
 @flax.struct.dataclass
@@ -34,34 +35,6 @@ class TrainState:
     rng: jax.Array  # uint32 [2]
 
 
-def model_inputs(batch: dict[str, Any]) -> tuple[tuple, dict]:
-    """(args, kwargs) for the model call, chosen by the batch's keys (static under jit).
-
-    encoder-decoder: `tgt_out` present; classification: `label`; (masked/causal) LM: `targets`.
-    """
-    if "tgt_in" in batch:
-        kwargs = {k: batch[k] for k in ("src_segment_ids", "src_positions", "tgt_segment_ids", "tgt_positions")
-                  if k in batch}
-        return (batch["src"], batch["tgt_in"]), kwargs
-    if "inputs" in batch:
-        return (batch["inputs"],), {k: batch[k] for k in ("segment_ids", "positions") if k in batch}
-    raise ValueError(f"batch has neither 'src'/'tgt_in' nor 'inputs'; keys: {sorted(batch)}")
-
-
-def targets_and_weights(batch: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
-    """Targets and per-token (per-example for classification) loss weights; pad id 0 gets weight 0."""
-    if "tgt_out" in batch:
-        targets = batch["tgt_out"]
-        return targets, batch.get("tgt_weights", (targets > 0).astype(jnp.float32))
-    if "label" in batch:  # all-padding rows (an eval split's last batch is topped up with them) weigh 0
-        real = jnp.any(batch["inputs"] != 0, axis=-1).astype(jnp.float32)
-        return batch["label"], batch.get("weights", real)
-    if "targets" in batch:
-        targets = batch["targets"]
-        return targets, batch.get("weights", (targets > 0).astype(jnp.float32))
-    raise ValueError(f"batch has no targets ('tgt_out', 'label' or 'targets'); keys: {sorted(batch)}")
-
-
 def abstract_batch(batch: dict[str, Any], global_batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
     """ShapeDtypeStructs for a (process-local or global) example batch with the global batch size."""
     out = {}
@@ -73,23 +46,38 @@ def abstract_batch(batch: dict[str, Any], global_batch_size: int | None = None) 
     return out
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, example_batch: dict[str, Any],
-                       mesh: Mesh, seed: int = 0, rules=shd.LOGICAL_RULES) -> tuple[TrainState, TrainState]:
-    """Initialise (state, state_shardings) directly sharded on `mesh`.
-
-    `example_batch` may be shapes only; its values are never used (the model is initialised on zeros).
-    """
+def _boxed_init(model: nn.Module, tx: optax.GradientTransformation, example_batch: dict[str, Any], task):
     shapes = {k: jax.ShapeDtypeStruct(np.shape(v), getattr(v, "dtype", np.asarray(v).dtype))
               for k, v in example_batch.items()}
+    task = tasks.for_model(model) if task is None else task
 
     def boxed_init(seed_key):
         params_key, dropout_key = jax.random.split(seed_key)
         zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
-        args, kwargs = model_inputs(zeros)
+        args, kwargs = task.model_inputs(zeros)
         params = model.init({"params": params_key}, *args, **kwargs, deterministic=True)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=dropout_key)
 
+    return boxed_init
+
+
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, example_batch: dict[str, Any],
+                         mesh: Mesh, rules=shd.LOGICAL_RULES, task=None) -> tuple[TrainState, TrainState]:
+    """(shapes, shardings) of the train state, traced but never compiled or materialised: what a
+    checkpoint is restored into. `task` (default: the model's own, `tasks.for_model`) says which
+    batch entries the model reads."""
+    boxed = jax.eval_shape(_boxed_init(model, tx, example_batch, task), jax.random.PRNGKey(0))
+    return nn.meta.unbox(boxed), shd.logical_shardings(boxed, mesh, rules)
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, example_batch: dict[str, Any],
+                       mesh: Mesh, seed: int = 0, rules=shd.LOGICAL_RULES, task=None) -> tuple[TrainState, TrainState]:
+    """Initialise (state, state_shardings) directly sharded on `mesh`.
+
+    `example_batch` may be shapes only; its values are never used (the model is initialised on zeros).
+    """
+    boxed_init = _boxed_init(model, tx, example_batch, task)
     key = jax.random.PRNGKey(seed)
     # Traced without a mesh in scope: placement comes from out_shardings alone. (With a mesh in
     # scope, flax's DenseGeneral re-boxes a reshaped kernel and constrains it with the wrong rank.)
@@ -103,7 +91,3 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, examp
 def abstract_state(state_or_shapes: TrainState, shardings: TrainState) -> TrainState:
     """ShapeDtypeStructs carrying target shardings: what `checkpoint.restore` fills in."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_or_shapes, shardings)
-
-
-def count_params(params) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -18,7 +18,8 @@ from jax.sharding import Mesh
 
 from transformer_jax import sharding as shd
 from transformer_jax.train.loss import cross_entropy_sums
-from transformer_jax.train.state import TrainState, model_inputs, targets_and_weights
+from transformer_jax import tasks
+from transformer_jax.train.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +32,14 @@ class StepConfig:
     skip_nonfinite: bool = False  # True: keep the old params/opt state on a non-finite step
 
 
-def _loss_sums(model: nn.Module, params, batch, rng, *, deterministic: bool, cfg: StepConfig):
-    args, kwargs = model_inputs(batch)
+def _loss_sums(model: nn.Module, params, batch, rng, *, deterministic: bool, cfg: StepConfig, task=None):
+    """The task (default: the model's own, `tasks.for_model`) splits the batch into model inputs and
+    targets with loss weights."""
+    task = tasks.for_model(model) if task is None else task
+    args, kwargs = task.model_inputs(batch)
     rngs = None if deterministic else {"dropout": rng}
     logits = model.apply({"params": params}, *args, **kwargs, deterministic=deterministic, rngs=rngs)
-    targets, weights = targets_and_weights(batch)
+    targets, weights = task.targets_and_weights(batch)
     return cross_entropy_sums(logits, targets, weights, label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
 
 
@@ -50,7 +54,7 @@ def _split_micro(x: jax.Array, micro: int) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Callable,
-                    cfg: StepConfig = StepConfig()) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    cfg: StepConfig = StepConfig(), task=None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The pure training step: forward, backward (accumulated over micro-batches), clip, update.
 
     The loss is normalised once over the non-pad tokens of the whole batch, so M micro-batches of
@@ -61,7 +65,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         step_rng = jax.random.fold_in(state.rng, state.step)
 
         def micro_loss(params, mb, index):
-            sums = _loss_sums(model, params, mb, jax.random.fold_in(step_rng, index), deterministic=False, cfg=cfg)
+            sums = _loss_sums(model, params, mb, jax.random.fold_in(step_rng, index), deterministic=False, cfg=cfg,
+                              task=task)
             return sums["loss"], sums
 
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -100,11 +105,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     return train_step
 
 
-def make_eval_step(model: nn.Module, cfg: StepConfig = StepConfig()) -> Callable[[Any, dict], dict]:
+def make_eval_step(model: nn.Module, cfg: StepConfig = StepConfig(), task=None) -> Callable[[Any, dict], dict]:
     """Pure eval step on params: summed loss/NLL/correct/token count (sum across batches, then divide)."""
 
     def eval_step(params, batch):
-        return _loss_sums(model, params, batch, None, deterministic=True, cfg=cfg)
+        return _loss_sums(model, params, batch, None, deterministic=True, cfg=cfg, task=task)
 
     return eval_step
 

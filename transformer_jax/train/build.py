@@ -1,0 +1,221 @@
+"""Building an experiment from its (validated) config: task, mesh, model, optimiser, tokenizer, data
+iterators and the sharded train state; the saved config; restoring a workdir for eval/decode.
+
+    config -> validate_config (experiment.py) -> task -> mesh -> model -> optimiser (+ freeze)
+           -> tokenizer -> train iterator -> sharded state (not yet restored)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from transformer_jax import sharding as shd
+from transformer_jax import tasks
+from transformer_jax.train import optim
+from transformer_jax.train.experiment import SYNTHETIC, build_model, check_batch_fits, config_task, validate_config
+from transformer_jax.train.state import TrainState, abstract_state, create_train_state
+from transformer_jax.train.step import StepConfig
+from transformer_jax.train.warm_start import freeze
+
+
+def log(*args):
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+def step_config(config) -> StepConfig:
+    return StepConfig(micro_batches=config.micro_batches, label_smoothing=config.label_smoothing,
+                      z_loss=config.z_loss, skip_nonfinite=config.nonfinite == "skip")
+
+
+def make_optimizer(config, model) -> tuple[Any, Callable]:
+    """optim.py's optimiser and schedule; parameters matching `config.freeze` get no updates."""
+    tx, schedule = optim.optimizer_from_config(config.optimizer, config.schedule,
+                                               total_steps=config.num_train_steps, d_model=model.cfg.d_model)
+    patterns = tuple(config.get("freeze", ()) or ())
+    return (freeze(tx, patterns) if patterns else tx), schedule
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def make_tokenizer(config, workdir: str, task: tasks.Task | None = None):
+    if config.data.task == SYNTHETIC:
+        return None
+    from transformer_jax import data
+
+    task = config_task(config) if task is None else task
+    return data.make_task_tokenizer(config.data.tokenizer, config.data.task, workdir=workdir,
+                                    vocab_size=config.data.vocab_size or None, text_keys=text_keys(config),
+                                    data_dir=config.data.data_dir or None, symbols=task.symbols)
+
+
+def make_data_iterator(config, split: str, tokenizer, *, repeat: bool, batch_size: int | None = None,
+                       seed: int | None = None, task: tasks.Task | None = None):
+    """This process's iterator over `split` (its `1/process_count` share of each global batch)."""
+    batch_size = config.batch_size if batch_size is None else batch_size
+    local = batch_size // jax.process_count()
+    seed = config.seed if seed is None else seed
+    if config.data.task == SYNTHETIC:
+        from transformer_jax.train.synthetic import SyntheticIterator
+
+        return SyntheticIterator(global_batch_size=batch_size, max_len=config.data.max_src_len,
+                                 vocab_size=config.model.vocab_size, seed=seed if split == "train" else seed + 1,
+                                 shard_index=jax.process_index(), shard_count=jax.process_count())
+    from transformer_jax import data
+
+    task = config_task(config) if task is None else task
+    return data.make_iterator(config.data.task, split, task=task, tokenizer=tokenizer, batch_size=local,
+                              max_src_len=config.data.max_src_len, max_tgt_len=config.data.max_tgt_len,
+                              pack=config.data.pack if repeat else False, seed=seed,
+                              shard_index=jax.process_index(), shard_count=jax.process_count(),
+                              repeat=repeat, data_dir=config.data.data_dir or None)
+
+
+def text_keys(config):
+    """config.data.text_keys (e.g. ('en', 'de') for en->de), or None for the task's default."""
+    return tuple(config.data.get("text_keys", ())) or None
+
+
+def _peek(iterator) -> dict[str, np.ndarray]:
+    """The next batch without consuming it (for shapes)."""
+    saved = iterator.get_state()
+    batch = next(iterator)
+    iterator.set_state(saved)
+    return batch
+
+
+def check_data(config, splits: tuple[str, ...] = ("train",)) -> None:
+    """Open the data task's splits (cheap; prepares built-in tasks) so a missing dataset fails before
+    anything is written to the workdir. DatasetNotPreparedError (a FileNotFoundError) says how."""
+    if config.data.task == SYNTHETIC:
+        return
+    from transformer_jax import data
+
+    for split in splits:
+        data.open_source(config.data.task, split, data_dir=config.data.data_dir or None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The saved config
+
+
+def save_config(config, workdir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    tmp = os.path.join(workdir, f"config.pkl.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        pickle.dump(config, f)
+    os.replace(tmp, os.path.join(workdir, "config.pkl"))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.pkl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--workdir={workdir!r} has no config.pkl; pass --config (the one used to train)")
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup shared by train / eval / decode
+
+
+@dataclasses.dataclass
+class Setup:
+    config: Any
+    workdir: str
+    task: tasks.Task
+    mesh: Any
+    model: Any
+    tx: Any
+    schedule: Callable
+    state: TrainState
+    shardings: TrainState
+    tokenizer: Any
+    example: dict
+
+
+def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Setup, Any]:
+    """Validate, build the mesh, model, optimiser and sharded state (not yet restored).
+
+    The workdir is created only after the config and the data check out; if this call created it
+    and anything fails before it returns, it is removed again (no half-made workdirs).
+    """
+    sizes = validate_config(config, workdir)
+    if train_iter is None:
+        check_data(config)
+    fresh = not os.path.exists(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        return _build(config, workdir, sizes, train_iter, tokenizer)
+    except BaseException:
+        if fresh and jax.process_index() == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -> tuple[Setup, Any]:
+    task = config_task(config)
+    mesh = shd.make_mesh(sizes)
+    model = build_model(config, task)
+    tx, schedule = make_optimizer(config, model)
+    if tokenizer is None:
+        tokenizer = make_tokenizer(config, workdir, task)
+    if tokenizer is not None and tokenizer.vocab_size > model.cfg.vocab_size:
+        raise ValueError(f"config.model.vocab_size={model.cfg.vocab_size} is smaller than the tokenizer's "
+                         f"vocabulary ({tokenizer.vocab_size}); set it to at least {tokenizer.vocab_size}")
+    if train_iter is None:
+        train_iter = make_data_iterator(config, "train", tokenizer, repeat=True, task=task)
+    example = _peek(train_iter)
+    check_batch_fits(config, task, example)
+    shapes = {k: jax.ShapeDtypeStruct((config.batch_size, *np.shape(v)[1:]), np.asarray(v).dtype)
+              for k, v in example.items()}
+    state, shardings = create_train_state(model, tx, shapes, mesh, seed=config.seed, task=task)
+    return Setup(config, workdir, task, mesh, model, tx, schedule, state, shardings, tokenizer, shapes), train_iter
+
+
+def checkpointer(config, workdir, *, track_best: bool = True):
+    """The run's Checkpointer; it scores checkpoints by `best_metric` only when eval computes it."""
+    from transformer_jax.checkpoint import Checkpointer
+
+    best = config.best_metric if track_best and config.eval_every and config.best_metric else None
+    return Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+                        best_metric=best, best_mode=config.best_mode, async_save=config.async_checkpoints)
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """Whether `workdir/checkpoints` holds a committed step (checked on disk, nothing created)."""
+    from transformer_jax.checkpoint import committed_steps
+
+    return bool(committed_steps(os.path.join(workdir, "checkpoints")))
+
+
+def restore_for_eval(config, workdir: str, *, which: str = "latest") -> tuple[Setup, TrainState, int]:
+    """Setup + params of the latest (or best) checkpoint in `workdir`, on this machine's mesh.
+
+    Fails (FileNotFoundError) before building anything when `workdir` holds no checkpoint.
+    """
+    if not has_checkpoint(workdir):
+        raise FileNotFoundError(f"--workdir={workdir!r} holds no checkpoint (nothing in "
+                                f"{os.path.join(workdir, 'checkpoints')}); train there first")
+    s, _ = setup(config, workdir)
+    ckpt = checkpointer(config, workdir)
+    step = ckpt.best_step() if which == "best" else None
+    restored = ckpt.restore(abstract_state(s.state, s.shardings), step=step)
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+    return s, restored[0], restored[2]

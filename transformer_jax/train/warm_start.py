@@ -1,0 +1,166 @@
+"""Fine-tuning: start from another run's parameters (`config.init_from`) and freeze some (`config.freeze`).
+
+`init_from` is one of our workdirs (its latest checkpoint's params, restored through its own saved
+config) or a Hugging Face model directory (`transformer_jax.from_pretrained`). Parameters whose
+path and shape match are loaded, placed on the new state's shardings; the others (new heads) keep
+their fresh initialisation; a path present in both with different shapes is an error that lists
+every such parameter with both shapes. Paths are '/'-joined (`encoder/layer_0/mlp/wi/kernel`);
+the embedding table that a `MaskedLM` or `DecoderLM` keeps at `embedding/...` is the one an
+`EncoderClassifier` keeps inside its encoder (`encoder/embedding/...`), so each is found under the
+other's name.
+
+Applied only when the workdir has no checkpoint of its own: a resumed run restores its own state,
+so fine-tuning resumes exactly like any run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+ALIASES = (("encoder/embedding/", "embedding/"), ("embedding/", "encoder/embedding/"))
+
+
+def path_string(path) -> str:
+    """A jax key path -> 'encoder/layer_0/mlp/wi/kernel' (flax's boxed `.value` left out)."""
+    parts = []
+    for key in path:
+        name = getattr(key, "key", None) if hasattr(key, "key") else getattr(key, "name", None)
+        if name is None:
+            name = getattr(key, "idx", None)
+        if name == "value" and not hasattr(key, "key"):  # nn.Partitioned's field
+            continue
+        parts.append(str(name))
+    return "/".join(parts)
+
+
+def freeze(tx: optax.GradientTransformation, patterns: tuple[str, ...]) -> optax.GradientTransformation:
+    """`tx` for the parameters whose path matches none of `patterns` (re.fullmatch); zero updates and
+    no optimiser state for the others (`optax.multi_transform` with `optax.set_to_zero`)."""
+    compiled = [re.compile(p) for p in patterns]
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "frozen" if any(c.fullmatch(path_string(path)) for c in compiled) else "train", params)
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def check_freeze(params, patterns: tuple[str, ...]) -> list[str]:
+    """The frozen parameter paths; a pattern that matches no parameter is an error naming it."""
+    paths = [path_string(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    frozen = []
+    for pattern in patterns:
+        hits = [p for p in paths if re.fullmatch(pattern, p)]
+        if not hits:
+            raise ValueError(f"config.freeze: {pattern!r} matches no parameter; parameters are named like "
+                             f"{', '.join(paths[:4])} ...")
+        frozen += hits
+    return sorted(set(frozen))
+
+
+# ----------------------------------------------------------------------------------------------
+# Source parameters
+
+
+def source_params(path: str, mesh) -> tuple[dict[str, Any], str]:
+    """('/'-joined path -> array, description) of `path`: our workdir or a Hugging Face directory."""
+    from transformer_jax.checkpoint import committed_steps
+
+    if committed_steps(os.path.join(path, "checkpoints")):
+        return _workdir_params(path, mesh)
+    import transformer_jax as tj
+
+    _, variables = tj.from_pretrained(path)
+    return flatten_dict(dict(variables["params"]), sep="/"), "a Hugging Face checkpoint"
+
+
+def _workdir_params(path: str, mesh) -> tuple[dict[str, Any], str]:
+    """The latest checkpoint's params of one of our workdirs, restored into its own (abstract)
+    state built from its saved config, on `mesh`."""
+    from transformer_jax.train import build
+    from transformer_jax.train.experiment import build_model, config_task
+    from transformer_jax.train.state import abstract_state, abstract_train_state
+
+    config = build.load_config(path)
+    task = config_task(config)
+    model = build_model(config, task)
+    tx, _ = build.make_optimizer(config, model)
+    shapes = task.batch_shapes(config.batch_size, config.data.max_src_len, config.data.max_tgt_len)
+    abstract, shardings = abstract_train_state(model, tx, shapes, mesh, task=task)
+    ckpt = build.checkpointer(config, path, track_best=False)
+    try:
+        restored = ckpt.restore(abstract_state(abstract, shardings))
+    finally:
+        ckpt.close()
+    state, _, step = restored
+    return flatten_dict(dict(state.params), sep="/"), f"step {step} of a {type(model).__name__} workdir"
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _find(name: str, source: dict) -> str | None:
+    if name in source:
+        return name
+    for ours, theirs in ALIASES:
+        if name.startswith(ours) and theirs + name[len(ours):] in source:
+            return theirs + name[len(ours):]
+    return None
+
+
+def load_matching(params, shardings, source: dict[str, Any], where: str) -> tuple[Any, list[str], list[str]]:
+    """(params with every matching source parameter loaded, loaded paths, fresh paths).
+
+    Loaded arrays are cast to the target's dtype and placed with the target's sharding.
+    """
+    flat, flat_shardings = flatten_dict(dict(params), sep="/"), flatten_dict(dict(shardings), sep="/")
+    loaded, fresh, mismatched = [], [], []
+    out = {}
+    for name, value in flat.items():
+        key = _find(name, source)
+        if key is None:
+            fresh.append(name)
+            out[name] = value
+            continue
+        src = source[key]
+        if tuple(np.shape(src)) != tuple(value.shape):
+            mismatched.append(f"{name}: {where} {tuple(np.shape(src))} vs model {tuple(value.shape)}")
+            continue
+        out[name] = jax.device_put(np.asarray(jax.device_get(src)).astype(value.dtype), flat_shardings[name])
+        loaded.append(name)
+    if mismatched:
+        raise ValueError(f"config.init_from: {len(mismatched)} parameter(s) exist in both with different shapes: "
+                         + "; ".join(mismatched))
+    if not loaded:
+        raise ValueError(f"config.init_from: no parameter of {where} matches the model by path and shape "
+                         f"(the model's are named like {', '.join(list(flat)[:3])}; the checkpoint's like "
+                         f"{', '.join(list(source)[:3])})")
+    return unflatten_dict(out, sep="/"), loaded, fresh
+
+
+def summarize(names: list[str]) -> str:
+    """'encoder/layer_*/mlp/wi/kernel, ...': layer indices folded, so a deep model's list stays short."""
+    folded = list(dict.fromkeys(re.sub(r"layer_\d+", "layer_*", n) for n in names))
+    return ", ".join(folded) if folded else "none"
+
+
+def warm_start(state, shardings, path: str, mesh, workdir: str, log) -> Any:
+    """`state` with `path`'s matching parameters loaded; the loaded and fresh sets are logged and
+    written to `<workdir>/init_from.json`."""
+    source, where = source_params(path, mesh)
+    params, loaded, fresh = load_matching(state.params, shardings.params, source, where)
+    log(f"init_from {path} ({where}): loaded {len(loaded)} parameters: {summarize(loaded)}")
+    log(f"init_from: {len(fresh)} fresh parameters: {summarize(fresh)}")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "init_from.json"), "w") as f:
+            json.dump({"init_from": path, "source": where, "loaded": loaded, "fresh": fresh}, f, indent=1)
+    return state.replace(params=params)
