@@ -1,0 +1,272 @@
+"""LoRA: low-rank adapters on projection kernels (Hu et al. 2021, "LoRA", eq. 3).
+
+A targeted kernel W [*in, *out] is used as W + (alpha / r) · A B with A [*in, r] and B [r, *out]
+(a contraction over the multi-dim in/out axes of our `layers.Projection` kernels: query/key/value
+[D, N, H], out [N, H, D], wi/wi_gate [D, F], wo [F, D], logits [D, V], heads). A is drawn
+N(0, 1/fan_in), B is zero, so a fresh adapter changes nothing.
+
+Written as a pure parameter transformation rather than with a library, because none fits:
+- qwix (0.1.8, the maintained JAX option) intercepts einsum inside linen modules; on our
+  `Projection` its `LoraProvider.einsum` sets an attribute on the frozen linen module and fails
+  (`SetAttributeFrozenModuleError`), it stores the adapters inside the model's own parameter tree,
+  and it only intercepts the methods named when the model is wrapped (generation calls
+  `encode`/`decode` on a module type that `decode.py` dispatches on);
+- Flax's own LoRA (`nnx.LoRA`) is NNX-only; these models are linen.
+Here the adapters are their own pytree, nested like the parameters: at the path of each targeted
+projection, `{"a": [*in, r], "b": [r, *out]}`. The model runs unchanged on
+`merge_lora(frozen, adapters, config)`, gradients are taken with respect to the adapters alone,
+the optimiser state is adapter-sized, and saving adapters alone is saving that tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PROJECTIONS = ("query", "key", "value", "out", "wi", "wi_gate", "wo", "logits", "pooler", "classifier",
+               "transform")
+# Projections whose kernel takes more than one input axis (attention `out`: [N, H, D]).
+IN_DIMS = {"out": 2}
+ADAPTER_FILE, CONFIG_FILE = "adapters.safetensors", "lora_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """rank r, scale alpha (the update is scaled by alpha / r), and the projections to adapt.
+
+    `targets` are projection names (`PROJECTIONS`, e.g. ("query", "value"), the paper's choice) or
+    regular expressions matched in full against a projection's path, e.g.
+    "encoder/layer_[01]/.*/query".
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("query", "value")
+
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)) or self.rank <= 0:
+            raise ValueError(f"lora.rank must be a positive integer; got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float, np.number)) \
+                or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be a positive number; got {self.alpha!r}")
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError(f"lora.targets must be a non-empty tuple of projection names or path "
+                             f"patterns (names: {', '.join(PROJECTIONS)}); got {self.targets!r}")
+        for t in targets:
+            try:
+                re.compile(t)
+            except re.error as e:
+                raise ValueError(f"lora.targets entry {t!r} is not a valid regular expression: {e}") from None
+        object.__setattr__(self, "rank", int(self.rank))
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "targets", targets)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets)}
+
+
+def _projections(params) -> dict[tuple[str, ...], Any]:
+    """Every sub-dict that holds a `kernel`, by its path of keys: {("encoder", ..., "query"): node}."""
+    found = {}
+
+    def walk(tree, path):
+        if isinstance(tree, Mapping):
+            if "kernel" in tree and not isinstance(tree["kernel"], Mapping):
+                found[path] = tree
+            for k, v in tree.items():
+                if isinstance(v, Mapping):
+                    walk(v, path + (str(k),))
+
+    walk(params, ())
+    return found
+
+
+def _matches(path: tuple[str, ...], targets: tuple[str, ...]) -> bool:
+    joined = "/".join(path)
+    return any(t == path[-1] or re.fullmatch(t, joined) for t in targets)
+
+
+def targeted(params, config: LoraConfig) -> dict[tuple[str, ...], Any]:
+    """The projections `config.targets` select, by path; a named error if it selects none."""
+    projections = _projections(_unwrap(params))
+    chosen = {p: k for p, k in projections.items() if p and _matches(p, config.targets)}
+    if not chosen:
+        names = sorted({p[-1] for p in projections if p})
+        raise ValueError(f"lora.targets={config.targets} match no projection of this model; its "
+                         f"projections are {', '.join(names) or '(none)'} (a target is one of these "
+                         "names or a regular expression over paths like 'encoder/layer_0/.../query')")
+    return chosen
+
+
+def _unwrap(variables):
+    """Accept {"params": tree} as well as the tree itself."""
+    if isinstance(variables, Mapping) and set(variables) == {"params"}:
+        return variables["params"]
+    return variables
+
+
+def in_dims(path: tuple[str, ...], node: Mapping) -> int:
+    """How many leading kernel axes are inputs: kernel [*in, *out] and bias [*out] tell; without a
+    bias, the projection's name does (attention `out` takes [N, H])."""
+    kernel, bias = nn.meta.unbox(node["kernel"]), nn.meta.unbox(node.get("bias"))
+    if bias is not None and 0 < np.ndim(bias) < np.ndim(kernel):
+        return np.ndim(kernel) - np.ndim(bias)
+    return IN_DIMS.get(path[-1], 1)
+
+
+def init_lora(rng: jax.Array, params, config: LoraConfig):
+    """Fresh adapters for the targeted kernels: A ~ N(0, 1/fan_in) [*in, r], B = 0 [r, *out].
+
+    If the kernels carry logical axis names (`nn.LogicallyPartitioned`, as `model.init` returns
+    them), A and B carry the same names on their in / out axes (the rank axis is replicated), so
+    `sharding.logical_shardings` places them like their kernels.
+    """
+    chosen = targeted(params, config)
+    adapters: dict = {}
+    for i, (path, node) in enumerate(sorted(chosen.items())):
+        kernel = node["kernel"]
+        value = nn.meta.unbox(kernel)
+        n_in = in_dims(path, node)
+        in_shape, out_shape = value.shape[:n_in], value.shape[n_in:]
+        dtype = value.dtype if jnp.issubdtype(value.dtype, jnp.floating) else jnp.float32
+        std = 1.0 / math.sqrt(math.prod(in_shape))
+        a = (std * jax.random.normal(jax.random.fold_in(rng, i), (*in_shape, config.rank), jnp.float32)).astype(dtype)
+        b = jnp.zeros((config.rank, *out_shape), dtype)
+        if isinstance(kernel, nn.LogicallyPartitioned):
+            names = tuple(kernel.names)
+            a = nn.LogicallyPartitioned(a, names[:n_in] + (None,))
+            b = nn.LogicallyPartitioned(b, (None,) + names[n_in:])
+        node = adapters
+        for key in path:
+            node = node.setdefault(key, {})
+        node.update(a=a, b=b)
+    return adapters
+
+
+def _adapter_leaves(adapters) -> dict[tuple[str, ...], tuple[Any, Any]]:
+    found = {}
+
+    def walk(tree, path):
+        if isinstance(tree, Mapping):
+            if "a" in tree and "b" in tree and not isinstance(tree["a"], Mapping):
+                found[path] = (tree["a"], tree["b"])
+                return
+            for k, v in tree.items():
+                walk(v, path + (str(k),))
+
+    walk(adapters, ())
+    return found
+
+
+def delta(a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
+    """(alpha / r) · A B: [*in, r], [r, *out] -> [*in, *out], accumulated in float32."""
+    return scale * jnp.tensordot(a.astype(jnp.float32), b.astype(jnp.float32), axes=1)
+
+
+def merge_lora(params, adapters, config: LoraConfig):
+    """The parameters with each adapted kernel replaced by W + (alpha / r) · A B (plain arrays).
+
+    Takes `params` or `{"params": params}` (and returns the same form). Used both to fold trained
+    adapters into the base weights for inference and, inside the train step, to build the
+    parameters the model runs on (then only the adapters are differentiated).
+    """
+    wrapped = isinstance(params, Mapping) and set(params) == {"params"}
+    tree = nn.meta.unbox(_unwrap(params))
+    leaves = _adapter_leaves(nn.meta.unbox(_unwrap(adapters)))
+    kernels = _projections(tree)
+    missing = sorted("/".join(p) for p in leaves if p not in kernels)
+    if missing:
+        raise ValueError(f"merge_lora: adapters at {', '.join(missing)} have no kernel in these params")
+
+    def rebuild(node, path):
+        if not isinstance(node, Mapping):
+            return node
+        out = {k: rebuild(v, path + (str(k),)) for k, v in node.items()}
+        if path in leaves:
+            a, b = leaves[path]
+            w = node["kernel"]
+            d = delta(a, b, config.scale)
+            if d.shape != w.shape:
+                raise ValueError(f"merge_lora: adapter at {'/'.join(path)} gives an update of shape "
+                                 f"{d.shape}, but the kernel is {w.shape}")
+            out["kernel"] = (w.astype(jnp.float32) + d).astype(w.dtype)
+        return out
+
+    merged = rebuild(tree, ())
+    return {"params": merged} if wrapped else merged
+
+
+def lora_train_fns(frozen_params, config: LoraConfig) -> tuple[Callable, Callable]:
+    """(init(rng) -> adapters, params_for_apply(adapters, frozen=frozen_params) -> params).
+
+    The loss calls `model.apply({"params": params_for_apply(adapters, frozen)}, ...)` and
+    differentiates with respect to `adapters` alone; `frozen` passes through `stop_gradient`, and
+    `tx.init(adapters)` makes the optimiser state adapter-sized. Pass `frozen` explicitly inside a
+    jitted step (an argument, not a closed-over constant of the compiled program).
+    """
+    targeted(frozen_params, config)  # the named error before anything compiles
+
+    def init(rng):
+        return init_lora(rng, frozen_params, config)
+
+    def params_for_apply(adapters, frozen=None):
+        base = jax.lax.stop_gradient(nn.meta.unbox(frozen_params if frozen is None else frozen))
+        return merge_lora(base, adapters, config)
+
+    return init, params_for_apply
+
+
+def adapter_count(adapters) -> int:
+    """The number of trained numbers: sum of A and B sizes."""
+    return int(sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(nn.meta.unbox(adapters))))
+
+
+def save_adapters(path: str, adapters, config: LoraConfig) -> None:
+    """Write `adapters.safetensors` (keys "encoder/layer_0/.../query/a") and `lora_config.json` into
+    the directory `path`: the base model is not written."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(path, exist_ok=True)
+    flat = {}
+    for p, (a, b) in _adapter_leaves(nn.meta.unbox(adapters)).items():
+        key = "/".join(p)
+        flat[f"{key}/a"], flat[f"{key}/b"] = np.asarray(jax.device_get(a)), np.asarray(jax.device_get(b))
+    save_file(flat, os.path.join(path, ADAPTER_FILE))
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+        json.dump(config.to_dict(), f, indent=1)
+
+
+def load_adapters(path: str) -> tuple[dict, LoraConfig]:
+    """(adapters, config) written by `save_adapters`."""
+    from safetensors.numpy import load_file
+
+    files = [os.path.join(path, n) for n in (ADAPTER_FILE, CONFIG_FILE)]
+    absent = [f for f in files if not os.path.isfile(f)]
+    if absent:
+        raise FileNotFoundError(f"load_adapters: {path!r} lacks {', '.join(absent)} (written by save_adapters)")
+    with open(files[1]) as f:
+        cfg = json.load(f)
+    config = LoraConfig(rank=cfg["rank"], alpha=cfg["alpha"], targets=tuple(cfg["targets"]))
+    adapters: dict = {}
+    for key, value in load_file(files[0]).items():
+        *p, leaf = key.split("/")
+        node = adapters
+        for k in p:
+            node = node.setdefault(k, {})
+        node[leaf] = jnp.asarray(value)
+    return adapters, config
