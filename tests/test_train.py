@@ -1,6 +1,7 @@
 """Exact resume: a run SIGKILLed between checkpoints and restarted reproduces the uninterrupted
 run's per-step losses and final parameters bit for bit; the non-finite guard stops with the step."""
 
+import json
 import os
 import re
 import signal
@@ -225,3 +226,81 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert f"interrupted: saved the checkpoint of step {saved}" in err and "resume" in err
     with Checkpointer(workdir / "checkpoints") as ckpt:
         assert ckpt.all_steps() == [saved]
+
+
+# --- pretraining and fine-tuning -----------------------------------------------------------------
+
+_TEXT_TINY = dict(d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1, num_decoder_layers=0, vocab_size=320,
+                  max_len=32, dropout_rate=0.0)
+
+
+def _text_config(name, data_dir, **overrides):
+    import runpy
+
+    c = runpy.run_path(os.path.join(REPO, "configs", name))["get_config"]()
+    c.model.update(**_TEXT_TINY)
+    c.data.update(vocab_size=300, max_src_len=32, max_tgt_len=32, data_dir=str(data_dir))
+    c.update(batch_size=8, num_train_steps=2, log_every=1, eval_every=0, checkpoint_every=100, test_at_end=False)
+    c.schedule.update(warmup_steps=1)
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def mlm_workdir(tmp_path_factory):
+    """A masked-LM run of 2 steps on the built-in corpus (the source of the fine-tuning tests)."""
+    root = tmp_path_factory.mktemp("mlm")
+    c = _text_config("mlm.py", root / "tfds", test_at_end=True)
+    summary = loop.train(c, str(root / "run"), progress=False)
+    assert {"accuracy", "perplexity"} <= set(summary["eval"])  # masked-token accuracy and perplexity
+    return root
+
+
+def _params(workdir):
+    c = loop.load_config(str(workdir))
+    _, state, step = loop.restore_for_eval(c, str(workdir))
+    from flax.traverse_util import flatten_dict
+
+    return step, {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(state.params), sep="/").items()}
+
+
+def test_classifier_fine_tuned_from_a_masked_lm_loads_the_encoder_and_resumes_exactly(mlm_workdir, tmp_path, capsys):
+    """init_from an MLM workdir: encoder and embeddings loaded (frozen here, so still equal after
+    training), pooler and classifier fresh; the log and init_from.json name both sets; the run
+    resumes from its own checkpoint (init_from ignored) and matches an uninterrupted run."""
+    src = str(mlm_workdir / "run")
+    c = _text_config("text_classifier.py", mlm_workdir / "tfds", init_from=src, freeze=("encoder/layer_0/.*",),
+                     checkpoint_every=1)
+    loop.train(c, str(tmp_path / "cut"), progress=False)
+    out = capsys.readouterr().out
+    assert "init_from" in out and "loaded" in out and "fresh parameters: classifier/bias" in out
+    record = json.load(open(tmp_path / "cut" / "init_from.json"))
+    assert sorted(record["fresh"]) == ["classifier/bias", "classifier/kernel", "pooler/bias", "pooler/kernel"]
+    assert "encoder/embedding/embedding" in record["loaded"] and "encoder/layer_0/mlp/wi/kernel" in record["loaded"]
+    _, mlm = _params(src)
+    step, cls = _params(tmp_path / "cut")
+    assert step == 2
+    np.testing.assert_array_equal(cls["encoder/layer_0/mlp/wi/kernel"], mlm["encoder/layer_0/mlp/wi/kernel"])
+    assert not np.array_equal(cls["encoder/embedding/embedding"], mlm["embedding/embedding"])  # not frozen: trained
+    c.num_train_steps = 3
+    loop.train(c, str(tmp_path / "cut"), progress=False)
+    out = capsys.readouterr().out
+    assert "resumed from checkpoint at step 2" in out and "init_from" not in out
+    straight = _text_config("text_classifier.py", mlm_workdir / "tfds", init_from=src,
+                            freeze=("encoder/layer_0/.*",), num_train_steps=3)
+    loop.train(straight, str(tmp_path / "straight"), progress=False)
+    (_, a), (_, b) = _params(tmp_path / "cut"), _params(tmp_path / "straight")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_init_from_with_other_shapes_names_the_parameters_and_leaves_no_workdir(mlm_workdir, tmp_path):
+    c = _text_config("text_classifier.py", mlm_workdir / "tfds", init_from=str(mlm_workdir / "run"))
+    c.model.d_ff = 48
+    with pytest.raises(ValueError, match=r"config.init_from: 3 parameter\(s\) exist in both with different shapes: "
+                                         r"encoder/layer_0/mlp/wi/bias: step 2 of a MaskedLM workdir \(64,\) vs "
+                                         r"model \(48,\); encoder/layer_0/mlp/wi/kernel: .* \(32, 64\) vs model "
+                                         r"\(32, 48\); encoder/layer_0/mlp/wo/kernel"):
+        loop.train(c, str(tmp_path / "run"), progress=False)
+    assert not os.path.exists(tmp_path / "run")

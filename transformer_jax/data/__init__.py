@@ -18,6 +18,7 @@ from transformer_jax.data.pipeline import (
     iter_texts,
     make_iterator,
     make_task_tokenizer,
+    sentencepiece_path,
 )
 from transformer_jax.data.sources import DEFAULT_TASK, DatasetNotPreparedError, open_source, prepare
 from transformer_jax.data.stats import DataStats
@@ -54,4 +55,5 @@ __all__ = [
     "make_tokenizer",
     "open_source",
     "prepare",
+    "sentencepiece_path",
 ]

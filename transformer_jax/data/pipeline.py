@@ -309,6 +309,13 @@ def iter_texts(
             yield as_text(r[k])
 
 
+def sentencepiece_path(workdir, dataset: str, vocab_size: int, symbols: Sequence[str] = ()) -> str:
+    """Where a workdir keeps the SentencePiece model of ``dataset``: ``<dataset>.spm<vocab>[.mask].model``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset)
+    tag = "".join("." + re.sub(r"[^a-z0-9]+", "", s.lower()) for s in symbols)
+    return os.path.join(os.fspath(workdir), f"{name}.spm{vocab_size}{tag}.model")
+
+
 def make_task_tokenizer(
     kind: str,
     task: str = DEFAULT_TASK,
@@ -331,9 +338,7 @@ def make_task_tokenizer(
         return make_tokenizer(kind)
     if workdir is None or vocab_size is None:
         raise ValueError("make_task_tokenizer('sentencepiece', ...) needs workdir and vocab_size")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
-    tag = "".join("." + re.sub(r"[^a-z0-9]+", "", s.lower()) for s in symbols)
-    path = os.path.join(os.fspath(workdir), f"{name}.spm{vocab_size}{tag}.model")
+    path = sentencepiece_path(workdir, task, vocab_size, symbols)
     texts = lambda: iter_texts(
         task, "train", data_dir=data_dir, text_keys=text_keys, max_examples=max_train_examples
     )

@@ -24,7 +24,7 @@ from transformer_jax.train import optim
 from transformer_jax.train.experiment import SYNTHETIC, build_model, check_batch_fits, config_task, validate_config
 from transformer_jax.train.state import TrainState, abstract_state, create_train_state
 from transformer_jax.train.step import StepConfig
-from transformer_jax.train.warm_start import freeze
+from transformer_jax.train.warm_start import check_freeze, freeze, summarize, warm_start
 
 
 def log(*args):
@@ -55,9 +55,30 @@ def make_tokenizer(config, workdir: str, task: tasks.Task | None = None):
     from transformer_jax import data
 
     task = config_task(config) if task is None else task
+    if config.data.tokenizer == "sentencepiece" and config.get("init_from", ""):
+        _tokenizer_from(config.init_from, data.sentencepiece_path(workdir, config.data.task, config.data.vocab_size,
+                                                                  task.symbols))
     return data.make_task_tokenizer(config.data.tokenizer, config.data.task, workdir=workdir,
                                     vocab_size=config.data.vocab_size or None, text_keys=text_keys(config),
                                     data_dir=config.data.data_dir or None, symbols=task.symbols)
+
+
+def _tokenizer_from(source: str, path: str) -> None:
+    """A run that starts from one of our workdirs reads text as that run did: its SentencePiece model
+    is copied to `path` (the name this run looks for) unless this workdir already has one."""
+    from transformer_jax import data
+
+    if os.path.exists(path) or not has_checkpoint(source):
+        return
+    cfg = load_config(source)
+    if cfg.data.tokenizer != "sentencepiece":
+        return
+    src = data.sentencepiece_path(source, cfg.data.task, cfg.data.vocab_size, config_task(cfg).symbols)
+    if os.path.exists(src):
+        tmp = f"{path}.tmp{os.getpid()}"  # every process copies; the rename is atomic
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, path)
+        log(f"init_from: tokenizer {src}")
 
 
 def make_data_iterator(config, split: str, tokenizer, *, repeat: bool, batch_size: int | None = None,
@@ -184,6 +205,11 @@ def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -
     shapes = {k: jax.ShapeDtypeStruct((config.batch_size, *np.shape(v)[1:]), np.asarray(v).dtype)
               for k, v in example.items()}
     state, shardings = create_train_state(model, tx, shapes, mesh, seed=config.seed, task=task)
+    frozen = check_freeze(state.params, tuple(config.get("freeze", ()) or ()))
+    if frozen:
+        log(f"freeze: {len(frozen)} parameters get no updates: {summarize(frozen)}")
+    if config.get("init_from", "") and not has_checkpoint(workdir):  # a resumed run restores its own state
+        state = warm_start(state, shardings, config.init_from, mesh, workdir, log)
     return Setup(config, workdir, task, mesh, model, tx, schedule, state, shardings, tokenizer, shapes), train_iter
 
 

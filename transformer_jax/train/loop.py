@@ -33,7 +33,6 @@ from transformer_jax.train.experiment import validate_config  # noqa: F401
 from transformer_jax.train.logs import MetricsWriter, Progress, read_metrics, write_json_atomic  # noqa: F401
 from transformer_jax.train.state import abstract_state
 from transformer_jax.train.step import jit_train_step, make_train_step
-from transformer_jax.train.warm_start import check_freeze, warm_start
 
 
 class NonFiniteError(FloatingPointError):
@@ -122,19 +121,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
     mesh, state = s.mesh, s.state
     _log(shd.mesh_summary(mesh))
     _log(f"{s.task.name} task, model {type(s.model).__name__}: {tj.param_count(state.params):,} parameters")
-    frozen = check_freeze(state.params, tuple(config.get("freeze", ()) or ()))
-    if frozen:
-        _log(f"freeze: {len(frozen)} parameters get no updates")
 
     ckpt = checkpointer(config, workdir)
     restored = ckpt.restore(abstract_state(state, s.shardings))
-    if restored is not None:  # init_from is ignored once the run has its own checkpoint
+    if restored is not None:  # (init_from was applied by setup only when there is no checkpoint)
         state, data_state, step = restored
         if data_state is not None:
             train_iter.set_state(data_state)
         _log(f"resumed from checkpoint at step {step}")
-    elif config.get("init_from", ""):
-        state = warm_start(state, s.shardings, config.init_from, mesh, workdir, _log)
     start = int(jax.device_get(state.step))
     compiled = _compile(s, state)
 

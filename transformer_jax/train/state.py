@@ -90,4 +90,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, examp
 
 def abstract_state(state_or_shapes: TrainState, shardings: TrainState) -> TrainState:
     """ShapeDtypeStructs carrying target shardings: what `checkpoint.restore` fills in."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_or_shapes, shardings)
+    # optax.MaskedNode (no leaves) stands where a frozen parameter has no optimiser state
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    return jax.tree.map(lambda x, s: x if masked(x) else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        state_or_shapes, shardings, is_leaf=masked)
