@@ -127,3 +127,14 @@ def _leaf(tree, path):
     for k in path:
         tree = tree[k.key]
     return tree
+
+
+def test_generate_compiles_once_per_settings(seq2seq):
+    from transformer_jax.quantize import _generate_jit
+
+    model, variables, src, _ = seq2seq
+    q = quantize(variables, "int8")
+    generate(model, q, src, max_len=4)
+    size = _generate_jit._cache_size()
+    generate(model, q, src + 1, max_len=4)
+    assert _generate_jit._cache_size() == size

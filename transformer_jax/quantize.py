@@ -22,6 +22,7 @@ transformation is ~100 lines, touches no module, and works for every model and m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -150,10 +151,16 @@ def apply(model: nn.Module, q: QuantizedVariables, *args, **kwargs):
 
 def generate(model: nn.Module, q: QuantizedVariables, inputs, **kwargs):
     """`transformer_jax.generate` on quantized variables, jitted so the int8 weights stay int8 in
-    memory and are scaled inside the compiled program. Keyword arguments as for `generate`."""
+    memory and are scaled inside the compiled program (once per call, before the decoding loop).
+    Keyword arguments as for `generate`; array ones (rng, prompt_lengths, ...) are traced, the rest
+    are static (one compilation per model and settings)."""
+    arrays = {k: v for k, v in kwargs.items() if isinstance(v, (jax.Array, np.ndarray))}
+    static = tuple(sorted((k, v) for k, v in kwargs.items() if k not in arrays))
+    return _generate_jit(model, q, jnp.asarray(inputs), arrays, static)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _generate_jit(model, q, inputs, arrays, static):
     from transformer_jax.decode import generate as _generate
 
-    arrays = {k: v for k, v in kwargs.items() if isinstance(v, (jax.Array, np.ndarray))}
-    static = {k: v for k, v in kwargs.items() if k not in arrays}
-    fn = jax.jit(lambda q, x, arrays: _generate(model, dequantize(q), x, **static, **arrays))
-    return fn(q, inputs, arrays)
+    return _generate(model, dequantize(q), inputs, **dict(static), **arrays)
