@@ -215,3 +215,17 @@ def test_lora_on_a_loaded_pretrained_classifier():
     trained = _randomize_b(adapters)
     moved = np.asarray(model.apply(lora.merge_lora(variables, trained, config), ids, token_types=types))
     assert np.abs(moved - out).max() > 1e-4
+
+
+def test_config_section():
+    import ml_collections
+
+    section = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=("query", "value")))
+    assert lora.from_config(section) is None and lora.from_config(None) is None  # off
+    section.rank = 4
+    assert lora.from_config(section) == lora.LoraConfig(rank=4, alpha=16.0, targets=("query", "value"))
+    section.rank = -1
+    with pytest.raises(ValueError, match="lora.rank must be a positive integer .0 turns LoRA off.; got -1"):
+        lora.from_config(section)
+    with pytest.raises(ValueError, match="lora.alpha"):
+        lora.from_config(dict(rank=2, alpha=-1.0, targets=("query",)))

@@ -80,6 +80,21 @@ class LoraConfig:
         return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets)}
 
 
+def from_config(section) -> LoraConfig | None:
+    """The `lora` section of an experiment config ({rank, alpha, targets}) as a LoraConfig, or None
+    when LoRA is off: no section, or rank 0 (as `eval_every=0` means never). A negative rank, a
+    non-positive alpha or empty targets are named errors."""
+    if section is None:
+        return None
+    get = section.get if hasattr(section, "get") else lambda k, d=None: getattr(section, k, d)
+    rank = get("rank", 0)
+    if isinstance(rank, (int, np.integer)) and not isinstance(rank, bool) and rank == 0:
+        return None
+    if isinstance(rank, (int, np.integer)) and not isinstance(rank, bool) and rank < 0:
+        raise ValueError(f"lora.rank must be a positive integer (0 turns LoRA off); got {rank}")
+    return LoraConfig(rank=rank, alpha=get("alpha", 16.0), targets=tuple(get("targets", ("query", "value"))))
+
+
 def _projections(params) -> dict[tuple[str, ...], Any]:
     """Every sub-dict that holds a `kernel`, by its path of keys: {("encoder", ..., "query"): node}."""
     found = {}
