@@ -31,13 +31,13 @@ def get_config():
     c.data.update(task="tjax_text", tokenizer="sentencepiece", vocab_size=2000, max_src_len=128,
                   max_tgt_len=128, pack=True)
     c.batch_size = 32
-    c.num_train_steps = 1500
+    c.num_train_steps = 600
     c.optimizer.update(name="adamw", learning_rate=1e-3, b2=0.98, eps=1e-6, weight_decay=0.01)
-    c.schedule.update(name="linear", warmup_steps=150)
+    c.schedule.update(name="linear", warmup_steps=60)
     c.label_smoothing = 0.0
     c.log_every = 50
-    c.eval_every = 500
-    c.checkpoint_every = 500
+    c.eval_every = 200
+    c.checkpoint_every = 200
     c.best_metric = "eval_accuracy"
     c.best_mode = "max"
     return c

@@ -23,9 +23,9 @@ def get_config():
     c.model_type = "encoder_classifier"  # tjax_text's labels
     c.data.update(pack=False)
     c.batch_size = 32
-    c.num_train_steps = 300
+    c.num_train_steps = 200
     c.optimizer.update(learning_rate=5e-4, weight_decay=0.01)
-    c.schedule.update(name="linear", warmup_steps=30)
+    c.schedule.update(name="linear", warmup_steps=20)
     c.eval_every = 100
     c.checkpoint_every = 100
     c.best_metric = "eval_accuracy"

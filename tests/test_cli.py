@@ -4,6 +4,7 @@ with a message naming the field."""
 
 import dataclasses
 import json
+import math
 import os
 
 import pytest
@@ -136,3 +137,31 @@ def test_unknown_key_names_the_flag_that_has_it(tmp_path):
         cli.main(["train", "--config", DEFAULT, "--workdir", str(tmp_path / "w"), "--config.batch_size=16",
                   "--config.seed=1", "--config.optimiser.name=adamw"])
     assert "--config.batch_size" not in str(exc.value.code) and "optimizer" in str(exc.value.code)
+
+
+LM = os.path.join(REPO, "configs", "lm.py")
+TINY_LM = ["--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.d_ff=64",
+           "--config.model.num_decoder_layers=1", "--config.model.vocab_size=320", "--config.model.max_len=48",
+           "--config.data.vocab_size=300", "--config.data.max_tgt_len=32", "--config.batch_size=8",
+           "--config.num_train_steps=2", "--config.log_every=1", "--config.eval_every=0",
+           "--config.schedule.warmup_steps=1", "--config.decode.batch_size=4"]
+
+
+def test_causal_lm_trains_reports_perplexity_and_decode_continues_prompts(tmp_path, capsys, monkeypatch):
+    """configs/lm.py on the built-in corpus: a DecoderLM, perplexity on the test split at the end;
+    `decode --workdir` reads prompts from stdin and prints one continuation per line."""
+    import io
+
+    workdir = str(tmp_path / "lm")
+    data_dir = f"--config.data.data_dir={tmp_path / 'tfds'}"
+    assert cli.main(["train", "--config", LM, "--workdir", workdir, data_dir, *TINY_LM]) == 0
+    out = capsys.readouterr().out
+    assert "causal LM task, model DecoderLM" in out and "test: accuracy" in out and "perplexity" in out
+    result = json.load(open(os.path.join(workdir, "eval.json")))
+    assert result["split"] == "test" and result["perplexity"] == pytest.approx(math.exp(result["nll"]))
+    monkeypatch.setattr("sys.stdin", io.StringIO("The if statement\nA module\n"))
+    assert cli.main(["decode", "--workdir", workdir, "--max_new_tokens", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) >= 2 and all(isinstance(line, str) for line in lines[-2:])
+    with pytest.raises(SystemExit, match=r"--max_new_tokens=-1 must be >= 0"):
+        cli.main(["decode", "--workdir", workdir, "--max_new_tokens", "-1"])
