@@ -229,3 +229,20 @@ def test_config_section():
         lora.from_config(section)
     with pytest.raises(ValueError, match="lora.alpha"):
         lora.from_config(dict(rank=2, alpha=-1.0, targets=("query",)))
+
+
+def test_merge_under_jit_on_a_sharded_mesh_equals_single_device(seq2seq):
+    model, params, src, tgt = seq2seq
+    config = lora.LoraConfig(rank=4, targets=("query", "out", "wi"))
+    boxed = jax.eval_shape(lambda k: model.init(k, src, tgt)["params"], jax.random.key(2))
+    boxed_adapters = jax.eval_shape(lambda k: lora.init_lora(k, boxed, config), jax.random.key(1))
+    mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    p_shard = shd.logical_shardings(boxed, mesh)
+    a_shard = shd.logical_shardings(boxed_adapters, mesh)
+    adapters = _randomize_b(lora.init_lora(jax.random.key(1), params, config))
+    sharded_p, sharded_a = jax.device_put(params, p_shard), jax.device_put(adapters, a_shard)
+    merged = jax.jit(lambda p, a: lora.merge_lora(p, a, config), out_shardings=p_shard)(sharded_p, sharded_a)
+    want = lora.merge_lora(params, adapters, config)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6), merged, want)
+    q = merged["encoder"]["layer_0"]["self_attention"]["query"]["kernel"]
+    assert q.sharding.spec == p_shard["encoder"]["layer_0"]["self_attention"]["query"]["kernel"].spec
