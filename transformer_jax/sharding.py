@@ -97,9 +97,27 @@ def batch_size_divisor(mesh: Mesh) -> int:
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
-    """NamedShardings for a tree of (possibly `nn.Partitioned`-boxed) leaves; unannotated leaves replicate."""
+    """NamedShardings for a tree of (possibly `nn.Partitioned`-boxed) leaves; unannotated leaves replicate.
+
+    A dimension that its mesh axes do not divide is replicated instead (e.g. 2 key/value heads of
+    grouped-query attention on a 4-way `tensor` axis, as MaxText does), so any model fits any mesh.
+    """
     specs = nn.get_partition_spec(abstract_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+    shapes = jax.tree_util.tree_map(lambda x: getattr(x, "shape", None), nn.unbox(abstract_tree))
+    return jax.tree_util.tree_map(lambda sh, shape: _fit(sh, shape, mesh), shardings, shapes,
+                                  is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def _fit(sharding: NamedSharding, shape, mesh: Mesh) -> NamedSharding:
+    if shape is None:
+        return sharding
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    for i, axes in enumerate(spec):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if names and shape[i] % math.prod(mesh.shape[a] for a in names):
+            spec[i] = None
+    return NamedSharding(mesh, P(*spec))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

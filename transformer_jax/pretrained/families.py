@@ -203,12 +203,14 @@ GPT2 = Family("gpt2", {"GPT2LMHeadModel": DecoderLM}, _gpt2_config, _gpt2_hf, _g
 # --------------------------------------------------------------------------------------- Llama, Mistral
 
 def _rope_theta(hf: dict) -> float:
-    rope = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    kind = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if kind != "default":
-        raise unsupported("rope_scaling", kind, "only the default rotary embedding (no scaling) is supported")
-    return float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+    """The rotary base; only the default (unscaled) rotary embedding is supported."""
+    for field in ("rope_parameters", "rope_scaling"):  # transformers 5 and older configs
+        rope = hf.get(field) or {}
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind != "default":
+            raise unsupported(field, rope, "only the default rotary embedding (rope_type 'default', no scaling) "
+                                           "is supported")
+    return float((hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10_000.0)))
 
 
 def _llama_config(hf: dict, window: int | None = None) -> TransformerConfig:
