@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks import common
 
-VARIANTS = ("float32", "bfloat16", "int8")
+VARIANTS = ("float32", "bfloat16", "int8", "int8+embeddings")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,13 +46,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 def variants(variables) -> dict[str, Any]:
     from transformer_jax.quantize import quantize
 
-    return {"float32": variables, **{v: quantize(variables, v) for v in VARIANTS[1:]}}
+    return {"float32": variables, "bfloat16": quantize(variables, "bfloat16"), "int8": quantize(variables, "int8"),
+            "int8+embeddings": quantize(variables, "int8", embeddings=True)}
 
 
 def nbytes(v) -> int:
     from transformer_jax.quantize import QuantizedVariables, tree_bytes
 
     return v.nbytes if isinstance(v, QuantizedVariables) else tree_bytes(v)
+
+
+def kernel_bytes(v) -> int:
+    """Bytes of the projection kernels (with their int8 scales)."""
+    import jax
+
+    from transformer_jax.quantize import QuantizedVariables
+
+    tree = v.variables if isinstance(v, QuantizedVariables) else v
+    return int(sum(x.nbytes for path, x in jax.tree_util.tree_leaves_with_path(tree)
+                   if str(getattr(path[-1], "key", "")) in ("kernel", "kernel_scale")))
 
 
 def interleaved(fns: dict[str, Any], repeats: int) -> dict[str, dict[str, float]]:
@@ -109,7 +121,7 @@ def translation(args) -> dict[str, Any]:
     for name, v in vs.items():
         t0 = time.time()
         bleu = evaluate.evaluate_bleu(s, dequantize(v)["params"], config.data.test_split)
-        result["variants"][name] = {"param_bytes": nbytes(v), "bleu": bleu["bleu"], "examples": bleu["examples"],
+        result["variants"][name] = {"param_bytes": nbytes(v), "kernel_bytes": kernel_bytes(v), "bleu": bleu["bleu"], "examples": bleu["examples"],
                                     "beam_size": bleu["beam_size"], "bleu_seconds": time.time() - t0,
                                     "sample": bleu["samples"][0] if bleu["samples"] else None}
         print(f"  translation {name}: BLEU {bleu['bleu']:.2f} ({bleu['examples']} examples)", flush=True)
@@ -175,7 +187,7 @@ def classification(args) -> dict[str, Any]:
               "train_steps": steps, "train_seconds": train_s, "final_train_loss": float(value),
               "test_examples": len(y_test), "variants": {}}
     for k, v in vs.items():
-        result["variants"][k] = {"param_bytes": nbytes(v), "accuracy": float(np.mean(preds[k] == y_test)),
+        result["variants"][k] = {"param_bytes": nbytes(v), "kernel_bytes": kernel_bytes(v), "accuracy": float(np.mean(preds[k] == y_test)),
                                  "agreement_with_float32": float(np.mean(preds[k] == preds["float32"]))}
         print(f"  classifier {k}: accuracy {result['variants'][k]['accuracy']:.4f}", flush=True)
     result["latency"] = latency(model, vs, (x_test[: args.batch],), None, None, args.repeats)
@@ -194,6 +206,7 @@ def summary(result: dict[str, Any]) -> str:
         base = r["variants"]["float32"]["param_bytes"]
         for k, v in r["variants"].items():
             row = {"variant": k, "bytes": v["param_bytes"], "ratio": base / v["param_bytes"],
+                   "kratio": r["variants"]["float32"]["kernel_bytes"] / v["kernel_bytes"],
                    "quality": v.get("bleu", v.get("accuracy")),
                    "fwd_ms": 1e3 * r["latency"]["forward"][k]["median_s"]}
             if "generate" in r["latency"]:
@@ -202,6 +215,7 @@ def summary(result: dict[str, Any]) -> str:
         quality = "BLEU" if part == "translation" else "accuracy"
         lines.append(f"{part}:\n" + common.format_table(rows, [
             ("variant", "variant", ""), ("bytes", "param bytes", ","), ("ratio", "f32/x", ".2f"),
+            ("kratio", "kernels f32/x", ".2f"),
             ("quality", quality, ".4f"), ("fwd_ms", "forward ms", ".2f"), ("gen_ms", "generate ms", ".1f")]))
     return "\n".join(lines)
 
@@ -213,7 +227,8 @@ def main(argv=None) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "quantize", "environment": common.environment(),
                               "settings": {k: v for k, v in vars(args).items()},
                               "method": "weight-only: int8 symmetric per output channel on projection kernels "
-                                        "(biases, norms, embeddings float32); bfloat16 casts every float "
+                                        "(biases, norms, embeddings float32; int8+embeddings also token embeddings per row); "
+                                        "bfloat16 casts every float "
                                         "parameter; dequantized inside jit, the model computes in float32"}
     print("classification ...", flush=True)
     result["classification"] = classification(args)
