@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import transformer_jax as tj
-from transformer_jax.nnx import load_variables, shard, to_nnx
+from transformer_jax.nnx import linen_variables, load_variables, shard, to_nnx
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained"
 RTOL = 1e-5
@@ -46,6 +46,8 @@ def test_nnx_equals_linen(name):
     assert isinstance(module, nnx.Module)
     want = model.apply(variables, *inputs)
     np.testing.assert_allclose(module(*inputs, deterministic=True), want, rtol=RTOL, atol=1e-6)
+    back = linen_variables(module)  # and back to Linen, unchanged
+    assert jax.tree.all(jax.tree.map(np.array_equal, back, nn.unbox(variables)))
 
 
 def test_lazy_init_keeps_logical_axis_names():
@@ -85,6 +87,8 @@ def test_dropout_draws_from_the_module_rngs():
     assert not np.allclose(a, module(x)) and not np.allclose(a, b)  # the dropout stream advances
     again = to_nnx(model, x, rngs=3)
     np.testing.assert_array_equal(again(x, deterministic=False), a)  # reproducible from the seed
+    train = nnx.jit(lambda m, x: m(x, deterministic=False))  # the stream's count leaves jit too
+    assert not np.allclose(train(module, x), train(module, x))
 
 
 def cross_entropy(logits, targets):

@@ -9,7 +9,8 @@ The models stay Linen; NNX users wrap one and get a stateful `nnx.Module` that w
 
 Parameters keep their logical axis names (`nnx.get_partition_spec`), so `shard` places them with
 the same rules table as the Linen path (`sharding.LOGICAL_RULES`). `variables=` (e.g. from
-`from_pretrained`) starts from a checkpoint instead of a random initialisation.
+`from_pretrained`) starts from a checkpoint instead of a random initialisation, and
+`linen_variables` hands trained weights back to the Linen-side tools (`generate`, `save_pretrained`).
 
 Bridge notes (flax 0.12): a Linen `LogicallyPartitioned` box becomes an `nnx.Param` whose
 `out_sharding` holds the logical names; NNX's eager sharding (on by default) would then demand a
@@ -77,6 +78,16 @@ def load_variables(module: nnx.Module, variables: Mapping[str, Any]) -> nnx.Modu
                              f"but the model expects {tuple(var.shape)}")
         var.set_value(jax.numpy.asarray(value, var.dtype))
     return module
+
+
+def linen_variables(module: nnx.Module) -> dict[str, Any]:
+    """The inverse of `load_variables`: `module`'s variables as Linen `{collection: nested dict}`
+    of plain arrays, for the Linen-side tools (`generate`, `save_pretrained`, checkpoints)."""
+    variables: dict[str, Any] = {}
+    for path, var in nnx.to_flat_state(nnx.state(module, nnx.Not(nnx.RngState))):
+        collection = nnx.variable_name_from_type(type(var), allow_register=True)
+        variables.setdefault(collection, {})[path] = var.get_value()
+    return {name: traverse_util.unflatten_dict(flat) for name, flat in variables.items()}
 
 
 def _paths(paths) -> str:
