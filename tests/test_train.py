@@ -257,11 +257,19 @@ def mlm_workdir(tmp_path_factory):
     return root
 
 
-def _params(workdir):
-    c = loop.load_config(str(workdir))
-    _, state, step = loop.restore_for_eval(c, str(workdir))
+def _params(workdir, train_iter=None):
+    """(step, {path: array}) of a workdir's latest checkpoint; `train_iter` for runs on in-memory batches."""
     from flax.traverse_util import flatten_dict
 
+    from transformer_jax.train.state import abstract_state
+
+    c = loop.load_config(str(workdir))
+    if train_iter is None:
+        _, state, step = loop.restore_for_eval(c, str(workdir))
+    else:
+        s, _ = loop.setup(c, str(workdir), train_iter=train_iter)
+        with loop.checkpointer(c, str(workdir)) as ckpt:
+            state, _, step = ckpt.restore(abstract_state(s.state, s.shardings))
     return step, {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(state.params), sep="/").items()}
 
 
@@ -304,3 +312,36 @@ def test_init_from_with_other_shapes_names_the_parameters_and_leaves_no_workdir(
                                          r"\(32, 48\); encoder/layer_0/mlp/wo/kernel"):
         loop.train(c, str(tmp_path / "run"), progress=False)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_init_from_a_hugging_face_directory_into_a_classifier(tmp_path, capsys):
+    """A BERT masked-LM directory (written by save_pretrained) starts an encoder classifier: the
+    encoder (incl. the embeddings, found under the MLM's top-level name) is loaded; heads are fresh."""
+    import dataclasses
+
+    import flax.linen as nn
+    from flax.traverse_util import flatten_dict
+
+    import transformer_jax as tj
+
+    from transformer_jax.train.experiment import model_section
+
+    cfg = tj.TransformerConfig(vocab_size=64, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1,
+                               num_decoder_layers=0, max_len=16, dropout_rate=0.0, position="learned",
+                               activation="gelu", embed_scale=False, embed_norm=True, logits_bias=True,
+                               type_vocab_size=2, norm_eps=1e-12, pooling="cls")
+    mlm = tj.MaskedLM(cfg)
+    variables = mlm.init(jax.random.PRNGKey(3), np.ones((1, 8), np.int32))
+    tj.save_pretrained(mlm, variables, tmp_path / "hf")
+    c = _tiny_synthetic(num_train_steps=1, model_type="encoder_classifier", init_from=str(tmp_path / "hf"),
+                        freeze=("encoder/(layer_0|embedder)/.*",))
+    c.model = model_section(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    loop.train(c, str(tmp_path / "run"), train_iter=_Classification(c.batch_size, 8), progress=False)
+    assert "a Hugging Face checkpoint" in capsys.readouterr().out
+    record = json.load(open(tmp_path / "run" / "init_from.json"))
+    assert sorted(record["fresh"]) == ["classifier/bias", "classifier/kernel", "pooler/bias", "pooler/kernel"]
+    assert "encoder/embedding/embedding" in record["loaded"]
+    _, params = _params(tmp_path / "run", _Classification(c.batch_size, 8))
+    source = flatten_dict(nn.unbox(variables["params"]), sep="/")
+    for name in ("encoder/layer_0/mlp/wi/kernel", "encoder/embedder/positions/pos_embedding"):
+        np.testing.assert_array_equal(params[name], np.asarray(source[name]))

@@ -42,15 +42,20 @@ def path_string(path) -> str:
 
 
 def freeze(tx: optax.GradientTransformation, patterns: tuple[str, ...]) -> optax.GradientTransformation:
-    """`tx` for the parameters whose path matches none of `patterns` (re.fullmatch); zero updates and
-    no optimiser state for the others (`optax.multi_transform` with `optax.set_to_zero`)."""
+    """`tx` with zero updates for the parameters whose path matches one of `patterns` (re.fullmatch).
+
+    Their gradients are zeroed before `tx` (so clipping and the moments see only the trained ones)
+    and their updates after it (so weight decay leaves them alone too). Stateless masks: the state
+    keeps its shape (optax.multi_transform's MaskedNode leaves do not fit the sharding rules' trees).
+    """
     compiled = [re.compile(p) for p in patterns]
 
-    def labels(params):
+    def frozen(params):
         return jax.tree_util.tree_map_with_path(
-            lambda path, _: "frozen" if any(c.fullmatch(path_string(path)) for c in compiled) else "train", params)
+            lambda path, _: any(c.fullmatch(path_string(path)) for c in compiled), params)
 
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    zero = optax.masked(optax.set_to_zero(), frozen)
+    return optax.chain(zero, tx, zero)
 
 
 def check_freeze(params, patterns: tuple[str, ...]) -> list[str]:
