@@ -25,6 +25,17 @@ def tokens(key, shape, vocab, pad_tail=2):
     return jnp.asarray(x)
 
 
+def random_variables(model, *inputs, seed=0, **kwargs):
+    """Random Linen variables of `model`'s shapes, drawn in NumPy: no per-shape compiles of `init`."""
+    shapes = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs, **kwargs)))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.3, s.shape), s.dtype), shapes)
+
+
+def decoder_lm(**overrides):
+    return tj.DecoderLM(tj.tiny(num_encoder_layers=0, num_decoder_layers=1, **overrides))
+
+
 def _models():
     enc = tj.tiny(num_decoder_layers=1, num_encoder_layers=1)
     return {
@@ -41,46 +52,46 @@ def test_nnx_equals_linen(name):
     model, n_inputs = _models()[name]
     keys = jax.random.split(jax.random.key(1), 3)
     inputs = [tokens(k, (2, 8), model.cfg.vocab_size) for k in keys[:n_inputs]]
-    variables = model.init(keys[2], *inputs)
+    variables = random_variables(model, *inputs)
     module = to_nnx(model, *inputs, variables=variables)
     assert isinstance(module, nnx.Module)
     want = model.apply(variables, *inputs)
     np.testing.assert_allclose(module(*inputs, deterministic=True), want, rtol=RTOL, atol=1e-6)
     back = linen_variables(module)  # and back to Linen, unchanged
-    assert jax.tree.all(jax.tree.map(np.array_equal, back, nn.unbox(variables)))
+    assert jax.tree.all(jax.tree.map(np.array_equal, back, variables))
 
 
 def test_lazy_init_keeps_logical_axis_names():
-    model = tj.Transformer(tj.tiny(num_encoder_layers=1, num_decoder_layers=1))
-    src = tokens(jax.random.key(0), (2, 8), 64)
-    module = to_nnx(model, src, src, rngs=nnx.Rngs(params=0))
-    boxed = jax.eval_shape(model.init, jax.random.key(0), src, src)["params"]
+    model = decoder_lm()
+    x = tokens(jax.random.key(0), (2, 8), 64)
+    module = to_nnx(model, x, rngs=nnx.Rngs(params=0))  # ToNNX + lazy_init: a real initialisation
+    boxed = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
     want = jax.tree.leaves(nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     specs = nnx.get_partition_spec(nnx.state(module, nnx.Param))
     got = [v.get_value() for v in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, nnx.Variable))]
     assert len(got) == len(want) > 0 and got == want  # both in sorted path order
-    kernel = module.encoder["layer_0"]["mlp"]["wi"]["kernel"]
+    kernel = module.decoder["layer_0"]["mlp"]["wi"]["kernel"]
     assert nnx.get_partition_spec(kernel).get_value() == jax.sharding.PartitionSpec("embed", "mlp")
 
 
 def test_shard_by_rules_table_equals_single_device():
     """On 8 devices (fsdp 2 x tensor 4) each parameter is split by LOGICAL_RULES; outputs unchanged."""
-    model = tj.Transformer(tj.tiny(num_encoder_layers=1, num_decoder_layers=1))
-    src, tgt = tokens(jax.random.key(0), (2, 8), 64), tokens(jax.random.key(1), (2, 8), 64)
-    module = to_nnx(model, src, tgt)
-    want = module(src, tgt)
+    model = decoder_lm()
+    x = tokens(jax.random.key(0), (2, 8), 64)
+    module = to_nnx(model, x)
+    want = module(x)
     mesh = tj.sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
     shard(module, mesh)
-    kernel = module.encoder["layer_0"]["mlp"]["wi"]["kernel"]  # [embed, mlp]
+    kernel = module.decoder["layer_0"]["mlp"]["wi"]["kernel"]  # [embed, mlp]
     assert len(kernel.get_value().sharding.device_set) == 8
     assert kernel.get_value().addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 4)
     with tj.sharding.activate(mesh):
-        got = nnx.jit(lambda m, a, b: m(a, b))(module, src, tgt)
+        got = nnx.jit(lambda m, x: m(x))(module, x)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-6)
 
 
 def test_dropout_draws_from_the_module_rngs():
-    model = tj.DecoderLM(tj.tiny(num_encoder_layers=0, num_decoder_layers=1, dropout_rate=0.5))
+    model = decoder_lm(dropout_rate=0.5)
     x = tokens(jax.random.key(0), (2, 8), 64)
     module = to_nnx(model, x, rngs=3)
     a, b = module(x, deterministic=False), module(x, deterministic=False)
@@ -105,7 +116,7 @@ def test_nnx_optimizer_training_equals_linen():
     batches = [(tokens(keys[3 * i], (4, 8), 64), tokens(keys[3 * i + 1], (4, 8), 64),
                 tokens(keys[3 * i + 2], (4, 8), 64, pad_tail=3)) for i in range(5)]
     src, tgt_in, _ = batches[0]
-    params = nn.unbox(model.init(keys[15], src, tgt_in)["params"])
+    params = random_variables(model, src, tgt_in, seed=15)["params"]
     tx = optax.adamw(3e-3, weight_decay=0.1)
 
     @jax.jit
@@ -151,14 +162,13 @@ def test_pretrained_checkpoint_in_nnx_gives_linen_logits():
 
 
 def test_load_variables_names_a_mismatch():
-    model = tj.DecoderLM(tj.tiny(num_encoder_layers=0, num_decoder_layers=1))
+    model = decoder_lm()
     x = tokens(jax.random.key(0), (2, 8), 64)
     module = to_nnx(model, x)
-    params = nn.unbox(model.init(jax.random.key(1), x)["params"])
+    params = random_variables(model, x)["params"]
     del params["decoder"]["layer_0"]
     with pytest.raises(ValueError, match="missing .*decoder/layer_0"):
         load_variables(module, {"params": params})
-    wide = nn.unbox(tj.DecoderLM(tj.tiny(num_encoder_layers=0, num_decoder_layers=1, vocab_size=80)).init(
-        jax.random.key(1), x)["params"])
+    wide = random_variables(decoder_lm(vocab_size=80), x)["params"]
     with pytest.raises(ValueError, match="variable embedding/embedding has shape \\(80, 32\\)"):
         load_variables(module, {"params": wide})
