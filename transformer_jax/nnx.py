@@ -23,9 +23,10 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from flax import traverse_util
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from transformer_jax import sharding
 
@@ -50,7 +51,7 @@ def to_nnx(model: nn.Module, *example_inputs, rngs: nnx.Rngs | int = 0,
         # Shapes and axis names only: no random initialisation of weights about to be replaced.
         init = nnx.eval_shape(lambda: nnx.bridge.ToNNX(model, rngs=nnx.Rngs(0)).lazy_init(
             *example_inputs, **example_kwargs))
-    for name, value in vars(init).items():
+    for name, value in vars(init).items():  # the model's variables: the bridge's own filter
         if not name.startswith(("to_nnx__", "_pytree__")):
             setattr(wrapper, name, value)
     return load_variables(wrapper, variables)
@@ -76,7 +77,7 @@ def load_variables(module: nnx.Module, variables: Mapping[str, Any]) -> nnx.Modu
         if tuple(value.shape) != tuple(var.shape):
             raise ValueError(f"variable {'/'.join(map(str, path))} has shape {tuple(value.shape)}, "
                              f"but the model expects {tuple(var.shape)}")
-        var.set_value(jax.numpy.asarray(value, var.dtype))
+        var.set_value(jnp.asarray(value, var.dtype))  # keeps a sharded value's placement
     return module
 
 
@@ -102,7 +103,7 @@ def state_shardings(module: nnx.Module, mesh: Mesh, rules=sharding.LOGICAL_RULES
 
     def resolve(spec: nnx.Variable, var: nnx.Variable) -> nnx.Variable:
         named = nn.logical_to_mesh_sharding(spec.get_value(), mesh, rules)
-        return var.replace(sharding._fit(named, var.shape, mesh))
+        return var.replace(sharding._fit(named, var.shape, mesh))  # the Linen path's divisibility rule
     return jax.tree.map(resolve, specs, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
