@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="/tmp/wd_default", help="trained default-task workdir ('' to skip BLEU)")
     p.add_argument("--out", default="benchmarks/results/quantize_cpu.json")
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds (each times every variant once)")
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds (each times every variant once)")
     p.add_argument("--batch", type=int, default=32, help="rows per forward / generate call")
     p.add_argument("--bleu-examples", type=int, default=0, help="test examples for BLEU (0: the whole split)")
     p.add_argument("--cls-steps", type=int, default=300, help="training steps of the synthetic classifier")
@@ -230,10 +230,12 @@ def main(argv=None) -> dict[str, Any]:
                                         "(biases, norms, embeddings float32; int8+embeddings also token embeddings per row); "
                                         "bfloat16 casts every float "
                                         "parameter; dequantized inside jit, the model computes in float32"}
+    result["load_average_start"] = os.getloadavg()  # the latencies mean little when this exceeds the cores
     print("classification ...", flush=True)
     result["classification"] = classification(args)
     print("translation ...", flush=True)
     result["translation"] = translation(args)
+    result["load_average_end"] = os.getloadavg()
     common.write_json(args.out, result)
     print(summary(result))
     print(f"wrote {args.out}")
