@@ -57,6 +57,9 @@ def test_nnx_equals_linen(name):
     assert isinstance(module, nnx.Module)
     want = model.apply(variables, *inputs)
     np.testing.assert_allclose(module(*inputs, deterministic=True), want, rtol=RTOL, atol=1e-6)
+    if isinstance(model, tj.Transformer):  # other methods go through the bridge too
+        np.testing.assert_allclose(module.encode(inputs[0]), model.apply(variables, inputs[0], method="encode"),
+                                   rtol=RTOL, atol=1e-6)
     back = linen_variables(module)  # and back to Linen, unchanged
     assert jax.tree.all(jax.tree.map(np.array_equal, back, variables))
 
