@@ -3,12 +3,13 @@
 The public API lives here; everything else is an implementation detail that may move.
 """
 
-from transformer_jax import attention
+from transformer_jax import attention, nnx
 from transformer_jax.config import TransformerConfig, base, big, preset, tiny
 from transformer_jax.attention.module import MultiHeadAttention
 from transformer_jax.decode import GenerationConfig, generate, init_cache, sequence_logprob
 from transformer_jax.model import (Decoder, DecoderBlock, DecoderLM, Encoder, EncoderBlock, EncoderClassifier,
                                    MaskedLM, Transformer, flops_per_token, param_count)
+from transformer_jax.nnx import to_nnx
 from transformer_jax.pretrained import from_pretrained, load_generation_config, load_tokenizer, save_pretrained
 
 __all__ = [
@@ -16,5 +17,5 @@ __all__ = [
     "Transformer", "Encoder", "Decoder", "EncoderClassifier", "MaskedLM", "DecoderLM",
     "MultiHeadAttention", "EncoderBlock", "DecoderBlock",
     "flops_per_token", "param_count", "generate", "sequence_logprob", "GenerationConfig", "init_cache",
-    "from_pretrained", "save_pretrained", "load_tokenizer", "load_generation_config",
+    "from_pretrained", "save_pretrained", "load_tokenizer", "load_generation_config", "nnx", "to_nnx",
 ]

@@ -103,7 +103,7 @@ def state_shardings(module: nnx.Module, mesh: Mesh, rules=sharding.LOGICAL_RULES
 
     def resolve(spec: nnx.Variable, var: nnx.Variable) -> nnx.Variable:
         named = nn.logical_to_mesh_sharding(spec.get_value(), mesh, rules)
-        return var.replace(sharding._fit(named, var.shape, mesh))  # the Linen path's divisibility rule
+        return var.replace(sharding.fit_sharding(named, var.shape, mesh))  # the Linen path's divisibility rule
     return jax.tree.map(resolve, specs, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 

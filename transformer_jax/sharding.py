@@ -105,11 +105,12 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> An
     specs = nn.get_partition_spec(abstract_tree)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
     shapes = jax.tree_util.tree_map(lambda x: getattr(x, "shape", None), nn.unbox(abstract_tree))
-    return jax.tree_util.tree_map(lambda sh, shape: _fit(sh, shape, mesh), shardings, shapes,
+    return jax.tree_util.tree_map(lambda sh, shape: fit_sharding(sh, shape, mesh), shardings, shapes,
                                   is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
-def _fit(sharding: NamedSharding, shape, mesh: Mesh) -> NamedSharding:
+def fit_sharding(sharding: NamedSharding, shape, mesh: Mesh) -> NamedSharding:
+    """`sharding` with every mesh axis that does not divide its dimension of `shape` dropped."""
     if shape is None:
         return sharding
     spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
