@@ -257,20 +257,14 @@ def mlm_workdir(tmp_path_factory):
     return root
 
 
-def _params(workdir, train_iter=None):
-    """(step, {path: array}) of a workdir's latest checkpoint; `train_iter` for runs on in-memory batches."""
-    from flax.traverse_util import flatten_dict
+def _params(workdir):
+    """(step, {path: array}) of a workdir's latest checkpoint, restored as init_from reads it."""
+    from transformer_jax import sharding as shd
+    from transformer_jax.train.warm_start import source_params
 
-    from transformer_jax.train.state import abstract_state
-
-    c = loop.load_config(str(workdir))
-    if train_iter is None:
-        _, state, step = loop.restore_for_eval(c, str(workdir))
-    else:
-        s, _ = loop.setup(c, str(workdir), train_iter=train_iter)
-        with loop.checkpointer(c, str(workdir)) as ckpt:
-            state, _, step = ckpt.restore(abstract_state(s.state, s.shardings))
-    return step, {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(state.params), sep="/").items()}
+    mesh = shd.make_mesh(shd.resolve_mesh_shape({"data": -1, "fsdp": 1, "tensor": 1}, jax.device_count()))
+    params, where = source_params(str(workdir), mesh)
+    return int(where.split()[1]), {k: np.asarray(v) for k, v in params.items()}
 
 
 def test_classifier_fine_tuned_from_a_masked_lm_loads_the_encoder_and_resumes_exactly(mlm_workdir, tmp_path, capsys):
@@ -341,7 +335,7 @@ def test_init_from_a_hugging_face_directory_into_a_classifier(tmp_path, capsys):
     record = json.load(open(tmp_path / "run" / "init_from.json"))
     assert sorted(record["fresh"]) == ["classifier/bias", "classifier/kernel", "pooler/bias", "pooler/kernel"]
     assert "encoder/embedding/embedding" in record["loaded"]
-    _, params = _params(tmp_path / "run", _Classification(c.batch_size, 8))
+    _, params = _params(tmp_path / "run")
     source = flatten_dict(nn.unbox(variables["params"]), sep="/")
     for name in ("encoder/layer_0/mlp/wi/kernel", "encoder/embedder/positions/pos_embedding"):
         np.testing.assert_array_equal(params[name], np.asarray(source[name]))
