@@ -4,7 +4,7 @@ prose that ships with Python; transformer_jax/data/corpus.py). No download.
     transformer-jax train --config configs/lm.py --workdir /tmp/lm
     echo "The if statement" | transformer-jax decode --workdir /tmp/lm --max_new_tokens 32
 
-A 4-layer pre-LN decoder (d_model 128, GELU, learned positions; 1.0M parameters) on packed rows of
+A 4-layer pre-LN decoder (d_model 128, GELU, learned positions; 1.1M parameters) on packed rows of
 128 tokens of a 2,000-piece SentencePiece vocabulary. Eval: perplexity (eval_perplexity) on the
 validation split, and on the test split at the end. Any prepared tfds text dataset with a `text`
 feature trains the same way, e.g. --config.data.task=lm1b once `tfds build lm1b

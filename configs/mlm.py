@@ -5,7 +5,7 @@ docstrings; transformer_jax/data/corpus.py). No download.
     transformer-jax train --config configs/mlm.py --workdir /tmp/mlm
 
 A 4-layer BERT-style encoder (d_model 128, GELU, learned positions, embedding norm, pre-LN for a
-stable short schedule; 1.0M parameters) on packed rows of 128 tokens of a 2,000-piece SentencePiece
+stable short schedule; 1.1M parameters) on packed rows of 128 tokens of a 2,000-piece SentencePiece
 vocabulary with a [MASK] piece. 15% of the tokens are selected (80% [MASK], 10% random, 10% kept),
 seeded by the example index, so a resumed run sees the same masks. Eval: masked-token accuracy and
 perplexity (eval_accuracy, eval_perplexity) on the validation split, and on the test split at the end.

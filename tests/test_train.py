@@ -339,3 +339,11 @@ def test_init_from_a_hugging_face_directory_into_a_classifier(tmp_path, capsys):
     source = flatten_dict(nn.unbox(variables["params"]), sep="/")
     for name in ("encoder/layer_0/mlp/wi/kernel", "encoder/embedder/positions/pos_embedding"):
         np.testing.assert_array_equal(params[name], np.asarray(source[name]))
+
+
+def test_decode_refuses_a_masked_lm_workdir_before_restoring(mlm_workdir):
+    from transformer_jax import cli
+
+    with pytest.raises(SystemExit, match=r"decode translates .* or continues prompts .*; config.data.task="
+                                         r"'tjax_text' is a masked LM task"):
+        cli.main(["decode", "--workdir", str(mlm_workdir / "run")])

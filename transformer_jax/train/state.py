@@ -35,17 +35,6 @@ class TrainState:
     rng: jax.Array  # uint32 [2]
 
 
-def abstract_batch(batch: dict[str, Any], global_batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
-    """ShapeDtypeStructs for a (process-local or global) example batch with the global batch size."""
-    out = {}
-    for k, v in batch.items():
-        shape = np.shape(v)
-        if global_batch_size is not None:
-            shape = (global_batch_size, *shape[1:])
-        out[k] = jax.ShapeDtypeStruct(shape, np.asarray(v).dtype)
-    return out
-
-
 def _boxed_init(model: nn.Module, tx: optax.GradientTransformation, example_batch: dict[str, Any], task):
     shapes = {k: jax.ShapeDtypeStruct(np.shape(v), getattr(v, "dtype", np.asarray(v).dtype))
               for k, v in example_batch.items()}
