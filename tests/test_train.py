@@ -268,12 +268,13 @@ def _params(workdir):
 
 
 def test_classifier_fine_tuned_from_a_masked_lm_loads_the_encoder_and_resumes_exactly(mlm_workdir, tmp_path, capsys):
-    """init_from an MLM workdir: encoder and embeddings loaded (frozen here, so still equal after
-    training), pooler and classifier fresh; the log and init_from.json name both sets; the run
+    """init_from an MLM workdir (onto an fsdp mesh): encoder and embeddings loaded (layer 0 frozen
+    here, so still equal after training), pooler and classifier fresh; the log and init_from.json name both sets; the run
     resumes from its own checkpoint (init_from ignored) and matches an uninterrupted run."""
     src = str(mlm_workdir / "run")
     c = _text_config("text_classifier.py", mlm_workdir / "tfds", init_from=src, freeze=("encoder/layer_0/.*",),
                      checkpoint_every=1)
+    c.mesh.update(data=4, fsdp=2)  # loaded into the new state's shardings (the MLM ran on data=8)
     loop.train(c, str(tmp_path / "cut"), progress=False)
     out = capsys.readouterr().out
     assert "init_from" in out and "loaded" in out and "fresh parameters: classifier/bias" in out
@@ -291,6 +292,7 @@ def test_classifier_fine_tuned_from_a_masked_lm_loads_the_encoder_and_resumes_ex
     assert "resumed from checkpoint at step 2" in out and "init_from" not in out
     straight = _text_config("text_classifier.py", mlm_workdir / "tfds", init_from=src,
                             freeze=("encoder/layer_0/.*",), num_train_steps=3)
+    straight.mesh.update(data=4, fsdp=2)
     loop.train(straight, str(tmp_path / "straight"), progress=False)
     (_, a), (_, b) = _params(tmp_path / "cut"), _params(tmp_path / "straight")
     for k in a:
