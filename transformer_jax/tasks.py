@@ -316,12 +316,11 @@ def base_name(dataset: str) -> str:
 
 def for_model(model) -> Task:
     """The default task of a model class (what `create_train_state` and the steps assume when not told)."""
-    name = type(model).__name__
-    table = {"Transformer": Translation(), "EncoderClassifier": Classification(), "MaskedLM": MaskedLM(),
-             "DecoderLM": CausalLM()}
-    if name not in table:
-        raise ValueError(f"no default task for a {name}; pass task= one of {', '.join(c.__name__ for c in TASKS)}")
-    return table[name]
+    for cls in TASKS:
+        if type(model) is cls().model_class():
+            return cls()
+    raise ValueError(f"no default task for a {type(model).__name__}; pass task= one of "
+                     f"{', '.join(c.__name__ for c in TASKS)}")
 
 
 def from_features(keys: Sequence[str], features: Any = None) -> Task:
