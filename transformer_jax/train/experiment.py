@@ -6,6 +6,10 @@ line, `--config.model.FIELD=VALUE`, including fields added later); fields whose 
 an attention spec are untyped placeholders, so `--config.model.head_dim=64` and
 `--config.model.encoder_attention='Windowed(128)'` parse. Spec strings are read with `ast`: only
 calls of the spec classes `transformer_jax.attention` exports, with literal arguments.
+
+The task (`config_task`) comes from `config.data.task` through the registry in
+transformer_jax/tasks.py; the model class follows from it (`build_model`). `config.model_type` is
+'' (the task's model) or is checked against the task, picking among the tasks a dataset offers.
 """
 
 from __future__ import annotations
