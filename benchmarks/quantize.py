@@ -91,7 +91,10 @@ def latency(model, vs: dict[str, Any], forward_args: tuple, gen_inputs, gen_kwar
     from transformer_jax.quantize import dequantize, generate
 
     fwd = jax.jit(lambda v, *a: model.apply(dequantize(v), *a))
-    out = {"forward": interleaved({k: (lambda v=v: fwd(v, *forward_args)) for k, v in vs.items()}, repeats)}
+    out = {"forward": interleaved({k: (lambda v=v: fwd(v, *forward_args)) for k, v in vs.items()}, repeats),
+           # argument bytes hold the weights as stored; temp holds what XLA materialises (the scaled copies)
+           "forward_compiled_memory": {k: common.compiled_memory_bytes(fwd.lower(v, *forward_args).compile())
+                                       for k, v in vs.items()}}
     if gen_kwargs is not None:
         out["generate"] = interleaved({k: (lambda v=v: generate(model, v, gen_inputs, **gen_kwargs))
                                        for k, v in vs.items()}, repeats)
