@@ -307,8 +307,8 @@ def test_generation_config_reads_hugging_face_json(tmp_path):
     assert GenerationConfig() == GenerationConfig(decoder_start_id=2, eos_ids=(1,), pad_id=0)
     assert GenerationConfig(eos_ids=7).eos_ids == (7,)
     # without a generation config, rows pad with the model's own padding token
-    assert decode._default_config(tj.DecoderLM(tj.tiny(pad_id=5))) == GenerationConfig(pad_id=5)
-    assert decode._default_config(tj.DecoderLM(tj.tiny(pad_id=None))) == GenerationConfig()
+    assert decode.adapters._default_config(tj.DecoderLM(tj.tiny(pad_id=5))) == GenerationConfig(pad_id=5)
+    assert decode.adapters._default_config(tj.DecoderLM(tj.tiny(pad_id=None))) == GenerationConfig()
 
 
 def test_lengths_from_generation_config_follow_hugging_face(lm, encdec):
@@ -353,7 +353,7 @@ ERRORS = {
 
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_bad_arguments_fail_before_compiling(lm, encdec, case, monkeypatch):
-    monkeypatch.setattr(decode, "_generate", lambda *a, **k: pytest.fail("reached compilation"))
+    monkeypatch.setattr(decode.adapters, "_generate", lambda *a, **k: pytest.fail("reached compilation"))
     kwargs, error, needle = ERRORS[case]
     if case.startswith("encdec"):
         model, variables, inputs = encdec
