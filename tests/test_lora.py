@@ -113,9 +113,11 @@ def test_only_adapters_train_and_hold_optimizer_state():
     config = lora.LoraConfig(rank=4, alpha=8.0, targets=("query", "value", "classifier"))
     init, params_for_apply = lora.lora_train_fns(frozen, config)
     adapters = init(jax.random.key(7))
-    tx = optax.adam(3e-2)
+    # the library's optimiser (clip + AdamW; adapters are not "kernel"s, so they get no decay)
+    tx = optim.make_optimizer("adamw", optax.constant_schedule(3e-2), weight_decay=0.1, clip_norm=1.0)
     opt_state = tx.init(adapters)
     assert optim.state_size(opt_state) == 2 * lora.adapter_count(adapters)  # Adam's mu and nu only
+    assert not any(jax.tree.leaves(optim.decay_mask(adapters)))
     assert lora.adapter_count(adapters) < tj.param_count(frozen) // 5
 
     def loss(adapters, frozen):
