@@ -7,7 +7,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from transformer_jax import Transformer, tiny
@@ -127,29 +126,3 @@ def test_gradient_accumulation_equals_one_large_batch():
     p0 = jax.device_get(state.params)
     jax.tree.map(lambda a, b, c: np.testing.assert_allclose(a - c, b - c, rtol=1e-4, atol=1e-7), p4, p1, p0)
 
-
-def test_train_only_freezes_by_path_and_holds_no_state_for_frozen():
-    """Frozen parameters (a path pattern) never move and add nothing to the optimiser state; the
-    rest train exactly as with the plain optimiser, clipping included (it sees trained grads only)."""
-    params = {"encoder": {"embedding": jnp.arange(6.0).reshape(2, 3),
-                          "layer_0": {"wi": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}},
-              "classifier": {"kernel": jnp.full((3, 2), 0.5), "bias": jnp.zeros(2)}}
-    grads = jax.tree.map(lambda x: jnp.full_like(x, 2.0) + jnp.arange(x.size, dtype=x.dtype).reshape(x.shape), params)
-    base = optim.make_optimizer("adamw", optax.constant_schedule(0.1), weight_decay=0.01, clip_norm=1.0)
-    mask = optim.frozen_mask(params, ["^encoder/"])
-    assert jax.tree.leaves(mask) == [False, False, True, True, True]  # classifier/{bias,kernel}, encoder/...
-    tx = optim.train_only(base, lambda p: optim.frozen_mask(p, ["^encoder/"]))
-    state = tx.init(params)
-    trained = {"classifier": params["classifier"]}
-    assert optim.state_size(state) == optim.state_size(base.init(trained))
-    updates, _ = tx.update(grads, state, params)
-    new = optax.apply_updates(params, updates)
-    jax.tree.map(np.testing.assert_array_equal, new["encoder"], params["encoder"])
-    want, _ = base.update({"classifier": grads["classifier"]}, base.init(trained), trained)
-    jax.tree.map(np.testing.assert_allclose, updates["classifier"], want["classifier"])
-
-
-def test_freeze_pattern_matching_nothing_is_named():
-    with pytest.raises(ValueError, match=r"freeze pattern 'decoder/' matches no parameter path; paths look like "
-                                         r"a/kernel"):
-        optim.frozen_mask({"a": {"kernel": jnp.ones(2)}}, ["decoder/"])

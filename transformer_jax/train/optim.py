@@ -106,46 +106,6 @@ def optimizer_from_config(opt_cfg, sched_cfg, *, total_steps: int, d_model: int
     return tx, schedule
 
 
-def param_paths(params) -> list[str]:
-    """Every parameter's path, keys joined by "/" ("encoder/layer_0/mlp/wi/kernel")."""
-    return ["/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
-            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-
-def frozen_mask(params, patterns) -> object:
-    """True for parameters whose path ("encoder/layer_0/mlp/wi/kernel") a pattern (a regular
-    expression, `re.search`) matches; a named error for a pattern that matches nothing."""
-    import re
-
-    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
-    paths = param_paths(params)
-    for p in patterns:
-        if not any(re.search(p, path) for path in paths):
-            raise ValueError(f"freeze pattern {p!r} matches no parameter path; paths look like "
-                             f"{', '.join(paths[:4])}, ...")
-
-    def is_frozen(path, _):
-        joined = "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
-        return any(re.search(p, joined) for p in patterns)
-
-    return jax.tree_util.tree_map_with_path(is_frozen, params)
-
-
-def train_only(tx: optax.GradientTransformation, frozen) -> optax.GradientTransformation:
-    """`tx` on the trained parameters; the frozen ones (a bool tree, or a function of the params
-    giving one, e.g. `frozen_mask`) get zero updates and hold no optimiser state.
-
-    Frozen gradients are dropped before `tx`, so clipping by global norm sees the trained ones only.
-    (With LoRA nothing needs freezing this way: the optimiser is given the adapters alone,
-    `tx.init(adapters)`, and the base weights are not part of what it updates.)
-    """
-    def labels(params):
-        mask = frozen(params) if callable(frozen) else frozen
-        return jax.tree.map(lambda f: "frozen" if f else "train", mask)
-
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-
-
 def state_size(opt_state) -> int:
-    """Numbers held in an optimiser state (for checking that frozen or absent parameters add none)."""
+    """Numbers held in an optimiser state (under LoRA, `tx.init(adapters)`: adapter-sized)."""
     return int(sum(x.size for x in jax.tree_util.tree_leaves(opt_state) if hasattr(x, "size") and x.ndim > 0))
