@@ -44,14 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def variants(variables) -> dict[str, Any]:
-    from transformer_jax.quantize import quantize
+    from transformer_jax.quantization import quantize
 
     return {"float32": variables, "bfloat16": quantize(variables, "bfloat16"), "int8": quantize(variables, "int8"),
             "int8+embeddings": quantize(variables, "int8", embeddings=True)}
 
 
 def nbytes(v) -> int:
-    from transformer_jax.quantize import QuantizedVariables, tree_bytes
+    from transformer_jax.quantization import QuantizedVariables, tree_bytes
 
     return v.nbytes if isinstance(v, QuantizedVariables) else tree_bytes(v)
 
@@ -60,7 +60,7 @@ def kernel_bytes(v) -> int:
     """Bytes of the projection kernels (with their int8 scales)."""
     import jax
 
-    from transformer_jax.quantize import QuantizedVariables
+    from transformer_jax.quantization import QuantizedVariables
 
     tree = v.variables if isinstance(v, QuantizedVariables) else v
     return int(sum(x.nbytes for path, x in jax.tree_util.tree_leaves_with_path(tree)
@@ -88,7 +88,7 @@ def latency(model, vs: dict[str, Any], forward_args: tuple, gen_inputs, gen_kwar
             repeats: int) -> dict[str, Any]:
     import jax
 
-    from transformer_jax.quantize import dequantize, generate
+    from transformer_jax.quantization import dequantize, generate
 
     fwd = jax.jit(lambda v, *a: model.apply(dequantize(v), *a))
     out = {"forward": interleaved({k: (lambda v=v: fwd(v, *forward_args)) for k, v in vs.items()}, repeats),
@@ -106,7 +106,7 @@ def translation(args) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from transformer_jax.quantize import dequantize
+    from transformer_jax.quantization import dequantize
     from transformer_jax.train import build, evaluate
 
     if not args.workdir or not build.has_checkpoint(args.workdir):
@@ -155,7 +155,7 @@ def classification(args) -> dict[str, Any]:
     import optax
 
     import transformer_jax as tj
-    from transformer_jax.quantize import dequantize
+    from transformer_jax.quantization import dequantize
 
     vocab, length = 35, 31  # odd length: no ties
     cfg = tj.tiny(vocab_size=vocab, d_model=64, num_heads=4, d_ff=256, num_encoder_layers=2, num_classes=2,

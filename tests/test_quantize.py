@@ -1,4 +1,4 @@
-"""Weight-only quantization (transformer_jax.quantize): int8 per output channel within half a step of
+"""Weight-only quantization (transformer_jax.quantization): int8 per output channel within half a step of
 the float weights, logits close to float32, ~4x fewer kernel bytes, 16-bit casts, generation and
 classification on the result, and the named error for an unknown dtype."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import transformer_jax as tj
-# explicit names: once `tj.quantize` is re-exported, the attribute transformer_jax.quantize is the function
-from transformer_jax.quantize import apply, dequantize, generate, quantize, quantize_int8, tree_bytes
+# the module is `quantization`; `tj.quantize` is its function
+from transformer_jax.quantization import apply, dequantize, generate, quantize, quantize_int8, tree_bytes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained"
 
@@ -52,7 +52,7 @@ def test_all_zero_channel_stays_zero():
 
 def test_int8_logits_close_to_float32_and_kernels_four_times_smaller(seq2seq):
     model, variables, src, tgt = seq2seq
-    q = (tj.quantize if callable(getattr(tj, "quantize", None)) else quantize)(variables, "int8")
+    q = tj.quantize(variables, "int8")
     kernels = [path for path, x in jax.tree_util.tree_leaves_with_path(q.variables)
                if path[-1].key == "kernel"]
     assert kernels and all(_leaf(q.variables, p).dtype == jnp.int8 for p in kernels)
@@ -130,7 +130,7 @@ def _leaf(tree, path):
 
 
 def test_generate_compiles_once_per_settings(seq2seq):
-    from transformer_jax.quantize import _generate_jit
+    from transformer_jax.quantization import _generate_jit
 
     model, variables, src, _ = seq2seq
     q = quantize(variables, "int8")

@@ -9,8 +9,10 @@ from transformer_jax.attention.module import MultiHeadAttention
 from transformer_jax.decode import GenerationConfig, generate, init_cache, sequence_logprob
 from transformer_jax.model import (Decoder, DecoderBlock, DecoderLM, Encoder, EncoderBlock, EncoderClassifier,
                                    MaskedLM, Transformer, flops_per_token, param_count)
+from transformer_jax.lora import LoraConfig, init_lora, merge_lora
 from transformer_jax.nnx import to_nnx
 from transformer_jax.pretrained import from_pretrained, load_generation_config, load_tokenizer, save_pretrained
+from transformer_jax.quantization import QuantizedVariables, dequantize, quantize
 
 __all__ = [
     "attention", "TransformerConfig", "base", "big", "preset", "tiny",
@@ -18,4 +20,5 @@ __all__ = [
     "MultiHeadAttention", "EncoderBlock", "DecoderBlock",
     "flops_per_token", "param_count", "generate", "sequence_logprob", "GenerationConfig", "init_cache",
     "from_pretrained", "save_pretrained", "load_tokenizer", "load_generation_config", "nnx", "to_nnx",
+    "LoraConfig", "init_lora", "merge_lora", "quantize", "dequantize", "QuantizedVariables",
 ]
