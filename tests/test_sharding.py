@@ -68,3 +68,22 @@ def test_loss_and_grads_on_8_devices_equal_1_device():
     assert np.isfinite(loss1) and loss1 > 0
     np.testing.assert_allclose(loss8, loss1, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g8, g1)
+
+
+def test_state_with_masked_optimizer_parts_is_created_sharded():
+    """optax.multi_transform leaves empty MaskedNode states for frozen parts; shardings must still
+    pair with the right leaves (a shifted pairing once raised IndexError)."""
+    import jax.numpy as jnp
+    import optax
+
+    import transformer_jax as tj
+
+    model = tj.EncoderClassifier(tiny())
+    frozen = lambda p: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, _: "frozen" if "embedding" in jax.tree_util.keystr(path) else "train", p)
+    tx = optax.multi_transform({"train": optax.adamw(1e-3), "frozen": optax.set_to_zero()}, frozen)
+    mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    batch = {"inputs": jnp.ones((4, 8), jnp.int32), "label": jnp.zeros((4,), jnp.int32)}
+    state, shardings = create_train_state(model, tx, batch, mesh)
+    kernel = state.params["encoder"]["layer_0"]["mlp"]["wi"]["kernel"]  # [embed, mlp]
+    assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2)

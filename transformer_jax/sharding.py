@@ -104,9 +104,10 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> An
     """
     specs = nn.get_partition_spec(abstract_tree)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-    shapes = jax.tree_util.tree_map(lambda x: getattr(x, "shape", None), nn.unbox(abstract_tree))
-    return jax.tree_util.tree_map(lambda sh, shape: fit_sharding(sh, shape, mesh), shardings, shapes,
-                                  is_leaf=lambda x: isinstance(x, NamedSharding))
+    # paired along the shardings' own leaves, so empty nodes (optax.MaskedNode) cannot shift them
+    return jax.tree_util.tree_map(
+        lambda sh, x: fit_sharding(sh, getattr(nn.unbox(x), "shape", None), mesh), shardings, abstract_tree,
+        is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
 def fit_sharding(sharding: NamedSharding, shape, mesh: Mesh) -> NamedSharding:
