@@ -16,6 +16,15 @@ Here the adapters are their own pytree, nested like the parameters: at the path 
 projection, `{"a": [*in, r], "b": [r, *out]}`. The model runs unchanged on
 `merge_lora(frozen, adapters, config)`, gradients are taken with respect to the adapters alone,
 the optimiser state is adapter-sized, and saving adapters alone is saving that tree.
+
+Not yet wired into the training loop and CLI. The plan (config keys `lora.rank` (0 = off),
+`lora.alpha`, `lora.targets`):
+1. validation: `from_config(config.lora)`, then `targeted(abstract_params, cfg)` so a target that
+   matches nothing fails before anything compiles;
+2. `TrainState(frozen=...)`: the base parameters; `params` = `init_lora(...)`; `tx.init(adapters)`;
+3. `init_from` loads into `frozen` (new heads stay frozen: include "classifier"/"pooler" in targets);
+4. the train step's loss runs on `merge_lora(stop_gradient(frozen), params, cfg)`;
+5. eval, BLEU and decode run on the merged parameters; `save_adapters` writes adapters alone.
 """
 
 from __future__ import annotations
