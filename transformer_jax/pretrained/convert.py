@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
+from jax.experimental import multihost_utils
 
 from transformer_jax import sharding
 from transformer_jax.config import TransformerConfig
@@ -204,8 +205,8 @@ def save_pretrained(model, variables, path, *, generation_config: dict | None = 
         raise ValueError(f"save_pretrained: variables lack parameter(s) {['/'.join(p) for p in missing[:8]]}")
     tensors = {}
     for row in table:
-        arrays = [np.asarray(jax.experimental.multihost_utils.process_allgather(params[p], tiled=True)
-                             if not params[p].is_fully_addressable else params[p], np.float32)
+        arrays = [np.asarray(params[p] if params[p].is_fully_addressable
+                             else multihost_utils.process_allgather(params[p], tiled=True), np.float32)
                   for p in row.paths]
         tensors[row.name] = np.asarray(row.save(*arrays), np.float32)
     if jax.process_index() == 0:
