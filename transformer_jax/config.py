@@ -12,7 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from transformer_jax.attention import BlockSparse, Dense, Flash, Windowed
+from transformer_jax.attention import AttentionSpec, BlockSparse, Dense, Flash, Windowed
 
 # "gelu" is the exact erf form, "gelu_tanh" the tanh approximation (GPT-2's "gelu_new");
 # "swiglu", "geglu" and "geglu_tanh" are gated (Shazeer 2020): act(x W) * (x V).
@@ -145,8 +145,9 @@ class TransformerConfig:
                     raise ValueError(
                         f"TransformerConfig.{name} has {len(value)} specs but there are {layers} layers; "
                         "give one spec for all layers or exactly one per layer")
-                object.__setattr__(self, name, tuple(value))
-            for spec in self.layer_specs(name):
+                value = tuple(value)
+                object.__setattr__(self, name, value)
+            for spec in self._per_layer(value, layers):
                 if isinstance(spec, type):
                     raise TypeError(f"TransformerConfig.{name} needs an attention spec instance, e.g. "
                                     f"{spec.__name__}(...); got the class {spec.__name__}")
@@ -179,10 +180,23 @@ class TransformerConfig:
     def params_dtype(self):
         return jnp.dtype(self.param_dtype)
 
-    def layer_specs(self, name: str) -> tuple:
-        """The attention spec of each layer for field `name` (a single spec is repeated)."""
-        value = getattr(self, name)
-        layers = self.num_encoder_layers if name == "encoder_attention" else self.num_decoder_layers
+    @property
+    def encoder_specs(self) -> tuple[AttentionSpec, ...]:
+        """The self-attention spec of each encoder layer (a single spec is repeated)."""
+        return self._per_layer(self.encoder_attention, self.num_encoder_layers)
+
+    @property
+    def decoder_specs(self) -> tuple[AttentionSpec, ...]:
+        """The causal self-attention spec of each decoder layer."""
+        return self._per_layer(self.decoder_attention, self.num_decoder_layers)
+
+    @property
+    def cross_specs(self) -> tuple[AttentionSpec, ...]:
+        """The cross-attention spec of each decoder layer."""
+        return self._per_layer(self.cross_attention, self.num_decoder_layers)
+
+    @staticmethod
+    def _per_layer(value, layers: int) -> tuple:
         return tuple(value) if isinstance(value, tuple) else (value,) * layers
 
     def replace(self, **changes) -> "TransformerConfig":

@@ -183,7 +183,7 @@ class Encoder(nn.Module):
         embed = self.embed if self.embed is not None else _embed(cfg, "embedding")
         x = Embedder(cfg, embed, name="embedder")(tokens, positions, deterministic, token_types)
         bias = _relative_bias(cfg, True)(positions, positions) if cfg.position == "relative" else None
-        for i, spec in enumerate(cfg.layer_specs("encoder_attention")):
+        for i, spec in enumerate(cfg.encoder_specs):
             x = EncoderBlock(cfg, spec, name=f"layer_{i}")(x, segment_ids, positions, deterministic, bias)
         return _final_norm(cfg, x)
 
@@ -235,8 +235,8 @@ class Decoder(nn.Module):
         if cfg.position == "relative":  # while decoding, the keys are the cache's slots
             kv_positions = jnp.arange(cfg.max_len, dtype=jnp.int32)[None] if decode else positions
             bias = _relative_bias(cfg, False)(positions, kv_positions)
-        cross_specs = cfg.layer_specs("cross_attention") if self.cross else (None,) * cfg.num_decoder_layers
-        for i, (spec, cross_spec) in enumerate(zip(cfg.layer_specs("decoder_attention"), cross_specs)):
+        cross_specs = cfg.cross_specs if self.cross else (None,) * cfg.num_decoder_layers
+        for i, (spec, cross_spec) in enumerate(zip(cfg.decoder_specs, cross_specs)):
             x = DecoderBlock(cfg, spec, cross_spec, name=f"layer_{i}")(
                 x, segment_ids, positions, encoded, src_segment_ids, deterministic, decode, bias)
         return _output_logits(self, cfg, embed, _final_norm(cfg, x))
@@ -348,11 +348,11 @@ def flops_per_token(cfg: TransformerConfig, src_len: int, tgt_len: int) -> float
     mlp = 2 * d * f * (3 if cfg.activation in GATED else 2)
     proj = 2 * 2 * d * (a + kv)  # q and output projections, k and v (fewer heads with GQA)
     enc = sum(proj + mlp + 4 * a * keys_per_query(s, src_len, False)
-              for s in cfg.layer_specs("encoder_attention")) * src_len
+              for s in cfg.encoder_specs) * src_len
     dec = sum(proj + mlp + 4 * a * keys_per_query(s, tgt_len, True)
-              for s in cfg.layer_specs("decoder_attention")) * tgt_len
+              for s in cfg.decoder_specs) * tgt_len
     cross = sum(2 * 2 * d * a * tgt_len + 2 * 2 * d * kv * src_len + 4 * a * keys_per_query(s, src_len, False) * tgt_len
-                for s in cfg.layer_specs("cross_attention")) if cfg.num_encoder_layers else 0
+                for s in cfg.cross_specs) if cfg.num_encoder_layers else 0
     logits = 2 * d * cfg.vocab_size * tgt_len
     return 3.0 * (enc + dec + cross + logits) / tgt_len
 

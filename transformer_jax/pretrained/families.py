@@ -239,7 +239,7 @@ def _llama_hf(cfg: TransformerConfig, model_type: str = "llama") -> dict:
               rms_norm_eps=cfg.norm_eps, attention_bias=False, mlp_bias=False,
               tie_word_embeddings=cfg.tie_output)
     if model_type == "mistral":
-        spec = cfg.layer_specs("decoder_attention")[0] if cfg.num_decoder_layers else Dense()
+        spec = cfg.decoder_specs[0] if cfg.num_decoder_layers else Dense()
         hf["sliding_window"] = spec.window + 1 if isinstance(spec, Windowed) else None
     return hf
 
