@@ -16,6 +16,7 @@ padding; positions restart at 0 in every segment):
   CausalLM        inputs, targets, segment_ids, positions [B, T]  (inputs = BOS + tokens; targets = tokens + EOS)
   MaskedLM        inputs, targets, segment_ids, positions [B, S]  (inputs = the corrupted tokens + EOS;
                   targets = the original token at the selected positions, 0 (no loss) elsewhere)
+  Image           image uint8 [B, H, W, C]; label int32 [B]; weights float32 [B] (0 for fill rows)
 
 `REGISTRY` maps dataset names to tasks; a dataset with one text feature trains either language
 model, chosen by `config.model_type` (`resolve`).
@@ -32,7 +33,7 @@ import numpy as np
 
 from transformer_jax.config import BOS_ID, EOS_ID
 
-MODEL_TYPES = ("transformer", "encoder_classifier", "masked_lm", "decoder_lm")
+MODEL_TYPES = ("transformer", "encoder_classifier", "masked_lm", "decoder_lm", "vit")
 
 
 def _i32(ids) -> np.ndarray:
@@ -72,12 +73,26 @@ class _Task:
     unit: ClassVar[str] = "tokens"  # what the progress line counts per second
     packable: ClassVar[bool] = True
     symbols: ClassVar[tuple[str, ...]] = ()  # extra tokenizer pieces the task needs ([MASK])
+    augment_eval: ClassVar[bool] = True  # `augment` applies to eval splits too (BERT masks them)
+    uses_tokenizer: ClassVar[bool] = True  # False: records are not text (images); no tokenizer is built
 
     def model_class(self):
         from transformer_jax import model
 
         return {"transformer": model.Transformer, "encoder_classifier": model.EncoderClassifier,
                 "masked_lm": model.MaskedLM, "decoder_lm": model.DecoderLM}[self.model_type]
+
+    def make_model(self, cfg):
+        """The model this task trains, from a TransformerConfig (the experiment's `build_model`)."""
+        return self.model_class()(cfg)
+
+    def with_options(self, **options):
+        """The task with model options from the experiment config (`config.vit` for image tasks);
+        text tasks take none."""
+        if options:
+            raise ValueError(f"{', '.join(sorted(options))}: options for image tasks (config.vit); "
+                             f"a {self.name} task takes none")
+        return self
 
     def augment(self, tokenizer):
         """A seeded per-example transform (Grain `random_map`) applied after `featurize`, or None."""
@@ -292,8 +307,99 @@ class MaskedLM(CausalLM):
         return MaskTokens(mask_id, tokenizer.vocab_size, self.mask_rate)
 
 
-Task = Union[Translation, Classification, CausalLM, MaskedLM]
-TASKS = (Translation, Classification, CausalLM, MaskedLM)
+@dataclasses.dataclass(frozen=True)
+class ImageClassification(_Task):
+    """One label per image: a `ViT` (transformer_jax/vit.py); accuracy at the end. Not packable.
+
+    Batch: image uint8 [B, H, W, C], label int32 [B], weights float32 [B] (1 per real example; the
+    all-zero rows that top up an eval split's last batch weigh 0, as a black image could not tell
+    them apart). Pixels travel as uint8 (a quarter of float32's bytes) and become float in
+    `model_inputs` (/ 255). The geometry (`image_size`, `num_channels`) is the dataset's; the
+    `patch_size` is the ViT's, overridable by `config.vit.patch_size`. `shift`: training images are
+    shifted by up to that many pixels (`data.images.RandomShift`, seeded); eval images never.
+    """
+
+    image: str = "image"
+    label: str = "label"
+    image_size: tuple[int, int] = (28, 28)
+    num_channels: int = 1
+    patch_size: int | tuple[int, int] = 4
+    shift: int = 0
+    name: ClassVar[str] = "image classification"
+    model_type: ClassVar[str] = "vit"
+    needs: ClassVar[tuple[str, ...]] = ("image", "label")
+    unit: ClassVar[str] = "examples"
+    packable: ClassVar[bool] = False
+    augment_eval: ClassVar[bool] = False
+    uses_tokenizer: ClassVar[bool] = False
+
+    def __post_init__(self):
+        self.vit_config()  # the geometry's named errors, at construction
+        if isinstance(self.shift, bool) or not isinstance(self.shift, int) or self.shift < 0:
+            raise ValueError(f"ImageClassification.shift must be an int >= 0 (pixels); got {self.shift!r}")
+
+    def vit_config(self):
+        from transformer_jax.vit import ViTConfig
+
+        return ViTConfig(self.image_size, self.patch_size, self.num_channels)
+
+    def model_class(self):
+        from transformer_jax.vit import ViT
+
+        return ViT
+
+    def make_model(self, cfg):
+        return self.model_class()(cfg, self.vit_config())
+
+    def with_options(self, **options):
+        valid = ("patch_size", "shift")
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"config.vit.{unknown[0]} is not an image-task option; valid: {', '.join(valid)}")
+        try:
+            return dataclasses.replace(self, **options)
+        except ValueError as err:
+            raise ValueError(f"config.vit: {err}") from None
+
+    def augment(self, tokenizer):
+        from transformer_jax.data.images import RandomShift
+
+        return RandomShift(self.shift, self.image) if self.shift else None
+
+    def featurize(self, record, fz) -> dict | None:
+        image = np.asarray(record[self.image])
+        want = (*self.vit_config().image_size, self.num_channels)
+        if image.shape != want or image.dtype != np.uint8:
+            raise ValueError(f"feature {self.image!r} holds a {image.dtype} image of shape {image.shape}; this "
+                             f"task expects uint8 {want} (image_size, num_channels)")
+        return {"image": image, "label": np.int32(record[self.label]), "weights": np.float32(1.0)}
+
+    def pad(self, ex, src_len: int, tgt_len: int) -> dict:
+        return ex  # fixed shape already
+
+    def model_inputs(self, batch) -> tuple[tuple, dict]:
+        import jax.numpy as jnp
+
+        return (batch["image"].astype(jnp.float32) / 255.0,), {}
+
+    def targets_and_weights(self, batch):
+        import jax.numpy as jnp
+
+        return batch["label"], batch.get("weights", jnp.ones(batch["label"].shape, jnp.float32))
+
+    def text_features(self) -> tuple[str, ...]:
+        return ()
+
+    def batch_shapes(self, batch: int, src_len: int, tgt_len: int) -> dict:
+        import jax
+
+        h, w = self.vit_config().image_size
+        return {"image": jax.ShapeDtypeStruct((batch, h, w, self.num_channels), np.uint8), "label": _shape(batch),
+                "weights": jax.ShapeDtypeStruct((batch,), np.float32)}
+
+
+Task = Union[Translation, Classification, CausalLM, MaskedLM, ImageClassification]
+TASKS = (Translation, Classification, CausalLM, MaskedLM, ImageClassification)
 TASK_OF_MODEL = {cls.model_type: cls for cls in TASKS}
 
 # Dataset names (tfds, without config/version) -> their task. A text corpus trains either language
@@ -305,6 +411,10 @@ REGISTRY: dict[str, Task] = {
     "tjax_text": CausalLM("text"),
     "imdb_reviews": Classification("text", "label"),
     "lm1b": CausalLM("text"),
+    # images (transformer_jax/data/images.py): 8x8 digits built in; mnist, cifar10 once prepared
+    "tjax_digits": ImageClassification("image", "label", (8, 8), 1, patch_size=2),
+    "mnist": ImageClassification("image", "label", (28, 28), 1, patch_size=4),
+    "cifar10": ImageClassification("image", "label", (32, 32), 3, patch_size=4),
 }
 ALSO = {"tjax_text": {"encoder_classifier": Classification("text", "label")}}
 

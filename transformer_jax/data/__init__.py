@@ -2,12 +2,14 @@
 
 Importing this package registers the built-in tfds builders ``tjax_numbers``
 (the default translation-like task), ``tjax_listops`` (Long Range Arena
-ListOps) and ``tjax_text`` (English prose that ships with Python). What a
+ListOps), ``tjax_text`` (English prose that ships with Python) and ``tjax_digits``
+(scikit-learn's 8x8 handwritten digits, images). What a
 batch of each task holds lives in ``transformer_jax.tasks``.
 """
 
 from transformer_jax.data.corpus import TjaxText
 from transformer_jax.data.default_task import TjaxNumbers
+from transformer_jax.data.images import RandomShift, TjaxDigits
 from transformer_jax.data.listops import TjaxListops
 from transformer_jax.data.listops import evaluate as evaluate_listops
 from transformer_jax.data.metrics import accuracy, corpus_bleu, corpus_chrf, exact_match
@@ -38,6 +40,8 @@ __all__ = [
     "DatasetNotPreparedError",
     "Featurizer",
     "SentencePieceTokenizer",
+    "RandomShift",
+    "TjaxDigits",
     "TjaxListops",
     "TjaxNumbers",
     "TjaxText",

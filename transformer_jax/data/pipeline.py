@@ -235,7 +235,7 @@ def make_iterator(
     if repeat:
         ds = ds.repeat()
     ds = ds.map(Featurizer(task, tokenizer, max_src_len, max_tgt_len, too_long, stats))
-    corrupt = task.augment(tokenizer)
+    corrupt = task.augment(tokenizer) if repeat or task.augment_eval else None  # image shifts: training only
     if corrupt is not None:  # seeded by (seed, index): the same masks after a resume
         ds = ds.random_map(corrupt, seed=seed)
     it = ds.to_iter_dataset(

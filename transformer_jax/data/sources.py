@@ -9,10 +9,10 @@ import re
 
 import tensorflow_datasets as tfds
 
-from transformer_jax.data import corpus, default_task, listops  # noqa: F401  (registers the builders)
+from transformer_jax.data import corpus, default_task, images, listops  # noqa: F401  (registers the builders)
 from transformer_jax.tasks import base_name as _base_name
 
-BUILT_IN = ("tjax_numbers", "tjax_listops", "tjax_text")  # prepared locally on first use
+BUILT_IN = ("tjax_numbers", "tjax_listops", "tjax_text", "tjax_digits")  # prepared locally on first use
 DEFAULT_TASK = "tjax_numbers"
 
 
@@ -34,7 +34,7 @@ def _register(task: str) -> None:
 
 
 def prepare(task: str = DEFAULT_TASK, *, data_dir: str | os.PathLike | None = None) -> None:
-    """Generates a built-in dataset (tjax_numbers, tjax_listops, tjax_text) as ArrayRecord files.
+    """Generates a built-in dataset (`BUILT_IN`) as ArrayRecord files.
 
     Idempotent: tfds skips datasets already prepared in ``data_dir``. In a
     multi-process job, call it on process 0 before a barrier; concurrent calls

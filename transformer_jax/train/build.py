@@ -55,6 +55,8 @@ def make_tokenizer(config, workdir: str, task: tasks.Task | None = None):
     from transformer_jax import data
 
     task = config_task(config) if task is None else task
+    if not task.uses_tokenizer:  # images
+        return None
     if config.data.tokenizer == "sentencepiece" and config.get("init_from", ""):
         _tokenizer_from(config.init_from, data.sentencepiece_path(workdir, config.data.task, config.data.vocab_size,
                                                                   task.symbols))

@@ -171,13 +171,14 @@ def config_task(config) -> tasks.Task:
 
         features = data.open_source(config.data.task, "train", data_dir=config.data.data_dir or None
                                     ).dataset_info.features
-    return tasks.resolve(config.data.task, model_type, keys, features)
+    task = tasks.resolve(config.data.task, model_type, keys, features)
+    return task.with_options(**dict(config.get("vit", None) or {}))  # image tasks: patch size, shift
 
 
 def build_model(config: ml_collections.ConfigDict, task: tasks.Task | None = None):
     """The model class follows from the task."""
     task = config_task(config) if task is None else task
-    return task.model_class()(model_config(config))
+    return task.make_model(model_config(config))
 
 
 # ----------------------------------------------------------------------------------------------
