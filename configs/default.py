@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 64  # global, in (packed) rows
     c.micro_batches = 1  # gradient accumulation steps inside one train step
     c.num_train_steps = 800
+    # Stop after this many minutes of training time (compilation excluded; resumes with what is left;
+    # transformer_jax/train/budget.py), or at num_train_steps if sooner. 0: no time budget.
+    c.budget_minutes = 0.0
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=2e-3, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0, clip_norm=1.0))
     # cosine | linear: learning_rate is the peak. inverse_sqrt: it scales
@@ -46,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.log_every = 50
     c.eval_every = 400  # 0: never
+    c.eval_every_minutes = 0.0  # also evaluate after every this many minutes of training time (0: off)
     c.eval_batches = 0  # 0: the whole eval split
     c.checkpoint_every = 200
     c.keep_checkpoints = 3

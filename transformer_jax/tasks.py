@@ -408,6 +408,7 @@ TASK_OF_MODEL = {cls.model_type: cls for cls in TASKS}
 REGISTRY: dict[str, Task] = {
     "tjax_numbers": Translation("source", "target"),
     "tjax_listops": Classification("text", "label"),
+    "tjax_retrieval": Classification("text", "label"),
     "tjax_text": CausalLM("text"),
     "imdb_reviews": Classification("text", "label"),
     "lm1b": CausalLM("text"),
@@ -416,7 +417,9 @@ REGISTRY: dict[str, Task] = {
     "mnist": ImageClassification("image", "label", (28, 28), 1, patch_size=4),
     "cifar10": ImageClassification("image", "label", (32, 32), 3, patch_size=4),
 }
-ALSO = {"tjax_text": {"encoder_classifier": Classification("text", "label")}}
+# ListOps inputs also train a masked LM: self-pretraining on the task's own inputs (Amos et al. 2024).
+ALSO = {"tjax_text": {"encoder_classifier": Classification("text", "label")},
+        "tjax_listops": {"masked_lm": MaskedLM("text")}}
 
 
 def base_name(dataset: str) -> str:

@@ -2,7 +2,8 @@
 
 Importing this package registers the built-in tfds builders ``tjax_numbers``
 (the default translation-like task), ``tjax_listops`` (Long Range Arena
-ListOps), ``tjax_text`` (English prose that ships with Python) and ``tjax_digits``
+ListOps), ``tjax_text`` (English prose that ships with Python),
+``tjax_retrieval`` (synthetic long-range key-value retrieval), and ``tjax_digits``
 (scikit-learn's 8x8 handwritten digits, images). What a
 batch of each task holds lives in ``transformer_jax.tasks``.
 """
@@ -22,6 +23,7 @@ from transformer_jax.data.pipeline import (
     make_task_tokenizer,
     sentencepiece_path,
 )
+from transformer_jax.data.retrieval import TjaxRetrieval
 from transformer_jax.data.sources import DEFAULT_TASK, DatasetNotPreparedError, open_source, prepare
 from transformer_jax.data.stats import DataStats
 from transformer_jax.data.tokenizers import (
@@ -44,6 +46,7 @@ __all__ = [
     "TjaxDigits",
     "TjaxListops",
     "TjaxNumbers",
+    "TjaxRetrieval",
     "TjaxText",
     "Tokenizer",
     "WordTokenizer",

@@ -30,7 +30,9 @@ from transformer_jax.data.local_builder import LocalBuilder
 SEED = 20210101
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
-VOCAB = (*OPERATORS, END, *(str(d) for d in range(10)))
+# The tokenizer's words; "[MASK]" (never in an expression) comes last, for masked-LM self-pretraining
+# on the ListOps inputs (Amos et al. 2024), so the expression tokens keep their ids.
+VOCAB = (*OPERATORS, END, *(str(d) for d in range(10)), "[MASK]")
 VALUE_P = 0.25  # probability that a node above max depth is an operator
 
 
@@ -129,7 +131,7 @@ def evaluate(text: str) -> int:
         elif tok.isdigit() and len(tok) == 1:
             value = int(tok)
         else:
-            raise ValueError(f"unknown ListOps token {tok!r}; valid: {VOCAB}")
+            raise ValueError(f"unknown ListOps token {tok!r}; valid: {VOCAB[:-1]}")
         if stack:
             stack[-1][1].append(value)
         else:

@@ -9,10 +9,11 @@ import re
 
 import tensorflow_datasets as tfds
 
-from transformer_jax.data import corpus, default_task, images, listops  # noqa: F401  (registers the builders)
+from transformer_jax.data import corpus, default_task, images, listops, retrieval  # noqa: F401  (registers the builders)
 from transformer_jax.tasks import base_name as _base_name
 
-BUILT_IN = ("tjax_numbers", "tjax_listops", "tjax_text", "tjax_digits")  # prepared locally on first use
+# Prepared locally on first use.
+BUILT_IN = ("tjax_numbers", "tjax_listops", "tjax_text", "tjax_digits", "tjax_retrieval")
 DEFAULT_TASK = "tjax_numbers"
 
 

@@ -85,16 +85,15 @@ class WordTokenizer:
 
     Used for ListOps, whose 15-symbol vocabulary is known in advance (the Long
     Range Arena setup tokenizes it word by word). Unknown words become UNK and
-    are counted.
+    are counted. A vocabulary with the word "[MASK]" serves a masked LM (``mask_id``).
     """
-
-    mask_id = None
 
     def __init__(self, vocab: Sequence[str], stats: DataStats | None = None):
         if len(set(vocab)) != len(vocab) or any(not w or w.split() != [w] for w in vocab):
             raise ValueError(f"vocab must be distinct non-empty words without spaces, got {vocab!r}")
         self.vocab = tuple(vocab)
         self._ids = {w: i + NUM_RESERVED for i, w in enumerate(self.vocab)}
+        self.mask_id = self._ids.get(MASK)
         self.vocab_size = len(self.vocab) + NUM_RESERVED
         self.stats = stats if stats is not None else DataStats()
 

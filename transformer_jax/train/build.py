@@ -219,7 +219,8 @@ def checkpointer(config, workdir, *, track_best: bool = True):
     """The run's Checkpointer; it scores checkpoints by `best_metric` only when eval computes it."""
     from transformer_jax.checkpoint import Checkpointer
 
-    best = config.best_metric if track_best and config.eval_every and config.best_metric else None
+    periodic = config.eval_every or config.get("eval_every_minutes", 0.0)
+    best = config.best_metric if track_best and periodic and config.best_metric else None
     return Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                         best_metric=best, best_mode=config.best_mode, async_save=config.async_checkpoints)
 

@@ -27,6 +27,7 @@ from ml_collections.config_dict import FieldReference
 from transformer_jax import attention, tasks
 from transformer_jax.config import TransformerConfig, preset
 from transformer_jax.tasks import MODEL_TYPES
+from transformer_jax.train.budget import check_minutes
 
 NONFINITE = ("stop", "skip")
 SYNTHETIC = "synthetic"
@@ -327,6 +328,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     _check_init_from(config)
     sizes = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
     _check_counts(config)
+    check_minutes(config)
     _check_batch(config, sizes, process_count)
     _check_optimizer(config)
     _check_choice(config, "nonfinite", NONFINITE)

@@ -2,7 +2,9 @@
 
     build (train/build.py) -> restore latest checkpoint (state + data position), or init_from
     -> compiled step -> for each step: next batch, step, log, checkpoint, eval
-    -> the task's end-of-run evaluation (train/evaluate.py)
+       (until num_train_steps, or config.budget_minutes of training time: train/budget.py)
+    -> the task's end-of-run evaluation (train/evaluate.py) of the best checkpoint by
+       config.best_metric when eval scored one, else of the final state
 
 Exact resume: the step is deterministic, the dropout rng is `fold_in(rng, step)`, and the
 checkpoint holds the data iterator's position, so a run killed at any point (SIGKILL included)
@@ -24,6 +26,7 @@ import numpy as np
 
 import transformer_jax as tj
 from transformer_jax import sharding as shd
+from transformer_jax.train import budget
 from transformer_jax.train.build import (Setup, checkpointer, has_checkpoint, load_config,  # noqa: F401
                                          make_data_iterator, make_tokenizer, restore_for_eval, save_config, setup,
                                          step_config)
@@ -72,12 +75,14 @@ def _stop_signals():
             signal.signal(sig, handler_before)
 
 
-def _any_process(flag: bool) -> bool:
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
+def _any_process(*flags: bool):
+    """Each flag OR-ed over all processes (one collective); a bool for one flag, else a tuple."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
 
-    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+        gathered = np.asarray(multihost_utils.process_allgather(np.array(flags))).reshape(-1, len(flags))
+        flags = tuple(bool(x) for x in gathered.any(axis=0))
+    return flags[0] if len(flags) == 1 else tuple(flags)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,6 +136,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
         _log(f"resumed from checkpoint at step {step}")
     start = int(jax.device_get(state.step))
     compiled = _compile(s, state)
+    clock = budget.Clock(workdir, config.get("budget_minutes", 0.0), start, writer=jax.process_index() == 0,
+                         eval_every_minutes=config.get("eval_every_minutes", 0.0))
+    clock.start()  # the budget counts training time from here (compilation excluded; budget.py)
 
     writer = MetricsWriter(workdir)
     total_steps = config.num_train_steps
@@ -170,17 +178,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
         with _stop_signals() as stop_flag, shd.activate(mesh):
             step = start
             data_state = train_iter.get_state()
-            while step < total_steps:
+            out_of_time = _any_process(clock.spent_before())  # a restarted run whose budget is spent
+            while step < total_steps and not out_of_time:
                 batch = next(train_iter)
                 data_state = train_iter.get_state()
                 state, metrics = compiled(state, shd.shard_batch(batch, mesh))
                 step += 1  # state.step == step: the number of updates applied
                 pending.append((step, metrics))
                 bar.update()
-                stop = _any_process(stop_flag["signal"] is not None)
-                log_now = step % config.log_every == 0 or step == total_steps
-                save_now = step % config.checkpoint_every == 0 or step == total_steps or stop
-                eval_now = bool(config.eval_every) and (step % config.eval_every == 0 or step == total_steps)
+                stop, out_of_time, eval_time = _any_process(stop_flag["signal"] is not None, clock.expired(),
+                                                            clock.eval_due())
+                last_step = step == total_steps or out_of_time
+                log_now = step % config.log_every == 0 or last_step
+                save_now = step % config.checkpoint_every == 0 or last_step or stop
+                eval_now = eval_time or (bool(config.eval_every) and step % config.eval_every == 0) or (
+                    last_step and budget.evaluates(config))
+                if eval_time:
+                    clock.evaluated()
                 if log_now or save_now or eval_now:
                     flush_metrics()  # raises before a non-finite state can be saved
                 eval_metrics = None
@@ -188,12 +202,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
                     eval_iter = eval_iter_fn() if eval_iter_fn else make_data_iterator(
                         config, config.data.eval_split, s.tokenizer, repeat=False, task=s.task)
                     eval_metrics = evaluate_loss(s, state.params, eval_iter, config.eval_batches)
-                    writer.write(step, eval_metrics)
+                    writer.write(step, {**eval_metrics, "train_seconds": clock.elapsed()})
                     _log(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
                 if save_now or eval_now:
                     best = None
                     if eval_metrics and config.best_metric in eval_metrics:
                         best = {config.best_metric: eval_metrics[config.best_metric]}
+                    clock.record(step)
                     ckpt.save(step, state, data_state, metrics=best)
                 if stop:
                     ckpt.wait()
@@ -203,10 +218,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
                     break
             flush_metrics()
         ckpt.wait()
-        summary.update(step=step, last=last)
-        if step >= total_steps and config.get("test_at_end", True) and eval_iter_fn is None and config.data.task != "synthetic":
-            result = s.task.final_eval(s, state.params, config.data.test_split)
-            result["step"] = step
+        summary.update(step=step, last=last, train_seconds=clock.elapsed(), out_of_time=out_of_time)
+        finished = step >= total_steps or out_of_time
+        if finished and config.get("test_at_end", True) and eval_iter_fn is None and config.data.task != "synthetic":
+            params, chosen = budget.best_params(s, ckpt, state, step)
+            result = s.task.final_eval(s, params, config.data.test_split)
+            result.update(step=step, checkpoint_step=chosen, train_seconds=summary["train_seconds"])
             _log(summary_line(result))
             if jax.process_index() == 0:
                 write_json_atomic(os.path.join(workdir, "eval.json"), result)
