@@ -23,6 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
     # run (ignored once this workdir has its own checkpoint); parameters to freeze, by path regex.
     c.init_from = ""
     c.freeze = ()
+    # LoRA (Hu et al. 2021; transformer_jax/train/adapters.py): rank 0 = off. Only the adapters on
+    # the `targets` projections (names or path regexes) train, and the parameters init_from leaves
+    # fresh (a new head) train in full; checkpoints hold those alone unless save_adapters_only=False.
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=("query", "value"),
+                                            save_adapters_only=True))
     # Every field of transformer_jax.TransformerConfig, its defaults overridden here (a preset's
     # instead: model_section("base", ...)); attention specs may be strings, e.g. "Windowed(128)".
     c.model = model_section(vocab_size=512, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=3,

@@ -149,7 +149,8 @@ TINY_LM = ["--config.model.d_model=32", "--config.model.num_heads=2", "--config.
 
 def test_causal_lm_trains_reports_perplexity_and_decode_continues_prompts(tmp_path, capsys, monkeypatch):
     """configs/lm.py on the built-in corpus: a DecoderLM, perplexity on the test split at the end;
-    `decode --workdir` reads prompts from stdin and prints one continuation per line."""
+    `decode --workdir` reads prompts from stdin and prints one continuation per line; eval and
+    decode on quantized weights (--quantize)."""
     import io
 
     workdir = str(tmp_path / "lm")
@@ -165,3 +166,19 @@ def test_causal_lm_trains_reports_perplexity_and_decode_continues_prompts(tmp_pa
     assert len(lines) >= 2 and all(isinstance(line, str) for line in lines[-2:])
     with pytest.raises(SystemExit, match=r"--max_new_tokens=-1 must be >= 0"):
         cli.main(["decode", "--workdir", workdir, "--max_new_tokens", "-1"])
+    # --quantize: eval on int8 weights (perplexity within a few per cent of the float32 run's, from
+    # smaller weights; eval_int8.json beside eval.json), decode on bfloat16; unknown dtypes are named
+    assert cli.main(["eval", "--workdir", workdir, "--quantize", "int8"]) == 0
+    assert "int8: " in capsys.readouterr().err
+    q = json.load(open(os.path.join(workdir, "eval_int8.json")))
+    assert q["quantize"] == "int8" and q["parameter_bytes"] < 0.75 * q["unquantized_bytes"]  # embeddings stay
+    assert q["test"]["perplexity"] == pytest.approx(result["perplexity"], rel=0.05)
+    assert q["test"]["perplexity"] != result["perplexity"]  # it did run on other weights
+    monkeypatch.setattr("sys.stdin", io.StringIO("The if statement\n"))
+    assert cli.main(["decode", "--workdir", workdir, "--max_new_tokens", "3", "--quantize", "bfloat16"]) == 0
+    assert capsys.readouterr().out.strip()
+    with pytest.raises(SystemExit, match=r"--quantize='int4' is not one of int8, bfloat16, float16"):
+        cli.main(["eval", "--workdir", workdir, "--quantize", "int4"])
+    with pytest.raises(SystemExit, match=r"--quantize is for eval and decode"):
+        cli.main(["train", "--config", LM, "--workdir", workdir, "--quantize", "int8"])
+

@@ -165,6 +165,21 @@ class Checkpointer:
             return restored[STATE], processes[index], candidate
         return None
 
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+        """(the `params` of the train state at `step` or the latest, step), nothing else read.
+
+        For starting another run from this one (`init_from`): its optimiser state may have another
+        structure than today's code builds, and a source's checkpoints are never moved aside; an
+        unreadable one raises."""
+        self.wait()
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        item = {"params": abstract_params}
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)}))
+        return restored[STATE]["params"], step
+
     def _set_aside(self, step: int, err: BaseException) -> None:
         """Move unreadable `step` to `<directory>/corrupt/<step>` (process 0) and say so in one line."""
         log.debug("checkpoint step %d in %s is unreadable", step, self.directory, exc_info=err)

@@ -1,9 +1,10 @@
 """`transformer-jax` command line: train, eval, decode.
 
     transformer-jax train  --config configs/default.py --workdir DIR [--config.KEY=VALUE ...]
-    transformer-jax eval   --workdir DIR [--config ...] [--checkpoint latest|best]
+    transformer-jax eval   --workdir DIR [--config ...] [--checkpoint latest|best] [--quantize int8]
     transformer-jax decode --workdir DIR [--input FILE] [--beam_size 4]   (stdin -> stdout: translations,
                            or continuations of prompts for a causal-LM workdir [--max_new_tokens 64])
+                           [--quantize int8|bfloat16|float16]
     transformer-jax decode --pretrained DIR [--input FILE] [--beam_size 4] [--max_new_tokens 64]
 
 Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field
@@ -48,6 +49,8 @@ def _parse(argv: list[str]):
     flags.DEFINE_integer("max_new_tokens", 0, "decode a causal LM or --pretrained: tokens to generate (0: "
                          "the model's generation_config, else 64)", flag_values=fv)
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval/decode: which checkpoint", flag_values=fv)
+    flags.DEFINE_string("quantize", "", "eval/decode: run on weight-only quantized parameters (int8 per output "
+                        "channel, or bfloat16 / float16 casts; transformer_jax/quantization.py)", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "multi-host: coordinator address host:port", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "multi-host: this process's index", flag_values=fv)
@@ -169,22 +172,50 @@ def _trained_config(fv):
     return fv.config if fv.config is not None else loop.load_config(workdir)
 
 
+def _check_quantize(fv) -> None:
+    from transformer_jax.quantization import DTYPES
+
+    if fv.quantize and fv.quantize not in DTYPES:
+        raise ValueError(f"--quantize={fv.quantize!r} is not one of {', '.join(DTYPES)}")
+
+
+def _run_params(fv, s, state) -> tuple[object, dict]:
+    """The parameters eval/decode run on (with LoRA: merged), quantized with --quantize; and their
+    bytes beside the unquantized ones."""
+    from transformer_jax import quantization
+
+    params = s.eval_params(state)
+    sizes = {"parameter_bytes": quantization.tree_bytes(params)}
+    if fv.quantize:
+        sizes["unquantized_bytes"] = sizes["parameter_bytes"]
+        params = quantization.quantize({"params": params}, fv.quantize)
+        sizes.update(quantize=fv.quantize, parameter_bytes=params.nbytes)
+        print(f"{fv.quantize}: {sizes['parameter_bytes']:,} parameter bytes "
+              f"({sizes['unquantized_bytes']:,} unquantized)", file=sys.stderr)
+    return params, sizes
+
+
 def _eval(fv) -> int:
+    """The eval split's loss/accuracy/perplexity and the task's end-of-run metric on the test split,
+    written to eval.json (eval_<dtype>.json with --quantize)."""
     import jax
 
     from transformer_jax.train import loop
 
+    _check_quantize(fv)
     config = _trained_config(fv)
     s, state, step = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
-    result = {"step": step}
+    params, sizes = _run_params(fv, s, state)
+    result = {"step": step, **sizes}
     iterator = loop.make_data_iterator(config, config.data.eval_split, s.tokenizer, repeat=False, task=s.task)
-    result.update(loop.evaluate_loss(s, state.params, iterator, config.eval_batches))
-    final = s.task.final_eval(s, state.params, config.data.test_split)  # BLEU, accuracy or perplexity
+    result.update(loop.evaluate_loss(s, params, iterator, config.eval_batches))
+    final = s.task.final_eval(s, params, config.data.test_split)  # BLEU, accuracy or perplexity
     print(loop.summary_line(final))
     result["test"] = final
     print({k: v for k, v in result.items() if k != "test"})
     if jax.process_index() == 0:
-        loop.write_json_atomic(os.path.join(fv.workdir, "eval.json"), result)
+        name = f"eval_{fv.quantize}.json" if fv.quantize else "eval.json"
+        loop.write_json_atomic(os.path.join(fv.workdir, name), result)
     return 0
 
 
@@ -222,7 +253,10 @@ def _decode(fv) -> int:
         raise ValueError(f"--max_new_tokens={fv.max_new_tokens} must be >= 0 (0: the default)")
     if fv.input != "-" and not os.path.isfile(fv.input):
         raise FileNotFoundError(f"--input={fv.input!r}: no such file")
+    _check_quantize(fv)
     if fv.pretrained:
+        if fv.quantize:
+            raise ValueError("--quantize applies to --workdir; with --pretrained use tj.quantize from Python")
         return _decode_pretrained(fv)
     config = _trained_config(fv)
     task = experiment.config_task(config)
@@ -230,14 +264,15 @@ def _decode(fv) -> int:
         raise ValueError(f"decode translates (a translation task) or continues prompts (a causal LM); "
                          f"config.data.task={config.data.task!r} is a {task.name} task")
     s, state, _ = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
+    params, _ = _run_params(fv, s, state)
     lines = _read_lines(fv.input)
     dc = config.decode
     if isinstance(task, tasks.Translation):
-        outputs = evaluate.translate(s, state.params, lines, beam_size=fv.beam_size or dc.beam_size,
+        outputs = evaluate.translate(s, params, lines, beam_size=fv.beam_size or dc.beam_size,
                                      max_len=min(dc.max_len, s.model.cfg.max_len),
                                      length_penalty=dc.length_penalty, batch_size=dc.batch_size)
     else:
-        outputs = evaluate.continue_text(s, state.params, lines, max_new_tokens=fv.max_new_tokens or dc.max_len,
+        outputs = evaluate.continue_text(s, params, lines, max_new_tokens=fv.max_new_tokens or dc.max_len,
                                          beam_size=fv.beam_size or 1, batch_size=dc.batch_size)
     for line in outputs:
         print(line)
@@ -258,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     fv = _flags(argv)
     if fv.pretrained and command != "decode":
         raise SystemExit(f"error: --pretrained is for decode; {command} takes --workdir")
+    if fv.quantize and command == "train":
+        raise SystemExit("error: --quantize is for eval and decode (a trained workdir); train runs in float32")
     if not fv.workdir and not (command == "decode" and fv.pretrained):
         raise SystemExit("error: --workdir is required" + (" (or --pretrained DIR)" if command == "decode" else ""))
     _maybe_distributed(fv)

@@ -17,14 +17,11 @@ projection, `{"a": [*in, r], "b": [r, *out]}`. The model runs unchanged on
 `merge_lora(frozen, adapters, config)`, gradients are taken with respect to the adapters alone,
 the optimiser state is adapter-sized, and saving adapters alone is saving that tree.
 
-Not yet wired into the training loop and CLI. The plan (config keys `lora.rank` (0 = off),
-`lora.alpha`, `lora.targets`):
-1. validation: `from_config(config.lora)`, then `targeted(abstract_params, cfg)` so a target that
-   matches nothing fails before anything compiles;
-2. `TrainState(frozen=...)`: the base parameters; `params` = `init_lora(...)`; `tx.init(adapters)`;
-3. `init_from` loads into `frozen` (new heads stay frozen: include "classifier"/"pooler" in targets);
-4. the train step's loss runs on `merge_lora(stop_gradient(frozen), params, cfg)`;
-5. eval, BLEU and decode run on the merged parameters; `save_adapters` writes adapters alone.
+The same tree may also hold parameters trained in full (`init_lora(..., full=paths)`): a new
+classifier head that starts from random numbers has nothing for a low-rank update to adapt, so
+it is trained whole (as PEFT's `modules_to_save`); `merge_lora` puts such leaves in place of the
+base's, and `save_adapters` writes them beside the factors. In the training loop
+(`train/adapters.py`, config section `lora`) these are the parameters `init_from` leaves fresh.
 """
 
 from __future__ import annotations
@@ -125,16 +122,23 @@ def _matches(path: tuple[str, ...], targets: tuple[str, ...]) -> bool:
     return any(t == path[-1] or re.fullmatch(t, joined) for t in targets)
 
 
-def targeted(params, config: LoraConfig) -> dict[tuple[str, ...], Any]:
-    """The projections `config.targets` select, by path; a named error if it selects none."""
+def targeted(params, config: LoraConfig, full=()) -> dict[tuple[str, ...], Any]:
+    """The projections `config.targets` select, by path; a named error if it selects none.
+
+    Projections whose kernel is among `full` ('/'-joined parameter paths trained in full) are left
+    out: a parameter trained whole needs no low-rank update."""
     projections = _projections(_unwrap(params))
+    full = set(full)
     chosen = {p: k for p, k in projections.items() if p and _matches(p, config.targets)}
-    if not chosen:
+    kept = {p: k for p, k in chosen.items() if "/".join(p + ("kernel",)) not in full}
+    if not kept:
         names = sorted({p[-1] for p in projections if p})
-        raise ValueError(f"lora.targets={config.targets} match no projection of this model; its "
-                         f"projections are {', '.join(names) or '(none)'} (a target is one of these "
-                         "names or a regular expression over paths like 'encoder/layer_0/.../query')")
-    return chosen
+        why = (f"only projections trained in full ({', '.join(sorted('/'.join(p) for p in chosen))}: "
+               "init_from leaves them fresh)" if chosen else "no projection of this model")
+        raise ValueError(f"lora.targets={config.targets} match {why}; its projections are "
+                         f"{', '.join(names) or '(none)'} (a target is one of these names or a regular "
+                         "expression over paths like 'encoder/layer_0/.../query')")
+    return kept
 
 
 def _unwrap(variables):
@@ -153,15 +157,29 @@ def in_dims(path: tuple[str, ...], node: Mapping) -> int:
     return IN_DIMS.get(path[-1], 1)
 
 
-def init_lora(rng: jax.Array, params, config: LoraConfig):
+def init_lora(rng: jax.Array, params, config: LoraConfig, *, full=()):
     """Fresh adapters for the targeted kernels: A ~ N(0, 1/fan_in) [*in, r], B = 0 [r, *out].
 
     If the kernels carry logical axis names (`nn.LogicallyPartitioned`, as `model.init` returns
     them), A and B carry the same names on their in / out axes (the rank axis is replicated), so
     `sharding.logical_shardings` places them like their kernels.
+
+    `full`: '/'-joined paths of parameters trained in full (e.g. a fresh `classifier/kernel`);
+    they are copied into the tree at their own paths (boxes kept) and get no factors.
     """
-    chosen = targeted(params, config)
+    chosen = targeted(params, config, full)
     adapters: dict = {}
+    tree = _unwrap(params)
+    for name in sorted(set(full)):
+        *path, leaf = name.split("/")
+        node, dest = tree, adapters
+        for key in path:
+            if not isinstance(node, Mapping) or key not in node:
+                raise ValueError(f"lora: {name!r} (to train in full) is not a parameter of this model")
+            node, dest = node[key], dest.setdefault(key, {})
+        if not isinstance(node, Mapping) or leaf not in node or isinstance(node[leaf], Mapping):
+            raise ValueError(f"lora: {name!r} (to train in full) is not a parameter of this model")
+        dest[leaf] = node[leaf]
     for i, (path, node) in enumerate(sorted(chosen.items())):
         kernel = node["kernel"]
         value = nn.meta.unbox(kernel)
@@ -183,18 +201,26 @@ def init_lora(rng: jax.Array, params, config: LoraConfig):
 
 
 def _adapter_leaves(adapters) -> dict[tuple[str, ...], tuple[Any, Any]]:
-    found = {}
+    """{projection path: (A, B)} of the factor pairs in an adapters tree."""
+    return _split(adapters)[0]
+
+
+def _split(adapters) -> tuple[dict[tuple[str, ...], tuple[Any, Any]], dict[tuple[str, ...], Any]]:
+    """({projection path: (A, B)}, {parameter path: value} of the parameters trained in full)."""
+    factors, full = {}, {}
 
     def walk(tree, path):
         if isinstance(tree, Mapping):
             if "a" in tree and "b" in tree and not isinstance(tree["a"], Mapping):
-                found[path] = (tree["a"], tree["b"])
+                factors[path] = (tree["a"], tree["b"])
                 return
             for k, v in tree.items():
                 walk(v, path + (str(k),))
+        elif tree is not None:
+            full[path] = tree
 
     walk(adapters, ())
-    return found
+    return factors, full
 
 
 def delta(a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
@@ -203,7 +229,8 @@ def delta(a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
 
 
 def merge_lora(params, adapters, config: LoraConfig):
-    """The parameters with each adapted kernel replaced by W + (alpha / r) · A B (plain arrays).
+    """The parameters with each adapted kernel replaced by W + (alpha / r) · A B (plain arrays),
+    and each parameter the adapters hold in full (see `init_lora(full=...)`) replaced by theirs.
 
     Takes `params` or `{"params": params}` (and returns the same form). Used both to fold trained
     adapters into the base weights for inference and, inside the train step, to build the
@@ -211,14 +238,20 @@ def merge_lora(params, adapters, config: LoraConfig):
     """
     wrapped = isinstance(params, Mapping) and set(params) == {"params"}
     tree = nn.meta.unbox(_unwrap(params))
-    leaves = _adapter_leaves(nn.meta.unbox(_unwrap(adapters)))
+    leaves, full = _split(nn.meta.unbox(_unwrap(adapters)))
     kernels = _projections(tree)
     missing = sorted("/".join(p) for p in leaves if p not in kernels)
+    missing += sorted("/".join(p) for p in full if not _has_leaf(tree, p))
     if missing:
-        raise ValueError(f"merge_lora: adapters at {', '.join(missing)} have no kernel in these params")
+        raise ValueError(f"merge_lora: adapters at {', '.join(missing)} have no parameter in these params")
 
     def rebuild(node, path):
         if not isinstance(node, Mapping):
+            if path in full:
+                if np.shape(full[path]) != np.shape(node):
+                    raise ValueError(f"merge_lora: {'/'.join(path)} is {np.shape(full[path])} in the adapters, "
+                                     f"but {np.shape(node)} in the params")
+                return jnp.asarray(full[path]).astype(node.dtype)
             return node
         out = {k: rebuild(v, path + (str(k),)) for k, v in node.items()}
         if path in leaves:
@@ -233,6 +266,14 @@ def merge_lora(params, adapters, config: LoraConfig):
 
     merged = rebuild(tree, ())
     return {"params": merged} if wrapped else merged
+
+
+def _has_leaf(tree, path: tuple[str, ...]) -> bool:
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return False
+        tree = tree[key]
+    return not isinstance(tree, Mapping)
 
 
 def lora_train_fns(frozen_params, config: LoraConfig) -> tuple[Callable, Callable]:
@@ -256,21 +297,26 @@ def lora_train_fns(frozen_params, config: LoraConfig) -> tuple[Callable, Callabl
 
 
 def adapter_count(adapters) -> int:
-    """The number of trained numbers: sum of A and B sizes."""
+    """The number of trained numbers: sum of A and B sizes (and of parameters trained in full)."""
     return int(sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(nn.meta.unbox(adapters))))
 
 
 def save_adapters(path: str, adapters, config: LoraConfig) -> None:
-    """Write `adapters.safetensors` (keys "encoder/layer_0/.../query/a") and `lora_config.json` into
-    the directory `path`: the base model is not written."""
+    """Write `adapters.safetensors` (keys "encoder/layer_0/.../query/a", and e.g. "classifier/kernel"
+    for a parameter trained in full) and `lora_config.json` into the directory `path`: the base
+    model is not written. Atomic per file (a temporary name, then `os.replace`)."""
     from safetensors.numpy import save_file
 
     os.makedirs(path, exist_ok=True)
+    factors, full = _split(nn.meta.unbox(adapters))
     flat = {}
-    for p, (a, b) in _adapter_leaves(nn.meta.unbox(adapters)).items():
+    for p, (a, b) in factors.items():
         key = "/".join(p)
         flat[f"{key}/a"], flat[f"{key}/b"] = np.asarray(jax.device_get(a)), np.asarray(jax.device_get(b))
-    save_file(flat, os.path.join(path, ADAPTER_FILE))
+    flat.update({"/".join(p): np.asarray(jax.device_get(v)) for p, v in full.items()})
+    target = os.path.join(path, ADAPTER_FILE)
+    save_file(flat, target + ".tmp")
+    os.replace(target + ".tmp", target)
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
         json.dump(config.to_dict(), f, indent=1)
 

@@ -2,7 +2,8 @@
 iterators and the sharded train state; the saved config; restoring a workdir for eval/decode.
 
     config -> validate_config (experiment.py) -> task -> mesh -> model -> optimiser (+ freeze)
-           -> tokenizer -> train iterator -> sharded state (not yet restored)
+           -> tokenizer -> train iterator -> sharded state (not yet restored; with LoRA the
+              adapters over a frozen base, train/adapters.py)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from transformer_jax import sharding as shd
 from transformer_jax import tasks
-from transformer_jax.train import optim
+from transformer_jax.train import adapters, optim
 from transformer_jax.train.experiment import SYNTHETIC, build_model, check_batch_fits, config_task, validate_config
 from transformer_jax.train.state import TrainState, abstract_state, create_train_state
 from transformer_jax.train.step import StepConfig
@@ -34,7 +35,8 @@ def log(*args):
 
 def step_config(config) -> StepConfig:
     return StepConfig(micro_batches=config.micro_batches, label_smoothing=config.label_smoothing,
-                      z_loss=config.z_loss, skip_nonfinite=config.nonfinite == "skip")
+                      z_loss=config.z_loss, skip_nonfinite=config.nonfinite == "skip",
+                      lora=adapters.lora_config(config))
 
 
 def make_optimizer(config, model) -> tuple[Any, Callable]:
@@ -169,6 +171,17 @@ class Setup:
     shardings: TrainState
     tokenizer: Any
     example: dict
+    lora: Any = None  # a lora.LoraConfig when config.lora.rank > 0
+
+    def eval_params(self, state: TrainState):
+        """The parameters the model runs on: `state.params`, or with LoRA the base merged with the
+        adapters (placed like the base)."""
+        return state.params if self.lora is None else adapters.merged_params(self.lora, state, self.shardings)
+
+    @property
+    def param_shardings(self):
+        """Shardings of `eval_params`: the base's with LoRA."""
+        return self.shardings.params if self.lora is None else self.shardings.frozen
 
 
 def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Setup, Any]:
@@ -206,23 +219,35 @@ def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -
     check_batch_fits(config, task, example)
     shapes = {k: jax.ShapeDtypeStruct((config.batch_size, *np.shape(v)[1:]), np.asarray(v).dtype)
               for k, v in example.items()}
-    state, shardings = create_train_state(model, tx, shapes, mesh, seed=config.seed, task=task)
-    frozen = check_freeze(state.params, tuple(config.get("freeze", ()) or ()))
-    if frozen:
-        log(f"freeze: {len(frozen)} parameters get no updates: {summarize(frozen)}")
-    if config.get("init_from", "") and not has_checkpoint(workdir):  # a resumed run restores its own state
-        state = warm_start(state, shardings, config.init_from, mesh, workdir, log)
-    return Setup(config, workdir, task, mesh, model, tx, schedule, state, shardings, tokenizer, shapes), train_iter
+    resuming = has_checkpoint(workdir)
+    lora = adapters.lora_config(config)
+    if lora is not None:  # adapters over a frozen base (re-derived from init_from on every start)
+        state, shardings = adapters.create_state(config, model, tx, shapes, mesh, task, workdir, log,
+                                                 resuming=resuming)
+    else:
+        adapters.check_record(config, workdir, resuming)
+        state, shardings = create_train_state(model, tx, shapes, mesh, seed=config.seed, task=task)
+        frozen = check_freeze(state.params, tuple(config.get("freeze", ()) or ()))
+        if frozen:
+            log(f"freeze: {len(frozen)} parameters get no updates: {summarize(frozen)}")
+        if config.get("init_from", "") and not resuming:  # a resumed run restores its own state
+            state = warm_start(state, shardings, config.init_from, mesh, workdir, log)
+    return Setup(config, workdir, task, mesh, model, tx, schedule, state, shardings, tokenizer, shapes,
+                 lora), train_iter
 
 
-def checkpointer(config, workdir, *, track_best: bool = True):
-    """The run's Checkpointer; it scores checkpoints by `best_metric` only when eval computes it."""
+def checkpointer(config, workdir, *, track_best: bool = True, base=None):
+    """The run's Checkpointer; it scores checkpoints by `best_metric` only when eval computes it.
+
+    With `lora.save_adapters_only`, pass the frozen base as `base`: it is left out of every save
+    and put back into every restore (train/adapters.py)."""
     from transformer_jax.checkpoint import Checkpointer
 
     periodic = config.eval_every or config.get("eval_every_minutes", 0.0)
     best = config.best_metric if track_best and periodic and config.best_metric else None
-    return Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                         best_metric=best, best_mode=config.best_mode, async_save=config.async_checkpoints)
+    return adapters.AdaptersOnly(ckpt, base) if base is not None and adapters.adapters_only(config) else ckpt
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -241,7 +266,7 @@ def restore_for_eval(config, workdir: str, *, which: str = "latest") -> tuple[Se
         raise FileNotFoundError(f"--workdir={workdir!r} holds no checkpoint (nothing in "
                                 f"{os.path.join(workdir, 'checkpoints')}); train there first")
     s, _ = setup(config, workdir)
-    ckpt = checkpointer(config, workdir)
+    ckpt = checkpointer(config, workdir, base=s.state.frozen)
     step = ckpt.best_step() if which == "best" else None
     restored = ckpt.restore(abstract_state(s.state, s.shardings), step=step)
     ckpt.close()

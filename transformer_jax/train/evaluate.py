@@ -1,6 +1,8 @@
 """Evaluation: loss/accuracy/perplexity over an iterator, translation with BLEU, prompt continuation.
 
 Which of these a run reports at its end is the task's choice (`Task.final_eval`, tasks.py).
+Each takes `params` as the model runs on them (`Setup.eval_params`: with LoRA, merged) or as
+`tj.quantize` returns them (int8 / 16-bit weights, scaled back inside the compiled call).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from transformer_jax import sharding as shd
 from transformer_jax.config import BOS_ID, EOS_ID
+from transformer_jax.quantization import QuantizedVariables, dequantize
 from transformer_jax.train.build import Setup, make_data_iterator, step_config, text_keys
 from transformer_jax.train.step import jit_eval_step, make_eval_step
 
@@ -22,8 +25,10 @@ def evaluate_loss(s: Setup, params, eval_iter, max_batches: int = 0) -> dict[str
     """Mean loss / NLL / accuracy / perplexity over the weighted targets of (up to `max_batches` of)
     an iterator. For a masked LM the targets are the selected tokens only, so the accuracy is the
     masked-token accuracy; for a classifier they are the labels."""
-    fn = jit_eval_step(make_eval_step(s.model, step_config(s.config), task=s.task), s.shardings.params,
-                       s.example, s.mesh)
+    step = make_eval_step(s.model, step_config(s.config), task=s.task)
+    placed = s.param_shardings if not isinstance(params, QuantizedVariables) else \
+        jax.tree.map(lambda x: x.sharding, params)  # quantized: as tj.quantize placed them
+    fn = jit_eval_step(lambda p, batch: step(model_params(p), batch), placed, s.example, s.mesh)
     totals: dict[str, float] = {}
     with shd.activate(s.mesh):
         for i, batch in enumerate(eval_iter):
@@ -37,6 +42,12 @@ def evaluate_loss(s: Setup, params, eval_iter, max_batches: int = 0) -> dict[str
     return {"eval_loss": totals.get("loss", 0.0) / w, "eval_nll": nll,
             "eval_accuracy": totals.get("correct", 0.0) / w, "eval_perplexity": math.exp(min(nll, 80.0)),
             "eval_tokens": totals.get("weight", 0.0)}
+
+
+def model_params(params):
+    """The parameter tree `model.apply` takes: quantized variables dequantized (call inside jit, so
+    they stay int8 / 16-bit in memory), anything else as it is."""
+    return dequantize(params)["params"] if isinstance(params, QuantizedVariables) else params
 
 
 def evaluate_split(s: Setup, params, split: str) -> dict[str, Any]:
@@ -57,8 +68,8 @@ def translate(s: Setup, params, sources: list[str], *, beam_size: int, max_len: 
     outputs = []
     replicated = shd.replicated(s.mesh)
     params = jax.device_put(params, jax.tree.map(lambda _: replicated, params))
-    gen = jax.jit(lambda p, src: generate(s.model, {"params": p}, src, max_len=max_len, beam_size=beam_size,
-                                          length_penalty=length_penalty))
+    gen = jax.jit(lambda p, src: generate(s.model, {"params": model_params(p)}, src, max_len=max_len,
+                                          beam_size=beam_size, length_penalty=length_penalty))
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
         src = np.zeros((batch_size, src_len), np.int32)
@@ -85,7 +96,7 @@ def continue_text(s: Setup, params, prompts: list[str], *, max_new_tokens: int, 
                          f"max_len={s.model.cfg.max_len}; shorten the prompt or ask for fewer tokens")
     replicated = shd.replicated(s.mesh)
     params = jax.device_put(params, jax.tree.map(lambda _: replicated, params))
-    gen = jax.jit(lambda p, x, n: generate(s.model, {"params": p}, x, max_new_tokens=max_new_tokens,
+    gen = jax.jit(lambda p, x, n: generate(s.model, {"params": model_params(p)}, x, max_new_tokens=max_new_tokens,
                                            beam_size=beam_size, prompt_lengths=n))
     outputs = []
     for start in range(0, len(encoded), batch_size):

@@ -27,6 +27,7 @@ from ml_collections.config_dict import FieldReference
 from transformer_jax import attention, tasks
 from transformer_jax.config import TransformerConfig, preset
 from transformer_jax.tasks import MODEL_TYPES
+from transformer_jax.train.adapters import check_config as check_lora
 from transformer_jax.train.budget import check_minutes
 
 NONFINITE = ("stop", "skip")
@@ -326,6 +327,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
                          f"{config.data.vocab_size}")
     config_task(config)  # the task and model fit (a named error otherwise)
     _check_init_from(config)
+    check_lora(config)  # lora.rank / alpha / targets / save_adapters_only; freeze beside LoRA
     sizes = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
     _check_counts(config)
     check_minutes(config)

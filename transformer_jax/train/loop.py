@@ -26,7 +26,7 @@ import numpy as np
 
 import transformer_jax as tj
 from transformer_jax import sharding as shd
-from transformer_jax.train import budget
+from transformer_jax.train import adapters, budget
 from transformer_jax.train.build import (Setup, checkpointer, has_checkpoint, load_config,  # noqa: F401
                                          make_data_iterator, make_tokenizer, restore_for_eval, save_config, setup,
                                          step_config)
@@ -125,9 +125,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
     save_config(config, workdir)
     mesh, state = s.mesh, s.state
     _log(shd.mesh_summary(mesh))
-    _log(f"{s.task.name} task, model {type(s.model).__name__}: {tj.param_count(state.params):,} parameters")
+    count = tj.param_count(state.frozen if s.lora else state.params)  # with LoRA: the model's, not the adapters'
+    _log(f"{s.task.name} task, model {type(s.model).__name__}: {count:,} parameters")
 
-    ckpt = checkpointer(config, workdir)
+    ckpt = checkpointer(config, workdir, base=state.frozen)  # with LoRA: the base stays out of checkpoints
     restored = ckpt.restore(abstract_state(state, s.shardings))
     if restored is not None:  # (init_from was applied by setup only when there is no checkpoint)
         state, data_state, step = restored
@@ -201,7 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
                 if eval_now:
                     eval_iter = eval_iter_fn() if eval_iter_fn else make_data_iterator(
                         config, config.data.eval_split, s.tokenizer, repeat=False, task=s.task)
-                    eval_metrics = evaluate_loss(s, state.params, eval_iter, config.eval_batches)
+                    eval_metrics = evaluate_loss(s, s.eval_params(state), eval_iter, config.eval_batches)
                     writer.write(step, {**eval_metrics, "train_seconds": clock.elapsed()})
                     _log(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
                 if save_now or eval_now:
@@ -220,9 +221,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
         ckpt.wait()
         summary.update(step=step, last=last, train_seconds=clock.elapsed(), out_of_time=out_of_time)
         finished = step >= total_steps or out_of_time
+        if finished and s.lora is not None:
+            adapters.export(s.lora, state, workdir, _log)  # <workdir>/adapters: what serving needs beside the base
         if finished and config.get("test_at_end", True) and eval_iter_fn is None and config.data.task != "synthetic":
             params, chosen = budget.best_params(s, ckpt, state, step)
-            result = s.task.final_eval(s, params, config.data.test_split)
+            result = s.task.final_eval(s, s.eval_params(state.replace(params=params)), config.data.test_split)
             result.update(step=step, checkpoint_step=chosen, train_seconds=summary["train_seconds"])
             _log(summary_line(result))
             if jax.process_index() == 0:

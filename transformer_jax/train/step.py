@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from transformer_jax import sharding as shd
+from transformer_jax.lora import merge_lora
 from transformer_jax.train.loss import cross_entropy_sums
 from transformer_jax import tasks
 from transformer_jax.train.state import TrainState
@@ -30,6 +31,7 @@ class StepConfig:
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     skip_nonfinite: bool = False  # True: keep the old params/opt state on a non-finite step
+    lora: Any = None  # a lora.LoraConfig: state.params are adapters over the base in state.frozen
 
 
 def _loss_sums(model: nn.Module, params, batch, rng, *, deterministic: bool, cfg: StepConfig, task=None):
@@ -64,9 +66,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
         step_rng = jax.random.fold_in(state.rng, state.step)
 
+        def model_params(params):  # with LoRA: base + (alpha/r)·AB; gradients reach the adapters only
+            if cfg.lora is None:
+                return params
+            return merge_lora(jax.lax.stop_gradient(state.frozen), params, cfg.lora)
+
         def micro_loss(params, mb, index):
-            sums = _loss_sums(model, params, mb, jax.random.fold_in(step_rng, index), deterministic=False, cfg=cfg,
-                              task=task)
+            sums = _loss_sums(model, model_params(params), mb, jax.random.fold_in(step_rng, index),
+                              deterministic=False, cfg=cfg, task=task)
             return sums["loss"], sums
 
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)

@@ -88,25 +88,27 @@ def source_params(path: str, mesh) -> tuple[dict[str, Any], str]:
 
 
 def _workdir_params(path: str, mesh) -> tuple[dict[str, Any], str]:
-    """The latest checkpoint's params of one of our workdirs, restored into its own (abstract)
-    state built from its saved config, on `mesh`."""
+    """The latest checkpoint's params of one of our workdirs, restored (params alone: the rest of
+    its state may come from older code) into shapes built from its saved config, on `mesh`."""
     from transformer_jax.train import build
     from transformer_jax.train.experiment import build_model, config_task
     from transformer_jax.train.state import abstract_state, abstract_train_state
 
     config = build.load_config(path)
+    if config.get("lora", None) is not None and config.lora.get("rank", 0):
+        raise ValueError(f"config.init_from={path!r} is a LoRA run: its checkpoints hold adapters, not a model; "
+                         f"start from its own init_from ({config.get('init_from', '') or 'a random base'}) "
+                         f"and fold its adapters ({os.path.join(path, 'adapters')}) in with tj.merge_lora")
     task = config_task(config)
     model = build_model(config, task)
-    tx, _ = build.make_optimizer(config, model)
     shapes = task.batch_shapes(config.batch_size, config.data.max_src_len, config.data.max_tgt_len)
-    abstract, shardings = abstract_train_state(model, tx, shapes, mesh, task=task)
+    abstract, shardings = abstract_train_state(model, optax.identity(), shapes, mesh, task=task)
     ckpt = build.checkpointer(config, path, track_best=False)
     try:
-        restored = ckpt.restore(abstract_state(abstract, shardings))
+        params, step = ckpt.restore_params(abstract_state(abstract, shardings).params)
     finally:
         ckpt.close()
-    state, _, step = restored
-    return flatten_dict(dict(state.params), sep="/"), f"step {step} of a {type(model).__name__} workdir"
+    return flatten_dict(dict(params), sep="/"), f"step {step} of a {type(model).__name__} workdir"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,26 +124,19 @@ def _find(name: str, source: dict) -> str | None:
     return None
 
 
-def load_matching(params, shardings, source: dict[str, Any], where: str) -> tuple[Any, list[str], list[str]]:
-    """(params with every matching source parameter loaded, loaded paths, fresh paths).
-
-    Loaded arrays are cast to the target's dtype and placed with the target's sharding.
-    """
-    flat, flat_shardings = flatten_dict(dict(params), sep="/"), flatten_dict(dict(shardings), sep="/")
-    loaded, fresh, mismatched = [], [], []
-    out = {}
+def match(params, source: dict[str, Any], where: str) -> tuple[dict[str, str], list[str]]:
+    """({model path: source path} of the parameters to load, fresh model paths); `params` may be
+    shapes only. A path in both with different shapes, or nothing in common, is a named error."""
+    flat = flatten_dict(dict(params), sep="/")
+    loaded, fresh, mismatched = {}, [], []
     for name, value in flat.items():
         key = _find(name, source)
         if key is None:
             fresh.append(name)
-            out[name] = value
-            continue
-        src = source[key]
-        if tuple(np.shape(src)) != tuple(value.shape):
-            mismatched.append(f"{name}: {where} {tuple(np.shape(src))} vs model {tuple(value.shape)}")
-            continue
-        out[name] = jax.device_put(np.asarray(jax.device_get(src)).astype(value.dtype), flat_shardings[name])
-        loaded.append(name)
+        elif tuple(np.shape(source[key])) != tuple(np.shape(value)):
+            mismatched.append(f"{name}: {where} {tuple(np.shape(source[key]))} vs model {tuple(np.shape(value))}")
+        else:
+            loaded[name] = key
     if mismatched:
         raise ValueError(f"config.init_from: {len(mismatched)} parameter(s) exist in both with different shapes: "
                          + "; ".join(mismatched))
@@ -149,7 +144,21 @@ def load_matching(params, shardings, source: dict[str, Any], where: str) -> tupl
         raise ValueError(f"config.init_from: no parameter of {where} matches the model by path and shape "
                          f"(the model's are named like {', '.join(list(flat)[:3])}; the checkpoint's like "
                          f"{', '.join(list(source)[:3])})")
-    return unflatten_dict(out, sep="/"), loaded, fresh
+    return loaded, fresh
+
+
+def load_matching(params, shardings, source: dict[str, Any], where: str) -> tuple[Any, list[str], list[str]]:
+    """(params with every matching source parameter loaded, loaded paths, fresh paths).
+
+    Loaded arrays are cast to the target's dtype and placed with the target's sharding.
+    """
+    loaded, fresh = match(params, source, where)
+    flat, flat_shardings = flatten_dict(dict(params), sep="/"), flatten_dict(dict(shardings), sep="/")
+    out = dict(flat)
+    for name, key in loaded.items():
+        value = flat[name]
+        out[name] = jax.device_put(np.asarray(jax.device_get(source[key])).astype(value.dtype), flat_shardings[name])
+    return unflatten_dict(out, sep="/"), list(loaded), fresh
 
 
 def summarize(names: list[str]) -> str:
@@ -163,9 +172,13 @@ def warm_start(state, shardings, path: str, mesh, workdir: str, log) -> Any:
     written to `<workdir>/init_from.json`."""
     source, where = source_params(path, mesh)
     params, loaded, fresh = load_matching(state.params, shardings.params, source, where)
+    record_init_from(path, where, loaded, fresh, workdir, log)
+    return state.replace(params=params)
+
+
+def record_init_from(path: str, where: str, loaded: list[str], fresh: list[str], workdir: str, log) -> None:
     log(f"init_from {path} ({where}): loaded {len(loaded)} parameters: {summarize(loaded)}")
     log(f"init_from: {len(fresh)} fresh parameters: {summarize(fresh)}")
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "init_from.json"), "w") as f:
             json.dump({"init_from": path, "source": where, "loaded": loaded, "fresh": fresh}, f, indent=1)
-    return state.replace(params=params)
