@@ -1,4 +1,5 @@
-"""How attention time and memory scale with sequence length: dense vs Flash vs Windowed vs BlockSparse.
+"""How attention time and memory scale with sequence length: dense vs Flash vs Windowed vs BlockSparse
+vs Performer.
 
 For each variant and length n (512, 1024, ... by default) it compiles forward and forward+backward
 ahead of time, reads the peak memory from the compiled program (argument + output + temp bytes),
@@ -10,7 +11,9 @@ Also reported: executed FLOPs from XLA's cost analysis (how it counts a scan bod
 so trust it for the dense variants more than for the blockwise ones), useful FLOPs
 (4·n·visible_keys·H·N forward, 3x that for forward+backward), achieved useful FLOP/s as a
 fraction of a float matmul measured in the same run, the log-log slope of time vs n per variant,
-and the max error against dense at small n.
+and the max error against dense at small n (under each variant's own mask; for Performer, whose
+pattern is dense, it is the random-feature approximation error, and its useful FLOPs count the
+feature-space products as `Performer.keys_per_query` keys per query).
 The machine is shared and noisy: compare ratios within one run.
 
     python -m benchmarks.attention_scaling --lengths 512,1024,2048 --variants dense,windowed
@@ -29,15 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from transformer_jax.attention import BlockSparse, Dense, Flash, Windowed, masked_softmax_attention
+from transformer_jax.attention import BlockSparse, Dense, Flash, Performer, Windowed, masked_softmax_attention
 
-ALL_VARIANTS = ("dense", "flash", "windowed", "block_sparse", "jax_nn", "jax_nn_local", "flax", "cudnn")
+ALL_VARIANTS = ("dense", "flash", "windowed", "block_sparse", "performer", "jax_nn", "jax_nn_local", "flax", "cudnn")
 
 
 def make_variants(args) -> dict[str, tuple[Callable, Callable[[int], float]]]:
     """name -> (attention fn(q, k, v), visible keys per query averaged over rows, as a fn of n)."""
     w, causal = args.window, args.causal
     sparse = BlockSparse(args.block_sparse_block, 3, 2, 3, seed=0)
+    performer = Performer(args.performer_features, chunk_size=args.performer_chunk)
     dense_keys = lambda n: (n + 1) / 2 if causal else float(n)  # noqa: E731
 
     def window_keys(n):  # exact count of |i - j| <= w (or 0 <= i - j <= w) over [n, n]
@@ -80,6 +84,7 @@ def make_variants(args) -> dict[str, tuple[Callable, Callable[[int], float]]]:
         "flash": (lambda q, k, v: Flash(args.flash_block)(q, k, v, causal=causal), dense_keys),
         "windowed": (lambda q, k, v: Windowed(w)(q, k, v, causal=causal), window_keys),
         "block_sparse": (lambda q, k, v: sparse(q, k, v, causal=causal), sparse_keys),
+        "performer": (lambda q, k, v: performer(q, k, v, causal=causal), lambda n: performer.keys_per_query(n, causal)),
         "jax_nn": (jnn(False), dense_keys),
         "jax_nn_local": (jnn(True), window_keys),
         "flax": (flax_attn, dense_keys),
@@ -234,6 +239,8 @@ def main(argv=None) -> None:
     p.add_argument("--causal", action="store_true")
     p.add_argument("--flash-block", type=int, default=512)
     p.add_argument("--block-sparse-block", type=int, default=64)
+    p.add_argument("--performer-features", type=int, default=256)
+    p.add_argument("--performer-chunk", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-seconds", type=float, default=30.0,
                    help="stop growing a variant after a length whose fwd+bwd took longer than this")

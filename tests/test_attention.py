@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.attention import BlockSparse, Dense, Flash, Windowed, masked_softmax_attention, masks
+from transformer_jax.attention import BlockSparse, Dense, Flash, Performer, Windowed, masked_softmax_attention, masks
 from transformer_jax.attention import sparse as sparse_mod
 
 B, N, H = 2, 2, 8
@@ -178,12 +178,19 @@ def _big_vars(jaxpr, n, found):
     return found
 
 
-@pytest.mark.parametrize("spec", [Windowed(128), BlockSparse(64, 3, 2, 3), Flash(512), Dense()], ids=repr)
-def test_no_n_by_n_intermediate(spec):
+@pytest.mark.parametrize("spec,causal,segmented", [
+    (Windowed(128), True, True), (BlockSparse(64, 3, 2, 3), True, True), (Flash(512), True, True),
+    (Dense(), True, True), (Performer(64), True, True), (Performer(64), False, True), (Performer(64), False, False),
+], ids=repr)
+def test_no_n_by_n_intermediate(spec, causal, segmented):
     n = 4096
     x = jax.ShapeDtypeStruct((1, n, 2, 16), jnp.float32)
     seg = jax.ShapeDtypeStruct((1, n), jnp.int32)
-    loss = lambda q, k, v, s: jnp.sum(spec(q, k, v, causal=True, q_segment_ids=s, kv_segment_ids=s))  # noqa: E731
+
+    def loss(q, k, v, s):
+        s = s if segmented else None
+        return jnp.sum(spec(q, k, v, causal=causal, q_segment_ids=s, kv_segment_ids=s))
+
     found = _big_vars(jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, x, x, seg).jaxpr, n, [])
     if isinstance(spec, Dense):
         assert found, "sanity: the walk must find dense attention's n x n scores"

@@ -12,7 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from transformer_jax.attention import AttentionSpec, BlockSparse, Dense, Flash, Windowed
+from transformer_jax.attention import AttentionSpec, Dense
 
 # "gelu" is the exact erf form, "gelu_tanh" the tanh approximation (GPT-2's "gelu_new");
 # "swiglu", "geglu" and "geglu_tanh" are gated (Shazeer 2020): act(x W) * (x V).
@@ -26,10 +26,6 @@ NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("sinusoidal", "sinusoidal_paper", "learned", "rotary", "relative", "none")
 POOLINGS = ("mean", "cls")
 DTYPES = ("float32", "bfloat16", "float16")
-SPEC_TYPES = (Dense, Flash, Windowed, BlockSparse)
-# Cross-attention sees every source position; only the full-attention specs are correct there
-# (and cached decoding computes it densely).
-CROSS_SPEC_TYPES = (Dense, Flash)
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 
@@ -151,18 +147,20 @@ class TransformerConfig:
                 if isinstance(spec, type):
                     raise TypeError(f"TransformerConfig.{name} needs an attention spec instance, e.g. "
                                     f"{spec.__name__}(...); got the class {spec.__name__}")
-                if not isinstance(spec, SPEC_TYPES):
+                if not isinstance(spec, AttentionSpec):  # the protocol: any spec carrying its facts
                     raise ValueError(
-                        f"TransformerConfig.{name} must hold attention specs from transformer_jax.attention "
-                        f"(Dense(), Flash(), Windowed(w), BlockSparse()); got {spec!r}")
-                if name == "cross_attention" and not isinstance(spec, CROSS_SPEC_TYPES):
+                        f"TransformerConfig.{name} must hold attention specs (transformer_jax.attention: "
+                        f"Dense(), Flash(), Windowed(w), BlockSparse(), Performer(), or any AttentionSpec); "
+                        f"got {spec!r}")
+                if name == "cross_attention" and not spec.exact_softmax:
                     raise ValueError(
-                        f"TransformerConfig.cross_attention={spec!r} is not valid: cross-attention attends "
-                        "to every source position; use Dense() or Flash()")
-                if self.position == "relative" and not isinstance(spec, Dense):
+                        f"TransformerConfig.cross_attention={spec!r} is not valid: cross-attention needs "
+                        "exact softmax over every source position (cached decoding computes it densely); "
+                        "use Dense() or Flash()")
+                if self.position == "relative" and not spec.takes_bias:
                     raise ValueError(
                         f"TransformerConfig.{name}={spec!r} cannot add position='relative' biases; the "
-                        "relative position bias needs Dense() attention")
+                        "relative position bias needs a spec that takes a score bias, i.e. Dense()")
 
     @property
     def resolved_head_dim(self) -> int:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from transformer_jax.attention import Dense
 from transformer_jax.attention.masks import segment_ids_from_tokens
-from transformer_jax.attention.module import MultiHeadAttention, keys_per_query
+from transformer_jax.attention.module import MultiHeadAttention
 from transformer_jax.config import GATED, TransformerConfig
 from transformer_jax.layers import (MLP, Embed, LearnedPositions, RelativePositionBias, activation_fn,
                                     dense, norm, partitioned, positions_from_segments, sinusoidal)
@@ -341,17 +341,18 @@ def flops_per_token(cfg: TransformerConfig, src_len: int, tgt_len: int) -> float
     """Training FLOPs (forward + backward = 3 x forward) per target token of an encoder-decoder step.
 
     Counts every matrix multiply (2 FLOPs per multiply-add) with attention scores over the keys each
-    spec really visits, as in PaLM's MFU accounting (Chowdhery et al. 2022, appendix B).
+    spec really visits (`spec.keys_per_query`), as in PaLM's MFU accounting (Chowdhery et al.
+    2022, appendix B).
     """
     d, f, a = cfg.d_model, cfg.d_ff, cfg.num_heads * cfg.resolved_head_dim
     kv = cfg.resolved_kv_heads * cfg.resolved_head_dim
     mlp = 2 * d * f * (3 if cfg.activation in GATED else 2)
     proj = 2 * 2 * d * (a + kv)  # q and output projections, k and v (fewer heads with GQA)
-    enc = sum(proj + mlp + 4 * a * keys_per_query(s, src_len, False)
+    enc = sum(proj + mlp + 4 * a * s.keys_per_query(src_len, False)
               for s in cfg.encoder_specs) * src_len
-    dec = sum(proj + mlp + 4 * a * keys_per_query(s, tgt_len, True)
+    dec = sum(proj + mlp + 4 * a * s.keys_per_query(tgt_len, True)
               for s in cfg.decoder_specs) * tgt_len
-    cross = sum(2 * 2 * d * a * tgt_len + 2 * 2 * d * kv * src_len + 4 * a * keys_per_query(s, src_len, False) * tgt_len
+    cross = sum(2 * 2 * d * a * tgt_len + 2 * 2 * d * kv * src_len + 4 * a * s.keys_per_query(src_len, False) * tgt_len
                 for s in cfg.cross_specs) if cfg.num_encoder_layers else 0
     logits = 2 * d * cfg.vocab_size * tgt_len
     return 3.0 * (enc + dec + cross + logits) / tgt_len

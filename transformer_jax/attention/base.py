@@ -13,8 +13,71 @@ row that sees no key returns zeros.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
+
+
+@runtime_checkable
+class AttentionSpec(Protocol):
+    """What the rest of the library asks of a spec; each spec states its own facts, so a new pattern
+    touches its own file (plus the export in `transformer_jax.attention`), never an isinstance ladder.
+
+    - `__call__` and `mask`: the contract above.
+    - `keys_per_query(n, causal)`: the average number of keys a query pays for at length n, for FLOP
+      counts (`model.flops_per_token`); 4 * H FLOPs per key (score and value products). A kernelised
+      spec gives the equivalent count of its feature-space products.
+    - `decode_window`: a key-value decode cache needs only the last `decode_window + 1` positions
+      (a ring buffer), or None for a cache of every position.
+    - `exact_softmax`: computes softmax attention over every key it is given (`Dense`, `Flash`).
+      Cross-attention needs it: cached decoding computes cross-attention as dense softmax, so a spec
+      without it would train one function and decode another.
+    - `takes_bias`: accepts an additive score `bias=` [B or 1, N, T, S] (T5's relative positions).
+    """
+
+    decode_window: int | None
+    exact_softmax: bool
+    takes_bias: bool
+
+    def __call__(self, q: Array, k: Array, v: Array, *, causal: bool = False,
+                 q_segment_ids: Array | None = None, kv_segment_ids: Array | None = None) -> Array: ...
+
+    def mask(self, q_len: int, kv_len: int, causal: bool = False) -> np.ndarray: ...
+
+    def keys_per_query(self, n: int, causal: bool) -> float: ...
+
+
+@runtime_checkable
+class RecurrentDecoding(Protocol):
+    """A spec that decodes from a fixed-size running state instead of a key-value cache (Performer).
+
+    `decode_fresh` (a class attribute) names the state entries and the value each holds before the
+    first step (`decode.init_cache` rebuilds a fresh cache from it; every entry has a leading batch
+    axis, which beam search reorders); `decode_state(batch, heads, head_dim)` -> {name: initial
+    array}; `decode_step(state, q, k, v)` takes q, k, v [B, 1, N, H] at the next position and
+    returns (out [B, 1, N, H], new state).
+    """
+
+    decode_fresh: dict[str, float]
+
+    def decode_state(self, batch: int, heads: int, head_dim: int) -> dict[str, Array]: ...
+
+    def decode_step(self, state: dict[str, Array], q: Array, k: Array, v: Array
+                    ) -> tuple[Array, dict[str, Array]]: ...
+
+
+def full_keys_per_query(n: int, causal: bool) -> float:
+    """Keys per query of full attention: n, or (n + 1) / 2 averaged over causal rows."""
+    return (n + 1) / 2 if causal else float(n)
+
+
+def mask_keys_per_query(spec, n: int, causal: bool) -> float:
+    """Keys per query counted off the spec's own static pattern (sampled at most 8192 long: a
+    block pattern's per-query count is set by its blocks, not by n)."""
+    sample = min(n, 8192)
+    return float(spec.mask(sample, sample, causal).sum()) / sample
 
 
 def check_qkv(q: Array, k: Array, v: Array, q_segment_ids=None, kv_segment_ids=None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ import numpy as np
 from jax import Array
 
 from transformer_jax.attention import masks
-from transformer_jax.attention.base import check_qkv, einsum_f32
+from transformer_jax.attention.base import check_qkv, einsum_f32, full_keys_per_query
 
 
 def masked_softmax_attention(q: Array, k: Array, v: Array, mask: Array | None,
@@ -53,6 +53,9 @@ class Dense:
     `jax.nn.dot_product_attention`, and falls back to XLA elsewhere (or when it rejects the input)."""
 
     backend: Literal["xla", "cudnn"] = "xla"
+    decode_window: ClassVar[None] = None
+    exact_softmax: ClassVar[bool] = True
+    takes_bias: ClassVar[bool] = True
 
     def __post_init__(self):
         if self.backend not in ("xla", "cudnn"):
@@ -60,6 +63,9 @@ class Dense:
 
     def mask(self, q_len: int, kv_len: int, causal: bool = False) -> np.ndarray:
         return masks.causal_mask(q_len, kv_len) if causal else np.ones((q_len, kv_len), bool)
+
+    def keys_per_query(self, n: int, causal: bool) -> float:
+        return full_keys_per_query(n, causal)
 
     def __call__(self, q, k, v, *, causal=False, q_segment_ids=None, kv_segment_ids=None, bias=None):
         """As every spec, plus an optional additive score `bias` [B or 1, N, T, S] (Dense only)."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 from jax import Array
 
 from transformer_jax.attention import masks
-from transformer_jax.attention.base import check_qkv
+from transformer_jax.attention.base import check_qkv, full_keys_per_query
 from transformer_jax.attention.blockwise import blockwise_attention, cdiv
 
 
@@ -26,6 +27,9 @@ class Flash:
     """
 
     block_size: int = 512
+    decode_window: ClassVar[None] = None
+    exact_softmax: ClassVar[bool] = True
+    takes_bias: ClassVar[bool] = False
 
     def __post_init__(self):
         if not isinstance(self.block_size, int) or self.block_size <= 0:
@@ -33,6 +37,9 @@ class Flash:
 
     def mask(self, q_len: int, kv_len: int, causal: bool = False) -> np.ndarray:
         return masks.causal_mask(q_len, kv_len) if causal else np.ones((q_len, kv_len), bool)
+
+    def keys_per_query(self, n: int, causal: bool) -> float:
+        return full_keys_per_query(n, causal)
 
     def __call__(self, q: Array, k: Array, v: Array, *, causal: bool = False,
                  q_segment_ids: Array | None = None, kv_segment_ids: Array | None = None) -> Array:

@@ -1,9 +1,10 @@
 """MultiHeadAttention: projections around a pluggable attention spec, for self- and cross-attention.
 
-With `decode=True` the module keeps a KV cache in the `cache` collection:
-- self-attention stores each step's key and value; a `Windowed` spec keeps only the last
-  `window + 1` positions in a ring buffer, any other spec keeps `cache_len` positions and reads the
-  visible ones off the spec's own static pattern (`spec.mask`), so decoding matches the full pass;
+With `decode=True` the module keeps a decode cache in the `cache` collection:
+- self-attention stores each step's key and value; a spec with a `decode_window` (`Windowed`) keeps
+  only the last `window + 1` positions in a ring buffer, any other spec keeps `cache_len` positions
+  and reads the visible ones off the spec's own static pattern (`spec.mask`), so decoding matches
+  the full pass; a `RecurrentDecoding` spec (`Performer`) keeps its own fixed-size running state;
 - cross-attention projects the encoder output once, on the first step, and reuses it afterwards.
 With grouped-query attention (`num_kv_heads` < `num_heads`, Ainslie et al. 2023) keys and values
 have `num_kv_heads` heads, and so does the cache; each is shared by num_heads / num_kv_heads
@@ -20,19 +21,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from transformer_jax.attention import SPECS
+from transformer_jax.attention.base import RecurrentDecoding
 from transformer_jax.attention.dense import Dense, masked_softmax_attention
-from transformer_jax.attention.flash import Flash
-from transformer_jax.attention.windowed import Windowed
 from transformer_jax.layers import apply_rotary, dense
 
 Dtype = Any
+# The running-state entries of the registered recurrent specs (all batched), with their fresh values.
+_RECURRENT = {name: value for cls in SPECS for name, value in getattr(cls, "decode_fresh", {}).items()}
 # Cache entries with a leading batch axis; beam search reorders these and nothing else.
-BATCHED_CACHE = ("cached_key", "cached_value", "cross_key", "cross_value")
-
-
-def _window_of(spec) -> int | None:
-    """The window of a sliding-window spec, else None."""
-    return spec.window if isinstance(spec, Windowed) else None
+BATCHED_CACHE = ("cached_key", "cached_value", "cross_key", "cross_value") + tuple(_RECURRENT)
+# The value of each self-attention cache entry before the first step (`decode.init_cache`).
+FRESH_CACHE = {"cached_key": 0, "cached_value": 0, "cached_pos": -1, "cache_index": 0, **_RECURRENT}
 
 
 class MultiHeadAttention(nn.Module):
@@ -87,7 +87,12 @@ class MultiHeadAttention(nn.Module):
             k = apply_rotary(k, q_positions if kv_positions is None else kv_positions, self.rotary_base)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
 
-        if decode and is_self:
+        if decode and is_self and isinstance(self.spec, RecurrentDecoding):
+            if bias is not None:
+                raise ValueError(f"MultiHeadAttention: {self.spec!r} decodes from a running state and "
+                                 "cannot add a score bias")
+            out = self._recurrent_step(q, k, v)
+        elif decode and is_self:
             out = self._cached_step(q, k, v, bias)
         else:
             k, v = self._repeat_kv(k), self._repeat_kv(v)  # [B S N H]
@@ -108,11 +113,23 @@ class MultiHeadAttention(nn.Module):
         x = x if group == 1 else jnp.repeat(x, group, axis=2)
         return nn.with_logical_constraint(x, ("batch", "length", "heads", "kv"))
 
+    def _recurrent_step(self, q: Array, k: Array, v: Array) -> Array:
+        """One decoding step from the spec's running state: q [B, 1, N, H], k, v [B, 1, K, H] -> [B, 1, N, H]."""
+        if q.shape[1] != 1:
+            raise ValueError(f"decode=True takes one position at a time; got length {q.shape[1]}")
+        init = self.spec.decode_state(q.shape[0], self.num_heads, self.head_dim)
+        state = {name: self.variable("cache", name, lambda a=a: a) for name, a in init.items()}
+        out, new = self.spec.decode_step({name: var.value for name, var in state.items()}, q,
+                                         self._repeat_kv(k), self._repeat_kv(v))
+        for name, var in state.items():
+            var.value = new[name]
+        return out
+
     def _cached_step(self, q: Array, k: Array, v: Array, bias: Array | None) -> Array:
         """One decoding step: q [B, 1, N, H], k, v [B, 1, K, H] at the next position -> [B, 1, N, H]."""
         if q.shape[1] != 1:
             raise ValueError(f"decode=True takes one position at a time; got length {q.shape[1]}")
-        window = _window_of(self.spec)
+        window = self.spec.decode_window
         length = self.cache_len if window is None else min(window + 1, self.cache_len)
         if length <= 0:
             raise ValueError("MultiHeadAttention.cache_len must be positive to decode")
@@ -140,13 +157,5 @@ class MultiHeadAttention(nn.Module):
 
 
 def keys_per_query(spec, n: int, causal: bool) -> float:
-    """Average number of keys a query attends to under `spec` at length n (for FLOP counts)."""
-    if isinstance(spec, (Dense, Flash)):
-        return (n + 1) / 2 if causal else float(n)
-    window = _window_of(spec)
-    if window is not None:
-        d = np.arange(n)
-        reach = np.minimum(d, window) + (0 if causal else np.minimum(n - 1 - d, window)) + 1
-        return float(reach.mean())
-    sample = min(n, 8192)  # block-sparse: a query's key count is set by blocks, not by n
-    return float(spec.mask(sample, sample, causal).sum()) / sample
+    """Average number of keys a query pays for under `spec` at length n (`spec.keys_per_query`)."""
+    return spec.keys_per_query(n, causal)

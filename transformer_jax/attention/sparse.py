@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from transformer_jax.attention.base import check_qkv
+from transformer_jax.attention.base import check_qkv, mask_keys_per_query
 from transformer_jax.attention.blockwise import blockwise_attention, cdiv
 from transformer_jax.attention.flash import Flash
 from transformer_jax.attention.windowed import _check_self
@@ -58,6 +59,9 @@ class BlockSparse:
     global_blocks: int = 2
     random_blocks: int = 3
     seed: int = 0
+    decode_window: ClassVar[None] = None
+    exact_softmax: ClassVar[bool] = False
+    takes_bias: ClassVar[bool] = False
 
     def __post_init__(self):
         if not isinstance(self.block_size, int) or self.block_size <= 0:
@@ -85,6 +89,9 @@ class BlockSparse:
         blocks[rows[cols >= 0], cols[cols >= 0]] = True
         out = np.repeat(np.repeat(blocks, b, 0), b, 1)[:q_len, :kv_len]
         return out & np.tril(np.ones_like(out)) if causal else out
+
+    def keys_per_query(self, n: int, causal: bool) -> float:
+        return mask_keys_per_query(self, n, causal)
 
     def __call__(self, q: Array, k: Array, v: Array, *, causal: bool = False,
                  q_segment_ids: Array | None = None, kv_segment_ids: Array | None = None) -> Array:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 from jax import Array
@@ -34,6 +35,8 @@ class Windowed:
     """
 
     window: int
+    exact_softmax: ClassVar[bool] = False
+    takes_bias: ClassVar[bool] = False
 
     def __post_init__(self):
         if not isinstance(self.window, int) or self.window < 0:
@@ -42,6 +45,17 @@ class Windowed:
     def mask(self, q_len: int, kv_len: int, causal: bool = False) -> np.ndarray:
         _check_self("Windowed", q_len, kv_len)
         return masks.window_mask(q_len, kv_len, self.window, causal)
+
+    @property
+    def decode_window(self) -> int:
+        """Decoding needs only the last window + 1 keys: a ring buffer."""
+        return self.window
+
+    def keys_per_query(self, n: int, causal: bool) -> float:
+        """Exact: min(i, w) keys behind query i, min(n - 1 - i, w) ahead unless causal, and itself."""
+        d = np.arange(n)
+        reach = np.minimum(d, self.window) + (0 if causal else np.minimum(n - 1 - d, self.window)) + 1
+        return float(reach.mean())
 
     def __call__(self, q: Array, k: Array, v: Array, *, causal: bool = False,
                  q_segment_ids: Array | None = None, kv_segment_ids: Array | None = None) -> Array:

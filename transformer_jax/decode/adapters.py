@@ -13,14 +13,14 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax import Array
 
-from transformer_jax.attention.module import BATCHED_CACHE
+from transformer_jax.attention.module import BATCHED_CACHE, FRESH_CACHE
 from transformer_jax.decode.config import GenerationConfig
 from transformer_jax.decode.core import _is_any, _leaf_name, batched_by_name, beam_search, sample
 from transformer_jax.model import DecoderLM, Transformer
 
 # ---- adapters: (step, cache, prompt) for each model kind ----------------------------------------
 
-_FRESH = {"cached_key": 0, "cached_value": 0, "cached_pos": -1, "cache_index": 0, "decode_index": 0}
+_FRESH = {**FRESH_CACHE, "decode_index": 0}  # attention caches (the module knows its own), the decoder's index
 _FIRST_STEP = ("cross_key", "cross_value")  # projected from the encoder output on the first step
 
 

@@ -19,7 +19,6 @@ import dataclasses
 import math
 import os
 import re
-import typing
 
 import ml_collections
 from ml_collections.config_dict import FieldReference
@@ -40,13 +39,12 @@ EVAL_METRICS = ("eval_loss", "eval_nll", "eval_accuracy", "eval_perplexity")  # 
 
 
 def spec_classes() -> dict[str, type]:
-    """The attention spec classes `transformer_jax.attention` exports, by name."""
-    members = typing.get_args(attention.AttentionSpec) or (attention.AttentionSpec,)
-    return {cls.__name__: cls for cls in members}
+    """The attention spec classes a string may name (the registry `transformer_jax.attention.SPECS`), by name."""
+    return {cls.__name__: cls for cls in attention.SPECS}
 
 
 def _is_spec(value) -> bool:
-    return isinstance(value, tuple(spec_classes().values()))
+    return not isinstance(value, type) and isinstance(value, attention.AttentionSpec)
 
 
 def parse_attention(text: str, field: str = "attention"):
