@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import ClassVar, Literal
 
 import jax
@@ -41,6 +42,22 @@ def masked_softmax_attention(q: Array, k: Array, v: Array, mask: Array | None,
     return jnp.where(seen.transpose(0, 2, 1)[..., None], out, jnp.zeros((), out.dtype))
 
 
+def _fallback(reason: str) -> None:
+    warnings.warn(f"Dense attention: cuDNN's fused kernel cannot run here ({reason}); using the XLA "
+                  "path. Use Dense(backend='xla') to choose it explicitly.", UserWarning, stacklevel=3)
+
+
+def _cudnn(q: Array, k: Array, v: Array, *, causal: bool, seg: Array | None, bias: Array | None) -> Array:
+    """cuDNN's fused attention: causality as cuDNN's own mask type, segments as an explicit mask
+    [B, 1, T, S]; rows that see no key are zeroed (cuDNN would average them)."""
+    mask = None if seg is None else seg[:, None]
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal, implementation="cudnn")
+    if seg is None:
+        return out
+    seen = jnp.any(seg, axis=-1)[..., None, None]  # [B, T, 1, 1]
+    return jnp.where(seen, out, jnp.zeros((), out.dtype))
+
+
 def _causal(q_len: int, kv_len: int) -> Array:
     """[T, S] causal pattern built in the graph from iotas (a numpy constant this size would be
     embedded in the program and constant-folded by XLA at long lengths)."""
@@ -49,17 +66,22 @@ def _causal(q_len: int, kv_len: int) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class Dense:
-    """Full n x n attention. `backend="cudnn"` uses cuDNN's fused kernel on a GPU through
-    `jax.nn.dot_product_attention`, and falls back to XLA elsewhere (or when it rejects the input)."""
+    """Full n x n attention.
 
-    backend: Literal["xla", "cudnn"] = "xla"
+    `backend`: "auto" (default) runs cuDNN's fused kernel (through `jax.nn.dot_product_attention`)
+    on a GPU and XLA elsewhere; "cudnn" asks for cuDNN everywhere; "xla" never uses it. When cuDNN
+    is asked for (auto on a GPU, or "cudnn") but cannot run (no GPU, float32 inputs, a bias shape
+    it rejects, ...), the XLA path runs instead and a `UserWarning` says why; never silently.
+    """
+
+    backend: Literal["auto", "xla", "cudnn"] = "auto"
     decode_window: ClassVar[None] = None
     exact_softmax: ClassVar[bool] = True
     takes_bias: ClassVar[bool] = True
 
     def __post_init__(self):
-        if self.backend not in ("xla", "cudnn"):
-            raise ValueError(f"Dense.backend must be 'xla' or 'cudnn'; got {self.backend!r}")
+        if self.backend not in ("auto", "xla", "cudnn"):
+            raise ValueError(f"Dense.backend must be 'auto', 'xla' or 'cudnn'; got {self.backend!r}")
 
     def mask(self, q_len: int, kv_len: int, causal: bool = False) -> np.ndarray:
         return masks.causal_mask(q_len, kv_len) if causal else np.ones((q_len, kv_len), bool)
@@ -77,12 +99,13 @@ class Dense:
             seg = masks.segment_mask(qs, ks)
         pattern = _causal(q.shape[1], k.shape[1]) if causal else None
         mask = masks.combine(pattern, seg)
-        if self.backend == "cudnn" and jax.default_backend() == "gpu":
-            try:
-                out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation="cudnn")
-                if mask is not None:  # cuDNN averages fully masked rows; the contract gives zeros
-                    out = jnp.where(jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None], out, 0)
-                return out
-            except (NotImplementedError, ValueError, RuntimeError):
-                pass
+        on_gpu = jax.default_backend() == "gpu"
+        if self.backend == "cudnn" or (self.backend == "auto" and on_gpu):
+            if not on_gpu:
+                _fallback(f"no GPU (backend {jax.default_backend()!r})")
+            else:
+                try:
+                    return _cudnn(q, k, v, causal=causal, seg=seg, bias=bias)
+                except (NotImplementedError, ValueError, RuntimeError, TypeError) as e:
+                    _fallback(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return masked_softmax_attention(q, k, v, mask, bias)
