@@ -73,6 +73,18 @@ def test_matches_its_float64_definition(T, causal, seg, chunk):
         assert not np.asarray(got)[np.asarray(s) == 0].any()
 
 
+def test_segments_are_contiguous_runs():
+    """The documented packing semantics: an id that comes back after another id starts a new segment
+    (runs [1 1 2 2 1 1] act as [1 1 2 2 3 3]), in both directions and across chunk boundaries."""
+    spec, T = Performer(num_features=16, chunk_size=4), 12
+    q, k, v = qkv(2, T)
+    ids = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 2, 1, 1, 0, 0], [5, 5, 5, 5, 5, 5, 7, 7, 7, 5, 5, 5]], jnp.int32)
+    runs = np.asarray([[1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 0, 0], [1, 1, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3]])
+    for causal in (False, True):
+        got = spec(q, k, v, causal=causal, q_segment_ids=ids, kv_segment_ids=ids)
+        np.testing.assert_allclose(got, reference(q, k, v, spec.features(H), causal, runs, runs), rtol=2e-5, atol=2e-6)
+
+
 def test_cross_attention_lengths_and_features():
     spec = Performer(num_features=20, seed=1)
     q, k, v = qkv(3, 5, 40)
