@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.nonfinite = "stop"  # stop | skip (keep the previous params for that step)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.log_every = 50
+    # "a,b": a jax.profiler trace of steps a..b into <workdir>/profile (TensorBoard's profile plugin
+    # or xprof opens it; transformer_jax/train/profile.py); "" = off
+    c.profile_steps = ""
     c.eval_every = 400  # 0: never
     c.eval_every_minutes = 0.0  # also evaluate after every this many minutes of training time (0: off)
     c.eval_batches = 0  # 0: the whole eval split

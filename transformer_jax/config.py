@@ -25,6 +25,7 @@ NORM_POSITIONS = ("pre", "post")
 # "relative": T5's bucketed relative position bias (Raffel et al. 2020, section 2.1), no absolute positions.
 POSITIONS = ("sinusoidal", "sinusoidal_paper", "learned", "rotary", "relative", "none")
 POOLINGS = ("mean", "cls")
+REMATS = ("none", "full", "dots", "offload")
 DTYPES = ("float32", "bfloat16", "float16")
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
@@ -78,6 +79,10 @@ class TransformerConfig:
     logits_scale: float = 1.0  # multiplies the final hidden state before the output head (T5: D^-0.5)
     pad_id: int | None = 0  # encoder-input padding token; None = no padding token
     pooling: str = "mean"  # EncoderClassifier: mean over tokens, or the first token ("cls", BERT)
+    # Scale (transformer_jax.scan): run each stack's layers under nn.scan with stacked parameters
+    # (compile time independent of depth), and rematerialise each block in the backward pass.
+    scan_layers: bool = False
+    remat: str = "none"  # none | full (recompute everything) | dots (keep matmuls) | offload (to host)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # numpy scalars and dtype objects are welcome
@@ -125,11 +130,14 @@ class TransformerConfig:
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"TransformerConfig.dropout_rate must be in [0, 1); got {self.dropout_rate!r}")
         choices = {"activation": ACTIVATIONS, "norm": NORMS, "norm_position": NORM_POSITIONS,
-                   "position": POSITIONS, "dtype": DTYPES, "param_dtype": DTYPES, "pooling": POOLINGS}
+                   "position": POSITIONS, "dtype": DTYPES, "param_dtype": DTYPES, "pooling": POOLINGS,
+                   "remat": REMATS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(
                     f"TransformerConfig.{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"TransformerConfig.scan_layers must be True or False; got {self.scan_layers!r}")
         if self.position == "rotary" and self.resolved_head_dim % 2:
             raise ValueError(f"TransformerConfig.position='rotary' needs an even head_dim; got {self.resolved_head_dim}")
         for name, layers in (("encoder_attention", self.num_encoder_layers),

@@ -21,6 +21,7 @@ from transformer_jax.attention.module import MultiHeadAttention
 from transformer_jax.config import GATED, TransformerConfig
 from transformer_jax.layers import (MLP, Embed, LearnedPositions, RelativePositionBias, activation_fn,
                                     dense, norm, partitioned, positions_from_segments, sinusoidal)
+from transformer_jax.scan import apply_layers, decoder_kinds, encoder_kinds
 
 
 def _default_segments(tokens, pad_id: int | None):
@@ -183,8 +184,9 @@ class Encoder(nn.Module):
         embed = self.embed if self.embed is not None else _embed(cfg, "embedding")
         x = Embedder(cfg, embed, name="embedder")(tokens, positions, deterministic, token_types)
         bias = _relative_bias(cfg, True)(positions, positions) if cfg.position == "relative" else None
-        for i, spec in enumerate(cfg.encoder_specs):
-            x = EncoderBlock(cfg, spec, name=f"layer_{i}")(x, segment_ids, positions, deterministic, bias)
+        # EncoderBlock(x, segment_ids, positions, deterministic, bias): deterministic (4) is static
+        x = apply_layers(cfg, EncoderBlock, encoder_kinds(cfg), (4,), x, segment_ids, positions,
+                         deterministic, bias)
         return _final_norm(cfg, x)
 
 
@@ -235,10 +237,10 @@ class Decoder(nn.Module):
         if cfg.position == "relative":  # while decoding, the keys are the cache's slots
             kv_positions = jnp.arange(cfg.max_len, dtype=jnp.int32)[None] if decode else positions
             bias = _relative_bias(cfg, False)(positions, kv_positions)
-        cross_specs = cfg.cross_specs if self.cross else (None,) * cfg.num_decoder_layers
-        for i, (spec, cross_spec) in enumerate(zip(cfg.decoder_specs, cross_specs)):
-            x = DecoderBlock(cfg, spec, cross_spec, name=f"layer_{i}")(
-                x, segment_ids, positions, encoded, src_segment_ids, deterministic, decode, bias)
+        # DecoderBlock(x, segment_ids, positions, encoded, src_segment_ids, deterministic, decode,
+        # bias): deterministic (6) and decode (7) are static
+        x = apply_layers(cfg, DecoderBlock, decoder_kinds(cfg, self.cross), (6, 7), x, segment_ids,
+                         positions, encoded, src_segment_ids, deterministic, decode, bias, remat=not decode)
         return _output_logits(self, cfg, embed, _final_norm(cfg, x))
 
 

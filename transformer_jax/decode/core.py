@@ -14,6 +14,7 @@ from jax import Array
 
 from transformer_jax.attention.module import BATCHED_CACHE
 from transformer_jax.decode.config import GenerationConfig, _ids
+from transformer_jax.scan import SCAN_NAME
 
 NEG_INF = -1.0e9
 Step = Callable[[Any, Array], tuple[Array, Any]]  # (cache, tokens [B]) -> (logits [B, V], cache)
@@ -122,26 +123,35 @@ def _leaf_name(path) -> str | None:
     return getattr(last, "key", getattr(last, "name", None))
 
 
-def batched_by_name(names: tuple[str, ...] = BATCHED_CACHE) -> Callable[[tuple, Any], bool]:
-    """A `batched(path, leaf)` predicate: cache leaves with one of these names have a batch axis."""
-    return lambda path, leaf: _leaf_name(path) in names
+def batched_by_name(names: tuple[str, ...] = BATCHED_CACHE) -> Callable[[tuple, Any], int | None]:
+    """A `batched(path, leaf)` predicate: cache leaves with one of these names have a batch axis,
+    the leading one, or the second inside a scanned stack (a `layers` key in the path: the stacked
+    layer axis leads, see transformer_jax.scan); None for the others."""
+    def batched(path, leaf):
+        if _leaf_name(path) not in names:
+            return None
+        return 1 if any(getattr(k, "key", None) == SCAN_NAME for k in path) else 0
+    return batched
 
 
 def _map_batched(fn, cache, batched, batch: int):
-    """Apply fn to the cache leaves `batched` selects, after checking their leading axis is batch."""
+    """Apply fn (to a batch-leading array) to the cache leaves `batched` selects, after checking
+    their batch axis. `batched(path, leaf)` gives that axis (True: 0), or None / False: not batched."""
     def go(path, x):
-        if not batched(path, x):
+        axis = batched(path, x)
+        if axis is None or axis is False:
             return x
-        if jnp.ndim(x) < 1 or x.shape[0] != batch:
+        axis = 0 if axis is True else axis
+        if jnp.ndim(x) <= axis or x.shape[axis] != batch:
             raise ValueError(f"beam_search: cache entry {jax.tree_util.keystr(path)} is marked batched "
-                             f"but its shape {jnp.shape(x)} has no leading batch axis of {batch}")
-        return fn(x)
+                             f"but its shape {jnp.shape(x)} has no batch axis of {batch} at axis {axis}")
+        return jnp.moveaxis(fn(jnp.moveaxis(x, axis, 0)), 0, axis)
     return jax.tree_util.tree_map_with_path(go, cache)
 
 
 def beam_search(step: Step, cache, prompt: Array, *, max_new_tokens: int, beam_size: int,
                 length_penalty: float = 0.6, config: GenerationConfig = GenerationConfig(),
-                batched: Callable[[tuple, Any], bool] = batched_by_name()) -> Array:
+                batched: Callable[[tuple, Any], int | bool | None] = batched_by_name()) -> Array:
     """Beam search continuing prompt [B, P] (equal lengths) -> int32 [B, P + N], the best beam.
 
     GNMT length penalty ((5 + n) / 6) ** alpha over the n generated tokens, EOS handling and

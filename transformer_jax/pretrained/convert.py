@@ -28,9 +28,11 @@ from transformer_jax.pretrained.checkpoint_files import (SINGLE, TensorReader, r
                                                          write_json, write_tensors)
 from transformer_jax.pretrained.families import ARCHITECTURES, FAMILIES, Family
 from transformer_jax.pretrained.tensors import Tensor
+from transformer_jax.scan import stack_layers, unstack_layers
 
 # Fields that do not change what a model computes at inference, or that its class never reads.
-_IRRELEVANT = {"dtype", "param_dtype", "dropout_rate"}
+_IRRELEVANT = {"dtype", "param_dtype", "dropout_rate", "scan_layers", "remat"}
+_ROOTS = {"Encoder": "encoder", "Decoder": "decoder"}  # bare stacks: their own parameters hold the layers
 _UNUSED_BY = {
     "Encoder": {"num_decoder_layers", "decoder_attention", "cross_attention", "share_embeddings", "tie_output",
                 "logits_bias", "logits_scale", "num_classes", "pooling"},
@@ -97,7 +99,8 @@ def from_pretrained(path, *, mesh=None, dtype: str | None = None, param_dtype: s
     `config.json`'s `architectures[0]` picks the model (see `SUPPORTED`); weights come from
     `model.safetensors` or a sharded `model.safetensors.index.json`. With `mesh`, every parameter is
     created already sharded by the logical rules. `dtype` sets the computation dtype;
-    `config_overrides` replace further `TransformerConfig` fields (e.g. `max_len`, `dropout_rate`).
+    `config_overrides` replace further `TransformerConfig` fields (e.g. `max_len`, `dropout_rate`;
+    `scan_layers=True` loads per layer, then stacks the layers with `stack_layers`).
     """
     directory = Path(path)
     files = weight_files(directory)  # first: a missing directory or weights file is the likeliest error
@@ -108,7 +111,7 @@ def from_pretrained(path, *, mesh=None, dtype: str | None = None, param_dtype: s
     if dtype is not None:
         overrides["dtype"] = dtype
     cfg = cfg.replace(**overrides)
-    model = family.architectures[arch](cfg)
+    model = family.architectures[arch](cfg.replace(scan_layers=False))  # the tables name layer_<i>
 
     boxed = abstract_params(model)
     shardings = flatten_dict(sharding.logical_shardings(boxed, mesh, rules)) if mesh is not None else {}
@@ -135,7 +138,13 @@ def from_pretrained(path, *, mesh=None, dtype: str | None = None, param_dtype: s
                 params[p] = jax.make_array_from_callback(value.shape, shardings[p], lambda idx, v=value: v[idx])
             else:
                 params[p] = jnp.asarray(value)
-    return model, {"params": unflatten_dict(params)}
+    if not cfg.scan_layers:
+        return model, {"params": unflatten_dict(params)}
+    model = family.architectures[arch](cfg)  # scan_layers=True: stack the layers, then re-shard
+    params = stack_layers(unflatten_dict(params), cfg, _ROOTS.get(type(model).__name__))
+    if mesh is not None:
+        params = jax.device_put(params, sharding.logical_shardings(abstract_params(model), mesh, rules))
+    return model, {"params": params}
 
 
 _GENERATION_KEYS = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
@@ -198,7 +207,8 @@ def save_pretrained(model, variables, path, *, generation_config: dict | None = 
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
-    params = flatten_dict(nn.unbox(variables["params"]))
+    params = flatten_dict(nn.unbox(unstack_layers(variables["params"], model.cfg,
+                                                  _ROOTS.get(type(model).__name__))))
     table = family.tensors(model.cfg, arch)
     missing = sorted({p for row in table for p in row.paths} - set(params))
     if missing:

@@ -28,6 +28,7 @@ from transformer_jax.config import TransformerConfig, preset
 from transformer_jax.tasks import MODEL_TYPES
 from transformer_jax.train.adapters import check_config as check_lora
 from transformer_jax.train.budget import check_minutes
+from transformer_jax.train.profile import parse_profile_steps
 
 NONFINITE = ("stop", "skip")
 SYNTHETIC = "synthetic"
@@ -332,6 +333,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     _check_batch(config, sizes, process_count)
     _check_optimizer(config)
     _check_choice(config, "nonfinite", NONFINITE)
+    parse_profile_steps(config.get("profile_steps", ""))
     _check_float(config, "", "label_smoothing", 0.0, 1.0, open_high=True)
     _check_float(config, "", "z_loss", 0.0)
     if config.best_metric not in ("", *EVAL_METRICS):

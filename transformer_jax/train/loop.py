@@ -34,6 +34,7 @@ from transformer_jax.train.build import log as _log
 from transformer_jax.train.evaluate import evaluate_bleu, evaluate_loss, summary_line, translate  # noqa: F401
 from transformer_jax.train.experiment import validate_config  # noqa: F401
 from transformer_jax.train.logs import MetricsWriter, Progress, read_metrics, write_json_atomic  # noqa: F401
+from transformer_jax.train.profile import StepProfiler, parse_profile_steps
 from transformer_jax.train.state import abstract_state
 from transformer_jax.train.step import jit_train_step, make_train_step
 
@@ -142,6 +143,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
     clock.start()  # the budget counts training time from here (compilation excluded; budget.py)
 
     writer = MetricsWriter(workdir)
+    profiler = StepProfiler(parse_profile_steps(config.get("profile_steps", "")), workdir)
     total_steps = config.num_train_steps
     bar = Progress(start, total_steps, s.task.unit, progress)
     pending: list[tuple[int, dict]] = []  # device metrics since the last log (async dispatch)
@@ -183,8 +185,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
             while step < total_steps and not out_of_time:
                 batch = next(train_iter)
                 data_state = train_iter.get_state()
+                profiler.before(step + 1)
                 state, metrics = compiled(state, shd.shard_batch(batch, mesh))
                 step += 1  # state.step == step: the number of updates applied
+                profiler.after(step, (state, metrics))
                 pending.append((step, metrics))
                 bar.update()
                 stop, out_of_time, eval_time = _any_process(stop_flag["signal"] is not None, clock.expired(),
@@ -232,6 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
                 write_json_atomic(os.path.join(workdir, "eval.json"), result)
             summary["eval"] = result
     finally:
+        profiler.stop()  # a run that ended (or failed) inside the traced steps
         bar.close()
         writer.close()
         ckpt.close()
