@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.1
     c.z_loss = 0.0
     c.nonfinite = "stop"  # stop | skip (keep the previous params for that step)
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
     c.log_every = 50
     # "a,b": a jax.profiler trace of steps a..b into <workdir>/profile (TensorBoard's profile plugin
     # or xprof opens it; transformer_jax/train/profile.py); "" = off

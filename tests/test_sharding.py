@@ -13,7 +13,7 @@ from transformer_jax.train.synthetic import SyntheticIterator
 
 
 def test_resolve_fills_minus_one_and_names_bad_fields():
-    assert shd.resolve_mesh_shape({"data": -1, "tensor": 2}, 8) == {"data": 4, "fsdp": 1, "tensor": 2}
+    assert shd.resolve_mesh_shape({"data": -1, "tensor": 2}, 8) == {"data": 4, "fsdp": 1, "expert": 1, "tensor": 2}
     with pytest.raises(ValueError, match=r"mesh.data=-1 cannot fill 8 devices.*3"):
         shd.resolve_mesh_shape({"data": -1, "tensor": 3}, 8)
     with pytest.raises(ValueError, match="multiply to 4, but there are 8 devices"):

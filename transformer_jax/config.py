@@ -79,6 +79,19 @@ class TransformerConfig:
     logits_scale: float = 1.0  # multiplies the final hidden state before the output head (T5: D^-0.5)
     pad_id: int | None = 0  # encoder-input padding token; None = no padding token
     pooling: str = "mean"  # EncoderClassifier: mean over tokens, or the first token ("cls", BERT)
+    # Mixture of experts (transformer_jax/moe.py): the feed-forward of the chosen layers becomes
+    # `num_experts` experts behind a router (0 = every feed-forward dense). `moe_layers` picks
+    # them in each stack: an int n makes every n-th layer MoE (layers n-1, 2n-1, ...; 2 = every
+    # other layer, as in Switch and GShard; 1 = all), a tuple lists layer indices. Top-1 routing is
+    # Switch (Fedus et al. 2021), top-2 GShard (Lepikhin et al. 2020); each expert takes at most
+    # ceil(T·k·capacity_factor/E) tokens of a row. The coefficients weight the auxiliary losses
+    # the train step adds: load balance (Switch eq. 4, α) and router z-loss (ST-MoE eq. 5, c_z).
+    num_experts: int = 0
+    moe_layers: int | tuple[int, ...] = 2
+    moe_top_k: int = 1
+    moe_capacity_factor: float = 1.25
+    moe_load_balance_loss: float = 0.01
+    moe_router_z_loss: float = 0.001
     # Scale (transformer_jax.scan): run each stack's layers under nn.scan with stacked parameters
     # (compile time independent of depth), and rematerialise each block in the backward pass.
     scan_layers: bool = False
@@ -138,6 +151,7 @@ class TransformerConfig:
                     f"TransformerConfig.{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
         if not isinstance(self.scan_layers, bool):
             raise ValueError(f"TransformerConfig.scan_layers must be True or False; got {self.scan_layers!r}")
+        self._check_moe()
         if self.position == "rotary" and self.resolved_head_dim % 2:
             raise ValueError(f"TransformerConfig.position='rotary' needs an even head_dim; got {self.resolved_head_dim}")
         for name, layers in (("encoder_attention", self.num_encoder_layers),
@@ -170,6 +184,36 @@ class TransformerConfig:
                         f"TransformerConfig.{name}={spec!r} cannot add position='relative' biases; the "
                         "relative position bias needs a spec that takes a score bias, i.e. Dense()")
 
+    def _check_moe(self) -> None:
+        if not _is_int(self.num_experts) or self.num_experts < 0:
+            raise ValueError(f"TransformerConfig.num_experts must be a non-negative integer (0 = dense); "
+                             f"got {self.num_experts!r}")
+        if not _is_int(self.moe_top_k) or self.moe_top_k < 1:
+            raise ValueError(f"TransformerConfig.moe_top_k must be a positive integer; got {self.moe_top_k!r}")
+        if self.num_experts and self.moe_top_k > self.num_experts:
+            raise ValueError(f"TransformerConfig.moe_top_k={self.moe_top_k} exceeds num_experts={self.num_experts}: "
+                             f"each token picks k distinct experts; use moe_top_k <= {self.num_experts}")
+        factor = self.moe_capacity_factor
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0 < factor < float("inf"):
+            raise ValueError(f"TransformerConfig.moe_capacity_factor must be a positive number (each expert "
+                             f"takes ceil(T·k·factor/E) tokens of a row); got {factor!r}")
+        for name in ("moe_load_balance_loss", "moe_router_z_loss"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < float("inf"):
+                raise ValueError(f"TransformerConfig.{name} must be a number >= 0; got {value!r}")
+        layers = self.moe_layers
+        depth = max(self.num_encoder_layers, self.num_decoder_layers)
+        if isinstance(layers, (tuple, list)):
+            layers = tuple(layers)
+            bad = [i for i in layers if not _is_int(i) or not 0 <= i < max(depth, 1)]
+            if bad or len(set(layers)) != len(layers):
+                raise ValueError(f"TransformerConfig.moe_layers={layers!r} must list distinct layer indices in "
+                                 f"[0, {depth}) (or be an int n: every n-th layer)")
+            object.__setattr__(self, "moe_layers", layers)
+        elif not _is_int(layers) or layers < 1:
+            raise ValueError(f"TransformerConfig.moe_layers must be a positive int n (every n-th layer is MoE; "
+                             f"2 = every other) or a tuple of layer indices; got {layers!r}")
+
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.d_model // self.num_heads
@@ -200,6 +244,23 @@ class TransformerConfig:
     def cross_specs(self) -> tuple[AttentionSpec, ...]:
         """The cross-attention spec of each decoder layer."""
         return self._per_layer(self.cross_attention, self.num_decoder_layers)
+
+    @property
+    def encoder_moe(self) -> tuple[bool, ...]:
+        """Whether each encoder layer's feed-forward is a mixture of experts (`moe_layers`)."""
+        return self._moe_flags(self.num_encoder_layers)
+
+    @property
+    def decoder_moe(self) -> tuple[bool, ...]:
+        """Whether each decoder layer's feed-forward is a mixture of experts (`moe_layers`)."""
+        return self._moe_flags(self.num_decoder_layers)
+
+    def _moe_flags(self, layers: int) -> tuple[bool, ...]:
+        if not self.num_experts:
+            return (False,) * layers
+        if isinstance(self.moe_layers, tuple):
+            return tuple(i in self.moe_layers for i in range(layers))
+        return tuple((i + 1) % self.moe_layers == 0 for i in range(layers))
 
     @staticmethod
     def _per_layer(value, layers: int) -> tuple:

@@ -21,6 +21,7 @@ from transformer_jax.attention.module import MultiHeadAttention
 from transformer_jax.config import GATED, TransformerConfig
 from transformer_jax.layers import (MLP, Embed, LearnedPositions, RelativePositionBias, activation_fn,
                                     dense, norm, partitioned, positions_from_segments, sinusoidal)
+from transformer_jax.moe import MoEMLP
 from transformer_jax.scan import apply_layers, decoder_kinds, encoder_kinds
 
 
@@ -67,7 +68,12 @@ def _attention(cfg: TransformerConfig, spec, causal: bool, name: str, cross: boo
         num_kv_heads=cfg.num_kv_heads, use_bias=cfg.use_bias, scale=cfg.attention_scale, name=name)
 
 
-def _mlp(cfg: TransformerConfig):
+def _mlp(cfg: TransformerConfig, moe: bool = False):
+    """The block's feed-forward: dense, or a mixture of experts where `cfg.moe_layers` says (moe.py)."""
+    if moe:
+        return MoEMLP(cfg.num_experts, cfg.d_ff, cfg.activation, cfg.moe_top_k, cfg.moe_capacity_factor,
+                      cfg.moe_load_balance_loss, cfg.moe_router_z_loss, cfg.compute_dtype, cfg.params_dtype,
+                      cfg.use_bias, name="mlp")
     return MLP(cfg.d_ff, cfg.activation, cfg.compute_dtype, cfg.params_dtype, cfg.use_bias, name="mlp")
 
 
@@ -79,6 +85,7 @@ class EncoderBlock(nn.Module):
 
     cfg: TransformerConfig
     spec: object = Dense()
+    moe: bool = False  # a mixture-of-experts feed-forward (cfg.num_experts experts) instead of the MLP
 
     @nn.compact
     def __call__(self, x, segment_ids=None, positions=None, deterministic: bool = True, bias=None):
@@ -87,7 +94,7 @@ class EncoderBlock(nn.Module):
         x = Residual(cfg, name="attention_block")(
             x, lambda h: attn(h, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
                               q_positions=positions, bias=bias), deterministic)
-        x = Residual(cfg, name="mlp_block")(x, _mlp(cfg), deterministic)
+        x = Residual(cfg, name="mlp_block")(x, _mlp(cfg, self.moe), deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -100,6 +107,7 @@ class DecoderBlock(nn.Module):
     cfg: TransformerConfig
     spec: object = Dense()
     cross_spec: object | None = None  # None: decoder-only, no cross-attention
+    moe: bool = False  # a mixture-of-experts feed-forward (cfg.num_experts experts) instead of the MLP
 
     @nn.compact
     def __call__(self, x, segment_ids=None, positions=None, encoded=None, src_segment_ids=None,
@@ -116,7 +124,7 @@ class DecoderBlock(nn.Module):
             x = Residual(cfg, name="cross_block")(
                 x, lambda h: cross(h, encoded, q_segment_ids=segment_ids,
                                    kv_segment_ids=src_segment_ids, decode=decode), deterministic)
-        x = Residual(cfg, name="mlp_block")(x, _mlp(cfg), deterministic)
+        x = Residual(cfg, name="mlp_block")(x, _mlp(cfg, self.moe), deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -357,6 +365,11 @@ def flops_per_token(cfg: TransformerConfig, src_len: int, tgt_len: int) -> float
     cross = sum(2 * 2 * d * a * tgt_len + 2 * 2 * d * kv * src_len + 4 * a * s.keys_per_query(src_len, False) * tgt_len
                 for s in cfg.cross_specs) if cfg.num_encoder_layers else 0
     logits = 2 * d * cfg.vocab_size * tgt_len
+    # an MoE layer's token runs the float32 router and k experts' MLPs instead of one (active FLOPs;
+    # the one-hot dispatch/combine einsums and empty capacity slots are overhead, not counted)
+    moe = 2 * d * cfg.num_experts + (cfg.moe_top_k - 1) * mlp
+    enc += moe * sum(cfg.encoder_moe) * src_len
+    dec += moe * sum(cfg.decoder_moe) * tgt_len
     return 3.0 * (enc + dec + cross + logits) / tgt_len
 
 

@@ -38,14 +38,14 @@ SCAN_NAME = "layers"  # the module holding a scanned stack, and the logical name
 # ---- the repeating pattern ---------------------------------------------------------------------
 
 def encoder_kinds(cfg: TransformerConfig) -> tuple[tuple, ...]:
-    """Per encoder layer: the block's constructor arguments after `cfg` (self-attention spec)."""
-    return tuple((spec,) for spec in cfg.encoder_specs)
+    """Per encoder layer: the block's constructor arguments after `cfg` (self-attention spec, MoE or not)."""
+    return tuple(zip(cfg.encoder_specs, cfg.encoder_moe))
 
 
 def decoder_kinds(cfg: TransformerConfig, cross: bool) -> tuple[tuple, ...]:
-    """Per decoder layer: (self-attention spec, cross-attention spec or None for decoder-only)."""
+    """Per decoder layer: (self-attention spec, cross-attention spec or None for decoder-only, MoE or not)."""
     cross_specs = cfg.cross_specs if cross else (None,) * cfg.num_decoder_layers
-    return tuple(zip(cfg.decoder_specs, cross_specs))
+    return tuple(zip(cfg.decoder_specs, cross_specs, cfg.decoder_moe))
 
 
 def period(kinds: tuple) -> int:

@@ -2,10 +2,14 @@
 
 Every parameter and activation in the model is annotated with *logical* axis names
 (`nn.with_logical_partitioning`, `nn.with_logical_constraint`). This module resolves them onto
-the three mesh axes, in one place:
+the four mesh axes, in one place:
 
 - `data`   pure data parallelism: parameters replicated, batch split;
 - `fsdp`   batch split AND parameters split along `embed` (ZeRO-3 / fully sharded data parallel);
+- `expert` batch split AND mixture-of-experts weights split by expert (GShard's expert
+           parallelism: each device holds E / mesh.expert experts; the tokens routed to them
+           arrive by an all-to-all that XLA inserts between the batch-sharded rows and the
+           expert-sharded dispatch, moe.py); a data axis for dense layers;
 - `tensor` Megatron-style model parallelism over heads, MLP hidden units and the vocabulary.
 
 The same code runs on 1 CPU, 8 simulated CPU devices, a GPU or a TPU slice, single- or multi-host.
@@ -23,12 +27,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+BATCH_AXES = ("data", "fsdp", "expert")
 
 # The one rules table: logical name -> mesh axis (or axes, or None = replicated).
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
+    ("expert", "expert"),  # MoE weights [E, ...] and dispatched tokens [E, B, C, D]
+    ("expert_batch", ("data", "fsdp")),  # the rows of dispatched tokens: the batch axes but `expert`
     ("length", None),
     ("embed", "fsdp"),
     ("heads", "tensor"),
@@ -71,7 +77,7 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, 
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh; by default all devices on `data`.
+    """A (data, fsdp, expert, tensor) mesh; by default all devices on `data`.
 
     `jax.make_mesh` orders devices so that each host's devices are contiguous along the
     batch axes, which `jax.make_array_from_process_local_data` relies on.
@@ -81,7 +87,7 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     sizes = resolve_mesh_shape(shape, len(devices))
     axis_shapes = tuple(sizes[a] for a in MESH_AXES)
     # Auto axes: the compiler propagates shardings from our logical constraints.
-    return jax.make_mesh(axis_shapes, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+    return jax.make_mesh(axis_shapes, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
                          devices=devices)
 
 
@@ -111,19 +117,34 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> An
 
 
 def fit_sharding(sharding: NamedSharding, shape, mesh: Mesh) -> NamedSharding:
-    """`sharding` with every mesh axis that does not divide its dimension of `shape` dropped."""
+    """`sharding` with every mesh axis that does not divide its dimension of `shape` dropped.
+
+    Except the experts: replicating them would silently undo expert parallelism, so a dimension on
+    the `expert` axis that it does not divide is an error (see `check_experts`).
+    """
     if shape is None:
         return sharding
     spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
     for i, axes in enumerate(spec):
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if names == ("expert",):  # the logical `expert` axis (the batch's tuple includes it too)
+            check_experts(shape[i], mesh.shape["expert"])
         if names and shape[i] % math.prod(mesh.shape[a] for a in names):
             spec[i] = None
     return NamedSharding(mesh, P(*spec))
 
 
+def check_experts(num_experts: int, expert_axis: int) -> None:
+    """Each device of the `expert` axis holds num_experts / mesh.expert whole experts."""
+    if num_experts and num_experts % expert_axis:
+        valid = [n for n in range(expert_axis, 4 * expert_axis + 1, expert_axis)]
+        raise ValueError(f"TransformerConfig.num_experts={num_experts} is not divisible by the expert mesh axis "
+                         f"mesh.expert={expert_axis}; use a multiple of {expert_axis} experts (e.g. "
+                         f"{', '.join(map(str, valid))}) or a mesh.expert that divides {num_experts}")
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Leading (batch) dim split over data×fsdp, the rest replicated."""
+    """Leading (batch) dim split over data×fsdp×expert, the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 

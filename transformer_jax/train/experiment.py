@@ -115,8 +115,9 @@ def attention_fields() -> tuple[str, ...]:
 
 
 def _untyped(f: dataclasses.Field) -> bool:
-    """Fields the command line must set to values of another type than the default's."""
-    return _default(f) is None or _is_spec(_default(f))
+    """Fields the command line must set to values of another type than the default's: optional ones,
+    attention specs, and unions (`moe_layers: int | tuple[int, ...]`)."""
+    return _default(f) is None or _is_spec(_default(f)) or "|" in str(f.type)
 
 
 def model_section(preset_name: str = "", **values) -> ml_collections.ConfigDict:
@@ -270,10 +271,10 @@ def _check_counts(config) -> None:
 
 
 def _check_batch(config, sizes: dict[str, int], process_count: int) -> None:
-    shards = sizes["data"] * sizes["fsdp"]
+    shards = sizes["data"] * sizes["fsdp"] * sizes["expert"]
     if config.batch_size % shards:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the batch shards "
-                         f"mesh.data×mesh.fsdp={shards}; use a multiple of {shards}")
+                         f"mesh.data×mesh.fsdp×mesh.expert={shards}; use a multiple of {shards}")
     if config.batch_size % process_count:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
     if config.batch_size % config.micro_batches:
@@ -281,7 +282,7 @@ def _check_batch(config, sizes: dict[str, int], process_count: int) -> None:
                          f"config.micro_batches={config.micro_batches}")
     if (config.batch_size // config.micro_batches) % shards:
         raise ValueError(f"config.batch_size/config.micro_batches={config.batch_size // config.micro_batches} "
-                         f"must be divisible by the batch shards mesh.data×mesh.fsdp={shards}")
+                         f"must be divisible by the batch shards mesh.data×mesh.fsdp×mesh.expert={shards}")
 
 
 def _check_optimizer(config) -> None:
@@ -331,6 +332,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     _check_counts(config)
     check_minutes(config)
     _check_batch(config, sizes, process_count)
+    shd.check_experts(model_config(config).num_experts, sizes["expert"])
     _check_optimizer(config)
     _check_choice(config, "nonfinite", NONFINITE)
     parse_profile_steps(config.get("profile_steps", ""))

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from transformer_jax import sharding as shd
 from transformer_jax.lora import merge_lora
+from transformer_jax.moe import AUX_LOSS, METRICS
 from transformer_jax.train.loss import cross_entropy_sums
 from transformer_jax import tasks
 from transformer_jax.train.state import TrainState
@@ -36,13 +37,35 @@ class StepConfig:
 
 def _loss_sums(model: nn.Module, params, batch, rng, *, deterministic: bool, cfg: StepConfig, task=None):
     """The task (default: the model's own, `tasks.for_model`) splits the batch into model inputs and
-    targets with loss weights."""
+    targets with loss weights. In training, the auxiliary losses layers sow (the MoE load-balance
+    and router z-losses) join the loss; evaluation reports the plain cross-entropy."""
     task = tasks.for_model(model) if task is None else task
     args, kwargs = task.model_inputs(batch)
     rngs = None if deterministic else {"dropout": rng}
-    logits = model.apply({"params": params}, *args, **kwargs, deterministic=deterministic, rngs=rngs)
+    logits, sown = model.apply({"params": params}, *args, **kwargs, deterministic=deterministic, rngs=rngs,
+                               mutable=[] if deterministic else [AUX_LOSS, METRICS])
     targets, weights = task.targets_and_weights(batch)
-    return cross_entropy_sums(logits, targets, weights, label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
+    sums = cross_entropy_sums(logits, targets, weights, label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
+    return _with_aux(sums, sown)
+
+
+def _with_aux(sums: dict, sown: dict) -> dict:
+    """Add what the layers sowed to the loss sums: the `aux_loss` collection's terms (per-batch means,
+    already weighted by their coefficients, moe.py) scaled by the token count like the summed
+    cross-entropy, so gradient accumulation averages them; and each `moe_metrics` value (the mean
+    over layers) as `moe_<name>`. A model that sows nothing gets the sums back unchanged."""
+    if not sown:
+        return sums
+    weight = sums["weight"]
+    aux = sum(jnp.sum(x) for x in jax.tree.leaves(sown.get(AUX_LOSS, {})))
+    out = {**sums, "loss": sums["loss"] + aux * weight, "aux_loss": aux * weight}
+    by_name: dict[str, list] = {}
+    for path, x in jax.tree_util.tree_leaves_with_path(sown.get(METRICS, {})):
+        name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+        by_name.setdefault(name, []).append(jnp.ravel(x))  # scanned layers sow a stacked value
+    for name, values in by_name.items():
+        out[f"moe_{name}"] = jnp.mean(jnp.concatenate(values)) * weight
+    return out
 
 
 def _split_micro(x: jax.Array, micro: int) -> jax.Array:
@@ -88,7 +111,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
                 return jax.tree.map(jnp.add, carry, (g, s)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("loss", "nll", "weight", "correct")}
+            first = jax.tree.map(lambda x: x[0], micro)
+            zero_sums = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),  # the keys _loss_sums returns
+                                     jax.eval_shape(micro_loss, state.params, first, 0)[1])
             (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums),
                                             (jnp.arange(cfg.micro_batches), micro))
 
@@ -107,6 +132,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         metrics = {"loss": loss, "nll": sums["nll"] / denom, "accuracy": sums["correct"] / denom,
                    "tokens": sums["weight"], "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                    "finite": finite}
+        metrics |= {k: sums[k] / denom for k in sums if k not in ("loss", "nll", "weight", "correct")}
         return new_state, metrics
 
     return train_step
