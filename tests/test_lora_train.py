@@ -114,16 +114,15 @@ def test_lora_run_trains_adapters_and_heads_only_and_resumes_exactly(base, tmp_p
     assert tuple(a.frozen["encoder"]["layer_0"]["mlp"]["wi"]["kernel"].sharding.spec) == ("fsdp", "tensor")
 
     # checkpoints hold the adapters alone; the export folds back into the base with merge_lora
-    saved = [os.path.relpath(os.path.join(d, f), cut) for d, _, fs in os.walk(os.path.join(cut, "checkpoints"))
-             for f in fs]
-    assert saved and not any("frozen" in p for p in saved)
+    assert _saved(os.path.join(cut, "checkpoints"), 5) == {"step", "params", "opt_state", "rng"}
     adapters, cfg = lora.load_adapters(os.path.join(cut, "adapters"))
     assert cfg == lora.LoraConfig(rank=4, alpha=8.0, targets=("query", "value", "wi"))
     merged = lora.merge_lora(jax.device_get(a.frozen), adapters, cfg)
     want = lora.merge_lora(jax.device_get(a.frozen), jax.device_get(a.params), cfg)
     jax.tree.map(np.testing.assert_array_equal, merged, want)
     record = json.load(open(os.path.join(cut, "lora.json")))
-    assert record["trainable"] == lora.adapter_count(a.params) and record["frozen"] == tj.param_count(a.frozen)
+    assert record["trainable"] == lora.adapter_count(a.params) and record["model"] == tj.param_count(a.frozen)
+    assert record["frozen"] == record["model"] - record["trained_in_full"] > 0
 
     # resuming with other LoRA settings, or over another base, is refused before compiling
     with pytest.raises(ValueError, match="config.lora: this workdir's checkpoints were written with"):
@@ -153,3 +152,41 @@ def test_bad_lora_settings_are_named_errors_before_compiling(base, tmp_path, cha
     with pytest.raises(ValueError, match=message):
         loop.train(c, str(tmp_path / "run"), train_iter=Batches(), progress=False)
     assert not os.path.exists(tmp_path / "run")
+
+
+
+def _saved(checkpoints: str, step: int) -> set[str]:
+    """The top-level fields of the train state whose arrays a checkpoint step holds (Orbax's metadata)."""
+    with open(os.path.join(checkpoints, str(step), "state", "_METADATA")) as f:
+        tree = json.load(f)["tree_metadata"]
+    return {v["key_metadata"][0]["key"] for v in tree.values() if v["value_metadata"]["value_type"] != "None"}
+
+
+def test_checkpoints_hold_the_base_only_when_asked_and_restore_it_sharded(tmp_path):
+    """lora.save_adapters_only=True: the base is left out of the files and put back on restore;
+    False: it is written and restored like the rest. Either way onto the state's shardings."""
+    import optax
+
+    from transformer_jax import sharding as shd
+    from transformer_jax.train import build
+    from transformer_jax.train.state import abstract_state, create_train_state
+
+    model = tj.EncoderClassifier(BASE)
+    mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    shapes = {"inputs": jax.ShapeDtypeStruct((8, 8), np.int32), "label": jax.ShapeDtypeStruct((8,), np.int32)}
+    state, shardings = create_train_state(model, optax.adam(1e-3), shapes, mesh, lora=lora.LoraConfig(rank=2),
+                                          full=("classifier/kernel",))
+    assert set(state.params["classifier"]) == {"kernel"} and "a" in state.params["encoder"]["layer_0"][
+        "self_attention"]["query"]
+    for adapters_only in (True, False):
+        workdir = str(tmp_path / str(adapters_only))
+        with build.checkpointer(_config("", save_adapters_only=adapters_only), workdir, base=state.frozen) as ckpt:
+            ckpt.save(1, state, {"position": 1})
+            ckpt.wait()
+            restored, data, step = ckpt.restore(abstract_state(state, shardings))
+        fields = _saved(os.path.join(workdir, "checkpoints"), 1)
+        assert fields == {"step", "params", "opt_state", "rng"} | (set() if adapters_only else {"frozen"})
+        assert step == 1 and data == {"position": 1}
+        for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+            np.testing.assert_array_equal(got, want)
+            assert got.sharding == want.sharding

@@ -101,13 +101,15 @@ def create_state(config, model, tx: optax.GradientTransformation, shapes: dict, 
 
 
 def counts_of(state: TrainState, cfg: lora_lib.LoraConfig, full: list[str]) -> dict[str, Any]:
-    """Trainable (factors, parameters trained in full), frozen, and optimiser-state sizes."""
+    """Trainable (factors, parameters trained in full), frozen (the model's parameters not trained in
+    full), the model's size, and optimiser-state bytes."""
     sizes = {k: int(np.prod(np.shape(v))) for k, v in flatten_dict(dict(state.params), sep="/").items()}
     in_full = sum(n for k, n in sizes.items() if k in set(full))
+    model = int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(state.frozen)))
     return {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
             "adapted_projections": len(lora_lib._adapter_leaves(state.params)),
             "trainable": sum(sizes.values()), "factors": sum(sizes.values()) - in_full, "trained_in_full": in_full,
-            "full": sorted(full), "frozen": int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(state.frozen))),
+            "full": sorted(full), "frozen": model - in_full, "model": model,
             "optimizer_state_bytes": _bytes(state.opt_state), "trainable_bytes": _bytes(state.params)}
 
 
@@ -117,13 +119,11 @@ def _bytes(tree) -> int:
 
 def describe(cfg: lora_lib.LoraConfig, c: dict[str, Any]) -> str:
     """One log line: what trains, what is frozen, what the optimiser holds."""
-    total = c["trainable"] + c["frozen"]
     full = f" + {c['trained_in_full']:,} trained in full ({summarize(c['full'])})" if c["full"] else ""
     return (f"lora: rank {cfg.rank}, alpha {cfg.alpha:g}, targets {', '.join(cfg.targets)} on "
             f"{c['adapted_projections']} projections; trainable {c['trainable']:,} parameters "
-            f"({c['factors']:,} in adapters{full}), frozen {c['frozen']:,} "
-            f"({100 * c['trainable'] / max(total, 1):.2f}% trained); optimiser state "
-            f"{c['optimizer_state_bytes']:,} bytes")
+            f"({c['factors']:,} in adapters{full}), frozen {c['frozen']:,} of the model's {c['model']:,}; "
+            f"optimiser state {c['optimizer_state_bytes']:,} bytes")
 
 
 # ----------------------------------------------------------------------------------------------
