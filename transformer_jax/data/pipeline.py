@@ -43,7 +43,8 @@ TOO_LONG_MODES = ("truncate", "filter")
 
 @dataclasses.dataclass(frozen=True)
 class Featurizer:
-    """Record -> the task's dict of 1-D int32 arrays, or None when dropped. Picklable.
+    """Record -> the task's dict of arrays (1-D int32 tokens; uint8 pixels for images), or None when
+    dropped. Picklable.
 
     The task says which features become which arrays; this holds what it needs to do that (the
     tokenizer, the lengths S and T, the too-long policy) and counts what happened in ``stats``.
