@@ -1,21 +1,39 @@
-"""Long Range Arena ListOps: train and test each attention variant with the library's training loop.
+"""Long Range Arena ListOps at equal wall-clock budgets, from scratch and with self-pretraining.
 
-Tay et al. 2021, "Long Range Arena: A Benchmark for Efficient Transformers" (arXiv:2011.04006),
-ListOps (§3.1) on the locally built `tjax_listops` dataset, with the experiment config
-`configs/listops.py` (encoder-only classifier) trained by `transformer_jax.train.loop.train`;
-only the fields below are overridden. Each variant changes nothing but `model.encoder_attention`.
+Tay et al. 2021, "Long Range Arena" (arXiv:2011.04006), ListOps (§3.1), on the locally built
+`tjax_listops` (full split by default: 96k/2k/2k expressions of 500-2000 tokens), with the experiment
+config `configs/listops.py` trained by the library's loop. Every attention variant trains for the same
+`--budget-minutes` of training time (`config.budget_minutes`: the loop's wall clock after compilation,
+evaluation and checkpoints included; transformer_jax/train/budget.py), is evaluated on the
+validation split every `--eval-every-minutes`, and its best validation checkpoint is scored once on
+the test split. Variants change nothing but `model.encoder_attention`.
 
-    python -m benchmarks.lra_listops            # the full run (GPU): paper settings, 5k steps
-    python -m benchmarks.lra_listops --quick    # the committed CPU run (small data, small model)
+    python -m benchmarks.lra_listops --budget-minutes 30                 # CPU recipe, full split
+    python -m benchmarks.lra_listops --budget-minutes 30 --self-pretrain # + SPT rows at the same budget
+    python -m benchmarks.lra_listops --preset lra --budget-minutes 60 --self-pretrain   # LRA scale, a GPU
 
-Defaults describe the full run: 96k/2k/2k examples of length 500-2000 (builder config `full`),
-4 layers, d_model 512, 8 heads, d_ff 1024, batch 32, 5000 steps, inputs padded to 2000 tokens.
-Test accuracy is measured once at the end on the whole test split; steps/s is the median of the
-loop's logged throughput (examples/s ÷ batch) over the log intervals after the first.
+`--self-pretrain` (Amos et al. 2024, "Never Train from Scratch", arXiv:2310.02980) adds, per variant,
+a row that spends `--pretrain-fraction` (default half) of the same budget on masked-LM pretraining over
+the *training inputs only* (configs/listops_mlm.py: 15% of tokens, BERT's 80/10/10 corruption, no
+labels) and the rest fine-tuning from it (`config.init_from`), against the from-scratch row's whole
+budget.
 
-Paper figures (LRA Table 1, ListOps test accuracy): Transformer 36.37 %, Local Attention 15.82 %,
-BigBird 36.05 %. `dense` and `flash` compute the same function (compare with Transformer),
-`windowed` is the local-attention row, `block_sparse` the BigBird row.
+The recipe (research notes: LRA's own Transformer is post-LN with learned positions and reaches ~36%
+after 5k steps of batch 32; Amos et al. reach far more with pre-LN, rotary positions and SPT):
+pre-LN, rotary positions, mean pooling, GELU, AdamW (β2 0.98, weight decay 0.01), linear warm-up then
+inverse-square-root decay (LRA's schedule; it needs no total step count, so a time budget may end the
+run anywhere), dropout 0.1. Presets: `cpu` (4 layers, d_model 64, 4 heads, batch 16) and `lra`
+(Table 1's size: 4 layers, d_model 512, 8 heads, d_ff 1024, batch 32). Inputs are padded to 2048
+(expressions are under 2000 tokens).
+
+Resumable: the result JSON is rewritten after every run; a finished row with the same recipe is
+skipped, and an unfinished one resumes from its workdir (`<workdir>/<row>`) with the budget it has
+left (`--fresh` starts over). Writes JSON + CSV + PNG (validation accuracy against training minutes
+and against steps) under benchmarks/results/ with the device and versions.
+
+Paper figures (LRA Table 1, ListOps test accuracy): Transformer 36.37, BigBird 36.05, Performer
+18.01, Local Attention 15.82. `dense`/`flash` compare with Transformer, `block_sparse` with BigBird,
+`windowed` with Local Attention, `performer` with Performer.
 """
 
 from __future__ import annotations
@@ -27,135 +45,264 @@ import os
 import shutil
 import statistics
 import sys
-import time
 from typing import Any
-
 
 from benchmarks import common
 
-VARIANTS = ("dense", "flash", "windowed", "block_sparse")
-# (paper row, ListOps test accuracy %) from LRA Table 1.
-PAPER = {"dense": ("Transformer", 36.37), "flash": ("Transformer", 36.37),
-         "windowed": ("Local Attention", 15.82), "block_sparse": ("BigBird", 36.05)}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILE = os.path.join(ROOT, "configs", "listops.py")
+MLM_CONFIG_FILE = os.path.join(ROOT, "configs", "listops_mlm.py")
+PAPER = {"dense": ("Transformer", 36.37), "flash": ("Transformer", 36.37), "windowed": ("Local Attention", 15.82),
+         "block_sparse": ("BigBird", 36.05), "performer": ("Performer", 18.01)}
 BUILDER_CONFIGS = {"full": "tjax_listops", "small": "tjax_listops/small", "tiny": "tjax_listops/tiny"}
-CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "listops.py")
-# The committed CPU run (2 shared cores): small data, a small model, a few hundred steps.
-QUICK = dict(builder_config="small", steps=150, batch=4, layers=2, d_model=32, heads=2, d_ff=64,
-             learning_rate=1e-3, warmup=15)
+PRESETS = {
+    "cpu": dict(layers=4, d_model=64, heads=4, d_ff=128, batch=16, peak_lr=1e-3, warmup=300,
+                eval_batches=16, eval_every_minutes=3.0),
+    "lra": dict(layers=4, d_model=512, heads=8, d_ff=1024, batch=32, peak_lr=1e-3, warmup=1000,
+                eval_batches=0, eval_every_minutes=5.0),
+}
+
+
+def has_performer() -> bool:
+    from transformer_jax import attention
+
+    return hasattr(attention, "Performer")
+
+
+def variants() -> tuple[str, ...]:
+    """The attention variants this checkout has (Performer once `transformer_jax.attention` exports it)."""
+    return ("dense", "flash", "windowed", "block_sparse") + (("performer",) if has_performer() else ())
+
+
+def attention(variant: str, args):
+    from transformer_jax import attention as a
+
+    if variant == "performer":
+        return a.Performer()
+    return {"dense": lambda: a.Dense(), "flash": lambda: a.Flash(), "windowed": lambda: a.Windowed(args.window),
+            "block_sparse": lambda: a.BlockSparse(block_size=args.block_size)}[variant]()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.lra_listops", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated from {', '.join(VARIANTS)}")
-    p.add_argument("--steps", type=int, default=5000, help="training steps per variant")
+    known = variants()
+    p.add_argument("--variants", default=",".join(known), help=f"comma-separated from {', '.join(known)}")
+    p.add_argument("--budget-minutes", type=float, default=30.0, help="training minutes per row (equal for all)")
+    p.add_argument("--self-pretrain", action="store_true", help="also run masked-LM self-pretraining + fine-tuning")
+    p.add_argument("--pretrain-fraction", type=float, default=0.5, help="share of the budget spent pretraining")
+    p.add_argument("--preset", default="cpu", choices=tuple(PRESETS), help="model/recipe size (see the doc)")
     p.add_argument("--builder-config", default="full", choices=tuple(BUILDER_CONFIGS),
                    help="tjax_listops size: full (LRA 96k/2k/2k), small (2k/200/200), tiny (tests only)")
-    p.add_argument("--max-len", type=int, default=2000, help="input length (examples are shorter than 2000)")
-    p.add_argument("--batch", type=int, default=32, help="global batch size")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--d-model", type=int, default=512)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--d-ff", type=int, default=1024)
-    p.add_argument("--learning-rate", type=float, help="peak learning rate (default: configs/listops.py's)")
-    p.add_argument("--warmup", type=int, help="warm-up steps (default: configs/listops.py's)")
+    p.add_argument("--max-len", type=int, default=2048, help="inputs are padded to this length")
+    for name in ("layers", "d-model", "heads", "d-ff", "batch", "warmup", "eval-batches"):
+        p.add_argument(f"--{name}", type=int, help="default: the preset's")
+    p.add_argument("--peak-lr", type=float, help="peak learning rate after warm-up (default: the preset's)")
+    p.add_argument("--eval-every-minutes", type=float, help="validation every this many training minutes")
+    p.add_argument("--max-steps", type=int, default=1_000_000, help="a step cap besides the budget")
     p.add_argument("--window", type=int, default=64, help="Windowed(window): keys within ±window")
     p.add_argument("--block-size", type=int, default=64, help="BlockSparse block size (BigBird: 64)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: bfloat16 on GPU/TPU, float32 on CPU")
-    p.add_argument("--config", default=CONFIG_FILE, help="experiment config file (get_config())")
     p.add_argument("--data-dir", default="", help="tfds data_dir (default: ~/tensorflow_datasets)")
-    p.add_argument("--workdir", default="/tmp/lra_listops", help="one sub-directory per variant (replaced)")
-    p.add_argument("--quick", action="store_true",
-                   help="the committed CPU run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument("--workdir", default="/tmp/lra_listops", help="one sub-directory per row (kept: resumable)")
+    p.add_argument("--fresh", action="store_true", help="delete the rows' workdirs and results first")
+    p.add_argument("--note", default="", help="recorded with the results (e.g. 'CPU shared with other jobs')")
     p.add_argument("--json", default=None, help="result JSON (default benchmarks/results/lra_listops_<backend>.json)")
     p.add_argument("--csv", default=None, help="result CSV (default: the JSON path with .csv)")
+    p.add_argument("--png", default=None, help="accuracy curves (default: the JSON path with .png)")
     args = p.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            if getattr(args, key) == p.get_default(key):
-                setattr(args, key, value)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in args.variants if v not in VARIANTS]
+    bad = [v for v in args.variants if v not in known]
     if bad:
-        p.error(f"--variants: {bad[0]!r} is not one of {', '.join(VARIANTS)}")
+        p.error(f"--variants: {bad[0]!r} is not one of {', '.join(known)}")
+    if args.budget_minutes <= 0:
+        p.error(f"--budget-minutes={args.budget_minutes} must be > 0")
+    if not 0.0 < args.pretrain_fraction < 1.0:
+        p.error(f"--pretrain-fraction={args.pretrain_fraction} must be in (0, 1)")
     return args
 
 
 def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("_lra_listops_config", path)
+    spec = importlib.util.spec_from_file_location("_bench_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
 
 
-def attention(variant: str, args):
-    from transformer_jax.attention import BlockSparse, Dense, Flash, Windowed
-
-    return {"dense": lambda: Dense(), "flash": lambda: Flash(),
-            "windowed": lambda: Windowed(args.window),
-            "block_sparse": lambda: BlockSparse(block_size=args.block_size)}[variant]()
+def inverse_sqrt_scale(peak_lr: float, d_model: int, warmup: int) -> float:
+    """The `inverse_sqrt` schedule's scale for a given peak (reached at the end of warm-up)."""
+    return peak_lr * (d_model * warmup) ** 0.5
 
 
-def experiment_config(args, variant: str):
-    """configs/listops.py with this run's overrides (the only fields that differ from the file)."""
-    c = load_config(args.config)
+def experiment_config(args, variant: str, *, file: str = CONFIG_FILE, budget_minutes: float | None = None):
+    """configs/listops.py (or listops_mlm.py) with this run's overrides."""
+    c = load_config(file)
     c.model.update(num_encoder_layers=args.layers, d_model=args.d_model, num_heads=args.heads, d_ff=args.d_ff,
                    max_len=args.max_len, dtype=args.dtype, encoder_attention=attention(variant, args))
-    c.data.update(task=BUILDER_CONFIGS[args.builder_config], max_src_len=args.max_len,
-                  eval_split="test", data_dir=args.data_dir)
+    c.data.update(task=BUILDER_CONFIGS[args.builder_config], max_src_len=args.max_len, data_dir=args.data_dir)
     c.batch_size = args.batch
-    c.num_train_steps = args.steps
-    if args.learning_rate is not None:
-        c.optimizer.learning_rate = args.learning_rate
-    if args.warmup is not None:
-        c.schedule.warmup_steps = args.warmup
-    c.log_every = max(1, args.steps // 10)
-    c.eval_every = args.steps  # test accuracy once, at the end
-    c.eval_batches = 0
-    c.checkpoint_every = args.steps
-    c.keep_checkpoints = 1
+    c.num_train_steps = args.max_steps
+    c.budget_minutes = args.budget_minutes if budget_minutes is None else budget_minutes
+    c.optimizer.learning_rate = inverse_sqrt_scale(args.peak_lr, args.d_model, args.warmup)
+    c.schedule.update(name="inverse_sqrt", warmup_steps=args.warmup)
+    c.eval_every, c.eval_every_minutes, c.eval_batches = 0, args.eval_every_minutes, args.eval_batches
+    c.log_every, c.checkpoint_every, c.keep_checkpoints = 20, 200, 1
     return c
 
 
-def run_variant(args, variant: str) -> dict[str, Any]:
-    from transformer_jax.train.loop import make_data_iterator, make_tokenizer, train
+# ----------------------------------------------------------------------------------------------
+# One budgeted run, its curve; shared with benchmarks/long_range_synthetic.py
 
-    config = experiment_config(args, variant)
-    workdir = os.path.join(args.workdir, variant)
-    if os.path.isdir(workdir):
-        shutil.rmtree(workdir)  # a fresh run, never a resume of an older one
-    os.makedirs(workdir)
-    tokenizer = make_tokenizer(config, workdir)
-    train_iter = make_data_iterator(config, "train", tokenizer, repeat=True)
-    eval_fn = lambda: make_data_iterator(config, "test", tokenizer, repeat=False)  # noqa: E731
-    t0 = time.perf_counter()
-    summary = train(config, workdir, train_iter=train_iter, eval_iter_fn=eval_fn, progress=False)
-    wall = time.perf_counter() - t0
-    records = []
+
+def recipe_of(config) -> dict[str, Any]:
+    """What makes two runs comparable (a finished row with another recipe is not reused)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def run_budgeted(config, workdir: str) -> dict[str, Any]:
+    """Train (or resume) `config` in `workdir` under its budget; returns the loop's summary plus the
+    validation curve and the test result of the best checkpoint (eval.json)."""
+    from transformer_jax.train.loop import train
+
+    os.makedirs(workdir, exist_ok=True)
+    recipe_path = os.path.join(workdir, "recipe.json")
+    recipe = recipe_of(config)
+    if os.path.exists(recipe_path):
+        with open(recipe_path) as f:
+            if json.load(f) != recipe:
+                raise ValueError(f"{workdir} holds a run with another recipe; pass --fresh or another --workdir")
+    else:
+        common.write_json(recipe_path, recipe)
+    summary = train(config, workdir, progress=False)
+    if summary.get("preempted"):  # SIGTERM / Ctrl-C: the loop saved a checkpoint; stop the whole benchmark
+        raise SystemExit(f"{summary.get('signal') or 'stopped'}: {workdir} saved; rerun the same command to resume")
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f if line.endswith("\n")]
-    train_recs = [r for r in records if "tokens_per_sec" in r]
-    evals = [r for r in records if "eval_accuracy" in r]
-    rates = [r["tokens_per_sec"] / args.batch for r in train_recs]
-    steady = rates[1:] or rates  # the first interval includes the iterator's start-up
+    by_step: dict[int, dict] = {}
+    for r in records:  # after a resume, steps are logged again: keep the last record of each
+        by_step.setdefault(r["step"], {}).update(r)
+    curve = [{"step": s, "minutes": r["train_seconds"] / 60, "val_accuracy": 100 * r["eval_accuracy"],
+              "val_loss": r["eval_loss"]} for s, r in sorted(by_step.items()) if "eval_accuracy" in r]
+    rates = [r["tokens_per_sec"] for s, r in sorted(by_step.items()) if "tokens_per_sec" in r]
+    result = {}
+    if os.path.exists(os.path.join(workdir, "eval.json")):
+        with open(os.path.join(workdir, "eval.json")) as f:
+            result = json.load(f)
+    return {"steps": int(summary["step"]), "train_minutes": summary["train_seconds"] / 60, "curve": curve,
+            "rates": rates[1:] or rates, "test": result}
+
+
+def classifier_row(out: dict, batch: int, offset_minutes: float = 0.0) -> dict[str, Any]:
+    """The columns of a classification run: test accuracy of the best validation checkpoint, speed."""
+    test = out["test"]
+    curve = [{**p, "minutes": p["minutes"] + offset_minutes} for p in out["curve"]]
+    best = max(curve, key=lambda p: p["val_accuracy"]) if curve else {}
+    return {"steps": out["steps"], "train_minutes": out["train_minutes"] + offset_minutes,
+            "test_accuracy": 100 * test["accuracy"] if "accuracy" in test else None,
+            "test_examples": int(test["tokens"]) if "tokens" in test else None,
+            "best_step": test.get("checkpoint_step"), "best_val_accuracy": best.get("val_accuracy"),
+            "steps_per_s": statistics.median(out["rates"]) / batch if out["rates"] else None, "curve": curve}
+
+
+def plot(rows: list[dict], path: str, title: str, chance: float) -> None:
+    """Validation accuracy against training minutes and against steps, one line per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for row in rows:
+        curve = row.get("curve") or []
+        if not curve:
+            continue
+        label = row["row"]
+        axes[0].plot([p["minutes"] for p in curve], [p["val_accuracy"] for p in curve], marker=".", label=label)
+        axes[1].plot([p["step"] for p in curve], [p["val_accuracy"] for p in curve], marker=".", label=label)
+    for ax, xlabel in zip(axes, ("training minutes (SPT rows: pretraining included)", "steps (SPT: fine-tuning)")):
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation accuracy %")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class Results:
+    """The result file, rewritten atomically after every row; finished rows are reused on a rerun."""
+
+    def __init__(self, json_path: str, header: dict, *, fresh: bool):
+        self.json_path, self.header = json_path, header
+        self.rows: list[dict] = []
+        if os.path.exists(json_path) and not fresh:
+            with open(json_path) as f:
+                self.rows = json.load(f).get("rows", [])
+
+    def done(self, name: str, recipe: dict) -> dict | None:
+        return next((r for r in self.rows if r["row"] == name and r.get("status") == "done"
+                     and r.get("recipe") == recipe), None)
+
+    def put(self, row: dict) -> None:
+        self.rows = [r for r in self.rows if r["row"] != row["row"]] + [row]
+
+    def save(self, csv_path: str, png_path: str | None, title: str, chance: float) -> None:
+        common.write_json(self.json_path, {**self.header, "rows": self.rows})
+        common.write_csv(csv_path, [{k: v for k, v in r.items() if k not in ("curve", "recipe", "pretrain_curve")}
+                                    for r in self.rows])
+        if png_path:
+            plot(self.rows, png_path, title, chance)
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def row_configs(args, variant: str, spt: bool):
+    """(pretraining config or None, classifier config) of a row; SPT splits the budget."""
+    workdir = os.path.join(args.workdir, f"{variant}+spt" if spt else variant)
+    if not spt:
+        return None, experiment_config(args, variant)
+    pre_minutes = args.budget_minutes * args.pretrain_fraction
+    pre = experiment_config(args, variant, file=MLM_CONFIG_FILE, budget_minutes=pre_minutes)
+    fine = experiment_config(args, variant, budget_minutes=args.budget_minutes - pre_minutes)
+    fine.init_from = workdir + "-pretrain"
+    return pre, fine
+
+
+def row_recipe(args, variant: str, spt: bool) -> dict:
+    pre, fine = row_configs(args, variant, spt)
+    return recipe_of(fine) if pre is None else {"pretrain": recipe_of(pre), "finetune": recipe_of(fine)}
+
+
+def run_row(args, variant: str, spt: bool) -> dict[str, Any]:
+    name = f"{variant}+spt" if spt else variant
+    workdir = os.path.join(args.workdir, name)
     paper_name, paper_acc = PAPER[variant]
-    last = evals[-1] if evals else {}
-    return {
-        "variant": variant, "encoder_attention": repr(config.model.encoder_attention),
-        "steps": int(summary["step"]), "test_accuracy": 100.0 * last["eval_accuracy"] if last else None,
-        "test_examples": int(last["eval_tokens"]) if last else None, "test_loss": last.get("eval_loss"),
-        "final_train_loss": train_recs[-1]["loss"] if train_recs else None,
-        "final_train_accuracy": 100.0 * train_recs[-1]["accuracy"] if train_recs else None,
-        "steps_per_s": statistics.median(steady) if steady else None,
-        "wall_s": wall, "paper_model": paper_name, "paper_test_accuracy": paper_acc,
-        "train_curve": [{"step": r["step"], "loss": r["loss"], "accuracy": r["accuracy"]} for r in train_recs],
-    }
+    pre, fine = row_configs(args, variant, spt)
+    row: dict[str, Any] = {"row": name, "variant": variant, "self_pretrain": spt, "paper_model": paper_name,
+                           "paper_test_accuracy": paper_acc, "encoder_attention": repr(fine.model.encoder_attention),
+                           "recipe": row_recipe(args, variant, spt)}
+    if pre is None:
+        return {**row, **classifier_row(run_budgeted(fine, workdir), args.batch)}
+    pretrain = run_budgeted(pre, workdir + "-pretrain")
+    row.update(pretrain_steps=pretrain["steps"], pretrain_minutes=pretrain["train_minutes"],
+               pretrain_curve=pretrain["curve"],
+               pretrain_masked_accuracy=pretrain["curve"][-1]["val_accuracy"] if pretrain["curve"] else None)
+    return {**row, **classifier_row(run_budgeted(fine, workdir), args.batch, offset_minutes=pretrain["train_minutes"])}
 
 
-COLUMNS = [("variant", "variant", ""), ("encoder_attention", "attention", ""), ("steps", "steps", ""),
+COLUMNS = [("row", "row", ""), ("encoder_attention", "attention", ""), ("steps", "steps", ""),
+           ("train_minutes", "minutes", ".1f"), ("best_val_accuracy", "best val %", ".2f"),
            ("test_accuracy", "test acc %", ".2f"), ("steps_per_s", "steps/s", ".3f"),
-           ("rel_speed", "speed vs dense", ".2f"), ("wall_s", "wall s", ".0f"),
-           ("paper_model", "paper (LRA Table 1)", ""), ("paper_test_accuracy", "paper acc %", ".2f")]
+           ("paper_model", "paper (LRA Table 1)", ""), ("paper_test_accuracy", "paper %", ".2f")]
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -166,38 +313,39 @@ def main(argv=None) -> dict[str, Any]:
     args.dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
     json_path = args.json or os.path.join(os.path.dirname(__file__), "results", f"lra_listops_{backend}.json")
     csv_path = args.csv or os.path.splitext(json_path)[0] + ".csv"
-    os.makedirs(args.workdir, exist_ok=True)
-    base = experiment_config(args, "dense")
-    settings = {k: v for k, v in vars(args).items() if k not in ("json", "csv")}
-    settings.update(task=base.data.task, config_file=os.path.relpath(args.config, os.getcwd()),
-                    learning_rate=base.optimizer.learning_rate, schedule=base.schedule.to_dict(),
-                    optimizer=base.optimizer.to_dict(), dropout_rate=base.model.dropout_rate,
-                    command="python -m benchmarks.lra_listops " + " ".join(argv if argv is not None else sys.argv[1:]))
-    rows: list[dict[str, Any]] = []
-    env = common.environment()
-
-    def save():
-        dense = next((r["steps_per_s"] for r in rows if r["variant"] == "dense" and r.get("steps_per_s")), None)
-        for r in rows:
-            r["rel_speed"] = r["steps_per_s"] / dense if dense and r.get("steps_per_s") else None
-        common.write_json(json_path, {"benchmark": "lra_listops", "environment": env, "settings": settings,
-                                      "paper": "Tay et al. 2021, Long Range Arena, Table 1 (ListOps)",
-                                      "rows": rows})
-        common.write_csv(csv_path, [{k: v for k, v in r.items() if k != "train_curve"} for r in rows])
-
-    for variant in args.variants:
-        print(f"=== {variant}: {experiment_config(args, variant).model.encoder_attention!r}", flush=True)
+    png_path = args.png or os.path.splitext(json_path)[0] + ".png"
+    rows = [(v, spt) for v in args.variants for spt in ((False, True) if args.self_pretrain else (False,))]
+    if args.fresh:
+        for v, spt in rows:
+            for suffix in ("", "-pretrain"):
+                shutil.rmtree(os.path.join(args.workdir, (f"{v}+spt" if spt else v) + suffix), ignore_errors=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "csv", "png", "fresh")}
+    settings["command"] = "python -m benchmarks.lra_listops " + " ".join(argv if argv is not None else sys.argv[1:])
+    env = {**common.environment(), "load_average_at_start": os.getloadavg()}
+    header = {"benchmark": "lra_listops", "environment": env, "settings": settings,
+              "budget": "equal training minutes per row: the loop's wall clock after compilation (evaluation and "
+                        "checkpoints included); SPT rows split it between pretraining and fine-tuning",
+              "paper": "Tay et al. 2021, Long Range Arena, Table 1 (ListOps test accuracy)"}
+    results = Results(json_path, header, fresh=args.fresh)
+    title = (f"ListOps ({BUILDER_CONFIGS[args.builder_config]}), {args.budget_minutes:g} min per row, "
+             f"{env['device_kind']}")
+    for variant, spt in rows:
+        name = f"{variant}+spt" if spt else variant
+        if results.done(name, row_recipe(args, variant, spt)):
+            print(f"=== {name}: finished earlier, kept", flush=True)
+            continue
+        print(f"=== {name}: {attention(variant, args)!r}, {args.budget_minutes:g} min", flush=True)
         try:
-            row = run_variant(args, variant)
-        except Exception as err:  # noqa: BLE001 - record the failure, go on with the other variants
-            row = {"variant": variant, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}",
-                   "paper_model": PAPER[variant][0], "paper_test_accuracy": PAPER[variant][1]}
-            print(f"{variant} failed: {row['error']}", flush=True)
-        rows.append(row)
-        save()
-    print(common.format_table(rows, COLUMNS))
-    print(f"wrote {json_path} and {csv_path}")
-    return {"settings": settings, "rows": rows}
+            row = {**run_row(args, variant, spt), "status": "done"}
+        except Exception as err:  # noqa: BLE001 - record the failure, go on with the other rows
+            row = {"row": name, "variant": variant, "status": "error",
+                   "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
+            print(f"{name} failed: {row['error']}", flush=True)
+        results.put(row)
+        results.save(csv_path, png_path, title, chance=10.0)
+    print(common.format_table(results.rows, COLUMNS))
+    print(f"wrote {json_path}, {csv_path} and {png_path}")
+    return {"settings": settings, "rows": results.rows}
 
 
 if __name__ == "__main__":

@@ -53,18 +53,26 @@ def test_train_throughput_tiny(tmp_path):
         assert [r["variant"] for r in csv.DictReader(f)] == ["dense"]
 
 
-def test_lra_listops_tiny(tmp_path):
+def test_lra_listops_tiny_budgeted_and_resumable(tmp_path, capsys):
     out = str(tmp_path / "lra.json")
-    lra_listops.main(["--builder-config", "tiny", "--variants", "windowed", "--steps", "2", "--batch", "8",
-                      "--layers", "1", "--d-model", "16", "--heads", "2", "--d-ff", "32", "--max-len", "200",
-                      "--warmup", "1", "--window", "16", "--workdir", str(tmp_path / "w"), "--json", out])
+    argv = ["--builder-config", "tiny", "--variants", "windowed", "--budget-minutes", "5", "--max-steps", "2",
+            "--batch", "8", "--layers", "1", "--d-model", "16", "--heads", "2", "--d-ff", "32", "--max-len", "200",
+            "--warmup", "1", "--window", "16", "--eval-batches", "1", "--workdir", str(tmp_path / "w"),
+            "--json", out]
+    lra_listops.main(argv)
     data = _strict_json(out)
     (row,) = data["rows"]
-    assert "error" not in row, row
-    assert row["steps"] == 2 and row["paper_model"] == "Local Attention"
+    assert row["status"] == "done", row
+    assert row["steps"] == 2 and row["paper_model"] == "Local Attention" and row["best_step"] == 2
     assert row["test_examples"] == 50  # the tiny test split, without the filler rows of the last batch
     assert 0.0 <= row["test_accuracy"] <= 100.0 and row["steps_per_s"] > 0
-    assert data["settings"]["task"] == "tjax_listops/tiny"
+    assert [p["step"] for p in row["curve"]] == [2] and 0 < row["train_minutes"] < 5
+    assert data["settings"]["budget_minutes"] == 5 and data["environment"]["jax"]
+    assert os.path.getsize(tmp_path / "lra.png") > 0
+    capsys.readouterr()
+    lra_listops.main(argv)  # a rerun keeps the finished row instead of training again
+    assert "windowed: finished earlier, kept" in capsys.readouterr().out
+    assert _strict_json(out)["rows"] == data["rows"]
 
 
 def test_help_and_bad_variant(capsys):
@@ -81,8 +89,7 @@ def test_help_and_bad_variant(capsys):
 def test_quick_sets_cpu_run_but_keeps_explicit_options():
     a = train_throughput.parse_args(["--quick", "--steps", "7"])
     assert a.steps == 7 and a.layers == 2 and a.d_model == 256 and a.lengths == [256, 1024, 4096]
-    b = lra_listops.parse_args(["--quick"])
-    assert b.builder_config == "small" and b.steps == 150 and b.max_len == 2000
-    full = lra_listops.parse_args([])
-    assert (full.layers, full.d_model, full.heads, full.d_ff, full.batch, full.steps, full.max_len) == \
-        (4, 512, 8, 1024, 32, 5000, 2000) and full.builder_config == "full"
+    cpu = lra_listops.parse_args([])
+    assert (cpu.layers, cpu.d_model, cpu.batch, cpu.budget_minutes, cpu.builder_config) == (4, 64, 16, 30.0, "full")
+    lra = lra_listops.parse_args(["--preset", "lra", "--batch", "64"])
+    assert (lra.layers, lra.d_model, lra.heads, lra.d_ff, lra.batch, lra.max_len) == (4, 512, 8, 1024, 64, 2048)

@@ -25,10 +25,14 @@ def evaluate_loss(s: Setup, params, eval_iter, max_batches: int = 0) -> dict[str
     """Mean loss / NLL / accuracy / perplexity over the weighted targets of (up to `max_batches` of)
     an iterator. For a masked LM the targets are the selected tokens only, so the accuracy is the
     masked-token accuracy; for a classifier they are the labels."""
-    step = make_eval_step(s.model, step_config(s.config), task=s.task)
-    placed = s.param_shardings if not isinstance(params, QuantizedVariables) else \
-        jax.tree.map(lambda x: x.sharding, params)  # quantized: as tj.quantize placed them
-    fn = jit_eval_step(lambda p, batch: step(model_params(p), batch), placed, s.example, s.mesh)
+    quantized = isinstance(params, QuantizedVariables)
+    cache = s.__dict__.setdefault("_eval_fns", {})  # one jit per setup: a new one per call recompiles
+    if quantized not in cache:  # at every evaluation, which a time budget would pay for each time
+        step = make_eval_step(s.model, step_config(s.config), task=s.task)
+        placed = s.param_shardings if not quantized else \
+            jax.tree.map(lambda x: x.sharding, params)  # quantized: as tj.quantize placed them
+        cache[quantized] = jit_eval_step(lambda p, batch: step(model_params(p), batch), placed, s.example, s.mesh)
+    fn = cache[quantized]
     totals: dict[str, float] = {}
     with shd.activate(s.mesh):
         for i, batch in enumerate(eval_iter):
