@@ -21,6 +21,7 @@ Writes benchmarks/results/moe_cpu.json (device and versions recorded; rewritten 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import runpy
 import shutil
@@ -116,23 +117,27 @@ def run_row(args, row: str) -> dict[str, Any]:
     }
 
 
+def finished_rows(path: str, steps: int) -> dict[str, Any]:
+    """Rows already in the result file for the same number of steps (a rerun skips them)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        previous = json.load(f)
+    return previous.get("rows", {}) if previous.get("args", {}).get("steps") == steps else {}
+
+
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     out: dict[str, Any] = {"benchmark": "moe", "environment": common.environment(),
                            "note": "2-core CPU shared with other jobs (contended); wall times are indicative only",
-                           "args": vars(args), "rows": {}}
-    if os.path.exists(args.out) and not args.fresh:
-        import json
-
-        with open(args.out) as f:
-            previous = json.load(f)
-        if previous.get("args", {}).get("steps") == args.steps:
-            out["rows"] = previous.get("rows", {})
+                           "args": vars(args), "rows": {} if args.fresh else finished_rows(args.out, args.steps)}
     for row in args.rows.split(","):
         if row in out["rows"] and out["rows"][row].get("bleu") is not None:
             print(f"{row}: done (BLEU {out['rows'][row]['bleu']:.2f}); skipped", flush=True)
             continue
-        out["rows"][row] = run_row(args, row)
+        result = run_row(args, row)
+        others = {} if args.fresh else finished_rows(args.out, args.steps)  # rows another run wrote meanwhile
+        out["rows"] = {**others, **out["rows"], row: result}
         rows = out["rows"]
         if "dense" in rows and "moe" in rows:
             out["moe_over_dense"] = {

@@ -16,7 +16,7 @@ import pytest
 from transformer_jax import sharding as shd
 from transformer_jax import moe
 from transformer_jax.config import tiny
-from transformer_jax.model import Transformer
+from transformer_jax.model import Encoder, Transformer
 from transformer_jax.train.experiment import validate_config
 from transformer_jax.train.step import StepConfig, _loss_sums
 
@@ -160,13 +160,34 @@ def test_expert_parallel_on_8_devices_equals_one_device():
         sharded = jax.device_put(params, shardings)
         assert sharded["encoder"]["layer_0"]["mlp"]["wi"].addressable_shards[0].data.shape[0] == 2
         fn = jax.jit(grad, in_shardings=(shardings, shd.batch_spec_tree(batch, mesh)))
-        (loss8, sums8), grads8 = fn(sharded, shd.shard_batch(batch, mesh))
+        compiled = fn.lower(sharded, shd.shard_batch(batch, mesh)).compile()
+        (loss8, sums8), grads8 = compiled(sharded, shd.shard_batch(batch, mesh))
+    assert "all-to-all" in compiled.as_text()  # tokens travel to their experts' devices, GShard style
     np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
     for k in sums1:
         np.testing.assert_allclose(sums8[k], sums1[k], rtol=1e-5, err_msg=k)
     flat1, flat8 = jax.tree_util.tree_leaves_with_path(grads1), jax.tree.leaves(grads8)
     for (path, g1), g8 in zip(flat1, flat8):
         np.testing.assert_allclose(g8, g1, rtol=2e-4, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_scanned_stack_with_every_other_layer_moe_equals_the_loop():
+    """scan_layers scans MoE-every-other-layer stacks over (dense, MoE) groups; same logits and the
+    same summed auxiliary loss (sown stacked) as the per-layer loop."""
+    from transformer_jax.scan import stack_layers
+
+    cfg = tiny(num_experts=4, num_encoder_layers=4, moe_capacity_factor=1.0)
+    src = jnp.asarray(np.random.default_rng(1).integers(3, 64, (2, 8)), jnp.int32)
+    params = nn.unbox(Encoder(cfg).init(jax.random.PRNGKey(0), src)["params"])
+
+    def run(c, p):
+        out, sown = jax.jit(lambda p: Encoder(c).apply({"params": p}, src, mutable=[moe.AUX_LOSS]))(p)
+        return out, sum(float(np.sum(x)) for x in jax.tree.leaves(sown))
+
+    want, aux = run(cfg, params)
+    got, aux_scanned = run(cfg.replace(scan_layers=True), stack_layers(params, cfg, root="encoder"))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(aux_scanned, aux, rtol=1e-5)
 
 
 @pytest.mark.parametrize("overrides,match", [
