@@ -23,6 +23,7 @@ Both resume exactly and restore onto any mesh (the base is placed with the same 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -209,9 +210,15 @@ class AdaptersOnly:
 
 def merged_params(cfg: lora_lib.LoraConfig, state: TrainState, shardings: TrainState):
     """base + (alpha/r)·AB (and the parameters trained in full), placed like the base."""
-    merge = jax.jit(lambda frozen, adapters: lora_lib.merge_lora(frozen, adapters, cfg),
-                    out_shardings=shardings.frozen)
-    return merge(state.frozen, state.params)
+    leaves, treedef = jax.tree_util.tree_flatten(shardings.frozen)
+    return _merger(cfg, treedef, tuple(leaves))(state.frozen, state.params)
+
+
+@functools.lru_cache(maxsize=8)
+def _merger(cfg: lora_lib.LoraConfig, treedef, shardings: tuple):
+    """The merge compiled once per run (each periodic eval calls it), not once per call."""
+    placed = jax.tree_util.tree_unflatten(treedef, shardings)
+    return jax.jit(lambda frozen, adapters: lora_lib.merge_lora(frozen, adapters, cfg), out_shardings=placed)
 
 
 def export(cfg: lora_lib.LoraConfig, state: TrainState, workdir: str, log) -> str:
