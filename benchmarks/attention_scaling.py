@@ -34,7 +34,16 @@ import numpy as np
 from benchmarks import common
 from transformer_jax.attention import BlockSparse, Dense, Flash, Performer, Windowed, masked_softmax_attention
 
-ALL_VARIANTS = ("dense", "flash", "windowed", "block_sparse", "performer", "jax_nn", "jax_nn_local", "flax", "cudnn")
+ALL_VARIANTS = ("dense", "flash", "windowed", "block_sparse", "performer", "performer_segments", "performer_packed",
+                "jax_nn", "jax_nn_local", "flax", "cudnn")
+
+
+def _ones(x):
+    return jnp.ones(x.shape[:2], jnp.int32)
+
+
+def _halves(x):  # [B, n] segment ids: two packed examples of n / 2 tokens
+    return jnp.broadcast_to(1 + (jnp.arange(x.shape[1]) >= x.shape[1] // 2), x.shape[:2]).astype(jnp.int32)
 
 
 def make_variants(args) -> dict[str, tuple[Callable, Callable[[int], float]]]:
@@ -85,6 +94,14 @@ def make_variants(args) -> dict[str, tuple[Callable, Callable[[int], float]]]:
         "windowed": (lambda q, k, v: Windowed(w)(q, k, v, causal=causal), window_keys),
         "block_sparse": (lambda q, k, v: sparse(q, k, v, causal=causal), sparse_keys),
         "performer": (lambda q, k, v: performer(q, k, v, causal=causal), lambda n: performer.keys_per_query(n, causal)),
+        # with segment ids: one example per row (as an encoder passes them; the global sum, chosen at
+        # run time), and two packed examples per row (the chunked scans)
+        "performer_segments": (lambda q, k, v: performer(q, k, v, causal=causal, q_segment_ids=_ones(q),
+                                                         kv_segment_ids=_ones(k)),
+                               lambda n: performer.keys_per_query(n, causal)),
+        "performer_packed": (lambda q, k, v: performer(q, k, v, causal=causal, q_segment_ids=_halves(q),
+                                                       kv_segment_ids=_halves(k)),
+                             lambda n: performer.keys_per_query(n, causal)),
         "jax_nn": (jnn(False), dense_keys),
         "jax_nn_local": (jnn(True), window_keys),
         "flax": (flax_attn, dense_keys),
@@ -93,6 +110,9 @@ def make_variants(args) -> dict[str, tuple[Callable, Callable[[int], float]]]:
 
 
 def reference_mask(name: str, n: int, args) -> np.ndarray:
+    if name == "performer_packed":  # the two examples see only themselves
+        half = np.arange(n) >= n // 2
+        return Dense().mask(n, n, args.causal) & (half[:, None] == half[None, :])
     if name in ("windowed", "jax_nn_local"):
         return Windowed(args.window).mask(n, n, args.causal)
     if name == "block_sparse":

@@ -81,7 +81,7 @@ def test_segments_are_contiguous_runs():
     ids = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 2, 1, 1, 0, 0], [5, 5, 5, 5, 5, 5, 7, 7, 7, 5, 5, 5]], jnp.int32)
     runs = np.asarray([[1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 0, 0], [1, 1, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3]])
     for causal in (False, True):
-        got = spec(q, k, v, causal=causal, q_segment_ids=ids, kv_segment_ids=ids)
+        got = jax.jit(lambda q, k, v: spec(q, k, v, causal=causal, q_segment_ids=ids, kv_segment_ids=ids))(q, k, v)
         np.testing.assert_allclose(got, reference(q, k, v, spec.features(H), causal, runs, runs), rtol=2e-5, atol=2e-6)
 
 
@@ -108,13 +108,12 @@ def test_features_give_an_unbiased_softmax_kernel():
 
 
 def test_gradients_match_the_materialised_definition():
-    """Backward through the chunked scan (and its stop-gradient stabilisers) equals autodiff of the
-    [T, S] definition in float32, packed and causal, packed and bidirectional."""
+    """Backward through the chunked scans, the global sum and their stop-gradient stabilisers equals
+    autodiff of the [T, S] definition in float32: packed causal, packed and padded bidirectional."""
     T, spec = 19, Performer(num_features=16, seed=4, chunk_size=4)
     w = jnp.asarray(spec.features(H), jnp.float32)
-    s = segments("packed", T, 5)
 
-    def materialised(q, k, v, causal):
+    def materialised(q, k, v, causal, s):
         phi = lambda x: jnp.exp(jnp.einsum("btnh,mh->btnm", x * H ** -0.25, w)  # noqa: E731
                                 - 0.5 * jnp.sum((x * H ** -0.25) ** 2, -1, keepdims=True))
         mask = masks.combine(masks.causal_mask(T, T) if causal else None, masks.segment_mask(s, s))
@@ -124,9 +123,15 @@ def test_gradients_match_the_materialised_definition():
 
     q, k, v = qkv(6, T, scale=0.7)
     do = jax.random.normal(jax.random.key(7), q.shape)
-    for causal in (True, False):
-        got = jax.vjp(lambda q, k, v: spec(q, k, v, causal=causal, q_segment_ids=s, kv_segment_ids=s), q, k, v)[1](do)
-        want = jax.vjp(lambda q, k, v: materialised(q, k, v, causal), q, k, v)[1](do)
+    packed, padded = segments("packed", T, 5), segments("pad", T, 5)
+    for causal, s in ((True, packed), (False, packed), (False, padded)):
+        @jax.jit
+        def both(q, k, v, do):
+            got = jax.vjp(lambda q, k, v: spec(q, k, v, causal=causal, q_segment_ids=s, kv_segment_ids=s), q, k, v)
+            want = jax.vjp(lambda q, k, v: materialised(q, k, v, causal, s), q, k, v)
+            return got[1](do), want[1](do)
+
+        got, want = both(q, k, v, do)
         for name, a, b in zip(("dq", "dk", "dv"), got, want):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))), err_msg=name)
 

@@ -22,9 +22,10 @@ a [chunk, chunk] tile. Segment ids (0 = padding) are handled the same way for bo
 padding keys get zero features, padding queries return zeros, and the carried sums are reset where
 the segment id changes, so packed examples never see each other. This treats each contiguous run
 of one id as a segment, which is what packing produces (an id that reappears after another id
-starts a new segment, unlike `Dense`'s mask). Bidirectional attention without segment ids is one
-global sum; with segment ids it scans forward (earlier chunks and the whole current chunk) and
-backward (later chunks), about 3x the global cost, and needs T == S.
+starts a new segment, unlike `Dense`'s mask). Bidirectional attention is one global sum when every
+row holds one example (no segment ids, or padding only: checked at run time, `lax.cond`); packed
+rows scan forward (earlier chunks and the whole current chunk) and backward (later chunks), about
+3-4x the cost, and need T == S.
 
 Decoding (`decode_step`) keeps S, z and the running maximum per (batch, head): a fixed-size state
 whatever the length, equal to the causal pass position by position.
@@ -134,6 +135,18 @@ def _chunk_scan(pq: Array, lk: Array, v: Array, qseg: Array, kseg: Array, chunk:
     return tuple((jnp.flip(x, 1) if reverse else x)[:, :T] for x in outs)
 
 
+def _global_sums(pq: Array, lk: Array, v: Array, kvalid: Array | None) -> tuple[Array, Array]:
+    """Every (valid) key for every query: pq [B, T, N, m], lk [B, S, N, m], v [B, S, N, H], kvalid
+    [B, S] bool or None -> num [B, T, N, H], den [B, T, N] (one key stabiliser per batch row and head)."""
+    if kvalid is not None:
+        lk = jnp.where(kvalid[:, :, None, None], lk, -jnp.inf)
+    M = jax.lax.stop_gradient(jnp.max(lk, axis=(1, 3)))  # [B N]
+    M = jnp.where(jnp.isfinite(M), M, 0.0)  # a row of padding only
+    ek = jnp.exp(lk - M[:, None, :, None])  # [B S N m], 0 for padding
+    kv = jnp.einsum("bsnm,bsnh->bnmh", ek, v.astype(jnp.float32))  # [B N m H]
+    return jnp.einsum("btnm,bnmh->btnh", pq, kv), jnp.einsum("btnm,bnm->btn", pq, jnp.sum(ek, 1))
+
+
 def _ratio(num: Array, den: Array) -> Array:
     """num [B, T, N, H] / den [B, T, N]; zeros where no key was visible (den == 0)."""
     return num / jnp.where(den > 0, den, 1.0)[..., None]
@@ -190,23 +203,32 @@ class Performer:
         w = self.features(q.shape[-1])
         pq, lk = query_features(feature_logits(q, w)), feature_logits(k, w)  # [B T N m], [B S N m]
         if not causal and not segmented:
-            M = jax.lax.stop_gradient(jnp.max(lk, axis=(1, 3)))  # [B N]
-            ek = jnp.exp(lk - M[:, None, :, None])  # [B S N m]
-            kv = jnp.einsum("bsnm,bsnh->bnmh", ek, v.astype(jnp.float32))  # [B N m H]
-            num = jnp.einsum("btnm,bnmh->btnh", pq, kv)
-            den = jnp.einsum("btnm,bnm->btn", pq, jnp.sum(ek, 1))
-            return _ratio(num, den).astype(v.dtype)
+            return _ratio(*_global_sums(pq, lk, v, None)).astype(v.dtype)
         ones = jnp.ones(q.shape[:2], jnp.int32)
         qseg = q_segment_ids if q_segment_ids is not None else ones
         kseg = kv_segment_ids if kv_segment_ids is not None else ones
         chunk = min(self.chunk_size, cdiv(T, 8) * 8)
-        num, den, M = _chunk_scan(pq, lk, v, qseg, kseg, chunk, "causal" if causal else "all", reverse=False)
-        if not causal:  # add the later chunks of each run
+        if causal:
+            num, den, _ = _chunk_scan(pq, lk, v, qseg, kseg, chunk, "causal", reverse=False)
+            return _ratio(num, den).astype(v.dtype)
+
+        def packed(_):  # forward (earlier chunks + the whole chunk), then the later chunks of each run
+            num, den, M = _chunk_scan(pq, lk, v, qseg, kseg, chunk, "all", reverse=False)
             num_b, den_b, M_b = _chunk_scan(pq, lk, v, qseg, kseg, chunk, None, reverse=True)
             top = jnp.maximum(M, M_b)
             a, b = jnp.exp(M - top), jnp.exp(M_b - top)
-            num, den = num * a[..., None] + num_b * b[..., None], den * a + den_b * b
-        return _ratio(num, den).astype(v.dtype)
+            return num * a[..., None] + num_b * b[..., None], den * a + den_b * b
+
+        def one_example(_):  # each row is one segment id r plus padding: one global sum over its keys
+            num, den = _global_sums(pq, lk, v, kseg != 0)
+            sees = (qseg == row_id[:, None]).astype(jnp.float32)[:, :, None]  # [B T 1]
+            return num * sees[..., None], den * sees
+
+        # Padding without packing (what an encoder passes) takes the global sum, decided at run time
+        # (lax.cond runs one branch); packed rows take the two scans.
+        row_id = jnp.max(kseg, axis=1)  # [B]
+        unpacked = jnp.all(((qseg == 0) | (qseg == row_id[:, None])) & ((kseg == 0) | (kseg == row_id[:, None])))
+        return _ratio(*jax.lax.cond(unpacked, one_example, packed, None)).astype(v.dtype)
 
     # ---- recurrent decoding (attention.base.RecurrentDecoding) ----
 
