@@ -117,7 +117,11 @@ def test_greedy_and_beam_tokens_equal_unscanned(unscanned):
 
 
 @pytest.mark.parametrize("remat,scan", [("full", False), ("full", True), ("dots", True), ("offload", True)])
-def test_remat_leaves_outputs_and_gradients_unchanged(unscanned, remat, scan, recwarn):
+def test_remat_leaves_outputs_and_gradients_unchanged(unscanned, remat, scan):
+    if remat == "offload" and jax.default_backend() == "cpu":  # no host memory apart: said, not hidden
+        with pytest.warns(UserWarning, match=r"remat='offload': the cpu backend has no separate host memory"):
+            assert remat_policy("offload") is remat_policy("dots")  # the program "dots" compiles, tested
+        return
     cls, cfg, args, _ = CASES["transformer_relative"]
     params, (loss, out), grads = unscanned["transformer_relative"]
     model = cls(cfg.replace(remat=remat, scan_layers=scan))
@@ -125,8 +129,6 @@ def test_remat_leaves_outputs_and_gradients_unchanged(unscanned, remat, scan, re
     (_, out_r), grads_r = loss_fn(model, args)(convert(params, cfg))
     np.testing.assert_allclose(out_r, out, rtol=1e-5, atol=1e-5)
     assert_trees_close(grads_r, convert(grads, cfg))
-    if remat == "offload" and jax.default_backend() == "cpu":  # no host memory apart: said, not hidden
-        assert any("remat='offload'" in str(w.message) for w in recwarn)
 
 
 def test_remat_policies_and_bad_values():
