@@ -181,3 +181,22 @@ def test_bfloat16_compute_float32_masters_and_profile_trace(tmp_path):
     bad.profile_steps = "3,1"
     with pytest.raises(ValueError, match=r"config.profile_steps='3,1' must be '' \(off\) or 'a,b'"):
         loop.validate_config(bad)
+
+
+def test_from_pretrained_scanned_and_save_pretrained_round_trip(tmp_path):
+    """A Hugging Face checkpoint (BERT: a bare Encoder, whose own parameters hold the layers) loads
+    per layer, then stacks, created sharded; it computes what the unscanned load computes, and
+    save_pretrained writes it back per layer."""
+    fixture = os.path.join(REPO, "tests", "fixtures", "pretrained", "bert")
+    mesh = shd.make_mesh({"data": 2, "fsdp": 4})
+    model, variables = tj.from_pretrained(fixture, scan_layers=True, mesh=mesh)
+    ref_model, ref = tj.from_pretrained(fixture)
+    kernel = variables["params"]["layers"]["layer_0"]["self_attention"]["query"]["kernel"]
+    assert model.cfg.scan_layers and kernel.shape[0] == ref_model.cfg.num_encoder_layers
+    assert kernel.sharding.spec[:2] == (None, "fsdp")
+    x = tokens(3, (2, 8))
+    np.testing.assert_allclose(jax.jit(model.apply)(variables, x), jax.jit(ref_model.apply)(ref, x),
+                               rtol=1e-5, atol=1e-5)
+    tj.save_pretrained(model, variables, tmp_path / "out")
+    _, back = tj.from_pretrained(tmp_path / "out")
+    assert_trees_close(back, ref, tol=0)
