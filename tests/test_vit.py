@@ -229,3 +229,14 @@ def test_a_few_sharded_training_steps_lower_the_loss():
             state, metrics = step(state, shd.shard_batch(batch, mesh))
             losses.append(float(metrics["loss"]))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_scanned_vit_equals_the_unscanned_one():
+    """The layers run through the Encoder's `apply_layers`: scan_layers (and remat) work here too."""
+    vit, x = ViTConfig(8, 4, 1), _images((2, 8, 8, 1), 3)
+    cfg = _cfg(num_encoder_layers=2)
+    variables = _variables(cfg, vit)
+    stacked = tj.stack_layers(variables["params"], cfg, root="encoder")  # a ViT's layers sit at its top
+    want = ViT(cfg, vit).apply(variables, x)
+    got = ViT(cfg.replace(scan_layers=True, remat="full"), vit).apply({"params": stacked}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

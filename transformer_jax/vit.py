@@ -30,6 +30,7 @@ from jax import Array
 from transformer_jax.config import TransformerConfig
 from transformer_jax.layers import dense, partitioned, sinusoidal
 from transformer_jax.model import EncoderBlock, _final_norm, _relative_bias
+from transformer_jax.scan import apply_layers, encoder_kinds
 
 
 def _pair(value, field: str) -> tuple[int, int]:
@@ -116,6 +117,8 @@ class ViT(nn.Module):
     ("cls": a learned CLS token in front, read at the end, as in the paper; "mean": the mean over
     patches, no CLS token) and `position` ("learned", the paper's, is a [P(+1), D] table; the 1-D
     "sinusoidal", "rotary", "relative" and "none" also work; vocab_size, pad_id and max_len are unused).
+    The encoder layers run as the text `Encoder`'s do, so `scan_layers`, `remat` and mixture-of-experts
+    feed-forwards (`num_experts`) apply here too.
 
     With a local pattern (`Windowed`) prefer pooling="mean": the CLS token sits at position 0 and
     would see only its window. `BlockSparse` makes its first blocks global, so a CLS token there
@@ -147,8 +150,9 @@ class ViT(nn.Module):
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         bias = _relative_bias(cfg, True)(positions, positions) if cfg.position == "relative" else None
-        for i, spec in enumerate(cfg.encoder_specs):  # no padding: every patch is real
-            x = EncoderBlock(cfg, spec, name=f"layer_{i}")(x, None, positions, deterministic, bias)
+        # the Encoder's layers (scan_layers, remat, MoE included); no padding: every patch is real.
+        # EncoderBlock(x, segment_ids, positions, deterministic, bias): deterministic (4) is static
+        x = apply_layers(cfg, EncoderBlock, encoder_kinds(cfg), (4,), x, None, positions, deterministic, bias)
         x = _final_norm(cfg, x)  # [B n D]
         pooled = x[:, 0] if cfg.pooling == "cls" else jnp.mean(x, axis=1)  # [B D]
         logits = dense(cfg.num_classes, ("embed", "classes"), dt, cfg.params_dtype, "head")(pooled)
