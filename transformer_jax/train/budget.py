@@ -52,6 +52,13 @@ class Clock:
         self._t0: float | None = None
         self._eval_mark = self._mark()
 
+    @property
+    def timed(self) -> bool:
+        """Whether decisions depend on the clock (a budget or time-based evals). The loop then waits
+        for each step to finish before reading it: with asynchronous dispatch the host would
+        otherwise run ahead until the next log and overshoot the budget by that many steps."""
+        return self.budget_s > 0 or self.eval_s > 0
+
     def start(self) -> None:
         """Start counting (after the step is compiled)."""
         self._t0 = self._now()

@@ -191,6 +191,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
                 profiler.after(step, (state, metrics))
                 pending.append((step, metrics))
                 bar.update()
+                if clock.timed:  # time what has been computed, not what has been dispatched
+                    jax.block_until_ready(metrics)
                 stop, out_of_time, eval_time = _any_process(stop_flag["signal"] is not None, clock.expired(),
                                                             clock.eval_due())
                 last_step = step == total_steps or out_of_time
