@@ -30,15 +30,15 @@ def get_config():
     c.batch_size = 32
     c.num_train_steps = 100_000  # a cap: the time budget ends the run
     c.budget_minutes = 5.0
-    # inverse_sqrt: lr = scale * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5), peak 2e-3 at step 200
-    c.optimizer.update(name="adamw", learning_rate=2e-3 * (64 * 200) ** 0.5, b2=0.98, eps=1e-9,
+    # inverse_sqrt: lr = scale * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5), peak 2e-3 at step 100
+    c.optimizer.update(name="adamw", learning_rate=2e-3 * (64 * 100) ** 0.5, b2=0.98, eps=1e-9,
                        weight_decay=0.01)
-    c.schedule.update(name="inverse_sqrt", warmup_steps=200)
+    c.schedule.update(name="inverse_sqrt", warmup_steps=100)
     c.label_smoothing = 0.0
     c.log_every = 25
     c.eval_every = 0
-    c.eval_every_minutes = 0.5
-    c.eval_batches = 0
+    c.eval_every_minutes = 1.0
+    c.eval_batches = 8  # 256 validation examples per periodic eval (the test split is scored whole)
     c.checkpoint_every = 100_000
     c.keep_checkpoints = 1
     c.best_metric = "eval_accuracy"
