@@ -257,7 +257,9 @@ class Results:
         common.write_json(self.json_path, {**self.header, "rows": self.rows})
         common.write_csv(csv_path, [{k: v for k, v in r.items() if k not in ("curve", "recipe", "pretrain_curve")}
                                     for r in self.rows])
-        if png_path:
+        if png_path and importlib.util.find_spec("matplotlib") is None:
+            print(f"matplotlib is not installed (pip install -e '.[bench]'): {png_path} not written")
+        elif png_path:
             plot(self.rows, png_path, title, chance)
 
 

@@ -4,6 +4,7 @@ Speed targets live in the benchmarks themselves; these only check that the scrip
 """
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -68,7 +69,8 @@ def test_lra_listops_tiny_budgeted_and_resumable(tmp_path, capsys):
     assert 0.0 <= row["test_accuracy"] <= 100.0 and row["steps_per_s"] > 0
     assert [p["step"] for p in row["curve"]] == [2] and 0 < row["train_minutes"] < 5
     assert data["settings"]["budget_minutes"] == 5 and data["environment"]["jax"]
-    assert os.path.getsize(tmp_path / "lra.png") > 0
+    if importlib.util.find_spec("matplotlib"):  # the bench extra; CI installs only the test one
+        assert os.path.getsize(tmp_path / "lra.png") > 0
     capsys.readouterr()
     lra_listops.main(argv)  # a rerun keeps the finished row instead of training again
     assert "windowed: finished earlier, kept" in capsys.readouterr().out

@@ -258,7 +258,7 @@ def test_core_beam_search_with_a_custom_step_is_exact_when_beams_hold_every_pref
         best = max(itertools.product(range(v), repeat=n), key=lambda y: score(list(prompt[r]) + list(y)))
         assert out[r].tolist() == list(prompt[r]) + list(best)
     # a leaf marked batched without a batch axis is named
-    with pytest.raises(ValueError, match=r"\['t'\].*no leading batch axis"):
+    with pytest.raises(ValueError, match=r"\['t'\].*has no batch axis"):
         decode.beam_search(step, cache, prompt, max_new_tokens=n, beam_size=2,
                            batched=decode.batched_by_name(("prev", "t")))
 
