@@ -107,6 +107,12 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] 
     _atomic_write(path, buf.getvalue())
 
 
+def short_error(err: BaseException) -> str:
+    """One line for a result file: the exception's type and the first line of its message."""
+    first = str(err).splitlines()[0][:300] if str(err) else ""
+    return f"{type(err).__name__}: {first}"
+
+
 def block(x: Any) -> Any:
     import jax
 

@@ -128,7 +128,7 @@ def main(argv=None) -> dict[str, Any]:
             out = run_budgeted(config, os.path.join(args.workdir, variant))
             row.update(classifier_row(out, args.batch), status="done")
         except Exception as err:  # noqa: BLE001 - record the failure, go on with the other variants
-            row.update(status="error", error=f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}")
+            row.update(status="error", error=common.short_error(err))
             print(f"{variant} failed: {row['error']}", flush=True)
         results.put(row)
         results.save(csv_path, png_path, title, chance=10.0)

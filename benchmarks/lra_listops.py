@@ -341,7 +341,7 @@ def main(argv=None) -> dict[str, Any]:
             row = {**run_row(args, variant, spt), "status": "done"}
         except Exception as err:  # noqa: BLE001 - record the failure, go on with the other rows
             row = {"row": name, "variant": variant, "status": "error",
-                   "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
+                   "error": common.short_error(err)}
             print(f"{name} failed: {row['error']}", flush=True)
         results.put(row)
         results.save(csv_path, png_path, title, chance=10.0)

@@ -22,6 +22,8 @@ import os
 import time
 from collections.abc import Callable
 
+from transformer_jax.train.logs import write_json_atomic
+
 BUDGET_FILE = "budget.json"
 
 
@@ -91,7 +93,7 @@ class Clock:
         elapsed = self.elapsed()
         self._by_step[step] = elapsed
         if self.writer:
-            _write_atomic(self.path, {"budget_s": self.budget_s,
+            write_json_atomic(self.path, {"budget_s": self.budget_s,
                                       "elapsed_s": {str(k): v for k, v in sorted(self._by_step.items())}})
         return elapsed
 
@@ -108,15 +110,6 @@ def _read(path: str) -> dict[int, float]:
     except FileNotFoundError:
         return {}
     return {int(k): float(v) for k, v in data.get("elapsed_s", {}).items()}
-
-
-def _write_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def best_params(s, ckpt, state, step: int):
