@@ -111,8 +111,8 @@ def main(argv=None) -> dict[str, Any]:
     header = {"benchmark": "long_range_synthetic", "environment": env, "settings": settings,
               "task": "key-value retrieval (tjax_retrieval): the label is the value bound to the query key at the "
                       "far end; cls pooling; chance 10 %",
-              "budget": "equal training minutes per variant: the loop's wall clock after compilation (evaluation "
-                        "and checkpoints included)"}
+              "budget": "equal training minutes per variant: the loop's wall clock after compilation "
+                        "(checkpoints included, periodic evaluation not)"}
     results = Results(json_path, header, fresh=args.fresh)
     length = LENGTHS[args.builder_config]
     title = f"key-value retrieval, {length} tokens, {args.budget_minutes:g} min per variant, {env['device_kind']}"

@@ -6,7 +6,7 @@
 
 The recipe of benchmarks/lra_listops.py's `lra` preset (LRA Table 1's size: 4 layers, d_model 512,
 8 heads, d_ff 1024, batch 32), with what helps transformers learn ListOps (Amos et al. 2024): pre-LN,
-rotary positions, mean pooling, GELU; AdamW with LRA's linear warm-up (1000 steps) and
+rotary positions, first-token pooling (LRA's "CLS"), GELU; AdamW with LRA's linear warm-up (1000 steps) and
 inverse-square-root decay (peak 1e-3; the schedule needs no total, so `budget_minutes` may end the
 run anywhere). Validation every 500 steps; the best checkpoint by validation accuracy is scored on
 the test split at the end.
@@ -25,7 +25,7 @@ def get_config():
     c = _sibling("default.py")
     c.model.update(vocab_size=64, d_model=512, num_heads=8, d_ff=1024, num_encoder_layers=4,
                    num_decoder_layers=0, num_classes=10, max_len=2048, position="rotary", norm_position="pre",
-                   pooling="mean", activation="gelu", dropout_rate=0.1)
+                   pooling="cls", activation="gelu", dropout_rate=0.1)
     c.data.update(task="tjax_listops", tokenizer="listops", max_src_len=2048, max_tgt_len=2, pack=False)
     c.batch_size = 32
     c.num_train_steps = 5000

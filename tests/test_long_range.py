@@ -1,11 +1,14 @@
 """Long-range accuracy infrastructure: the wall-clock training budget (train/budget.py), the key-value
 retrieval task (data/retrieval.py) and masked-LM self-pretraining on ListOps inputs."""
 
+import dataclasses
 import json
 import os
 import random
 import runpy
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from transformer_jax import tasks
@@ -65,6 +68,20 @@ def test_clock_eval_every_minutes_marks_advance_once():
     assert not clock.eval_due()
     now.t = 91.0
     assert clock.eval_due()
+
+
+def test_clock_does_not_charge_paused_time():
+    now = FakeTime()
+    clock = budget.Clock("/nonexistent", 1.0, 0, writer=False, now=now)
+    clock.start()
+    now.t = 20.0
+    with clock.paused():  # an evaluation
+        now.t = 50.0
+    assert clock.elapsed() == pytest.approx(20.0)
+    now.t = 89.0
+    assert not clock.expired()
+    now.t = 90.0
+    assert clock.expired()
 
 
 @pytest.mark.parametrize("field,value", [("budget_minutes", -1.0), ("eval_every_minutes", float("nan")),
@@ -153,3 +170,68 @@ def test_budget_stops_tests_the_best_checkpoint_and_survives_restart(tmp_path):
     assert sorted(accuracy) == [1, 2, 3]
     result = json.load(open(os.path.join(workdir, "eval.json")))
     assert accuracy[result["checkpoint_step"]] == max(accuracy.values()) and result["step"] == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation batches regrouped by length and trimmed (data/pipeline.length_sorted)
+
+
+def _padded_batches(lengths, batch, width):
+    rows = []
+    for i, n in enumerate(lengths):
+        seg = np.zeros(width, np.int32)
+        seg[:n] = 1
+        rows.append({"segment_ids": seg, "inputs": seg * (i + 3), "label": np.int32(i)})
+    return [{k: np.stack([r[k] for r in rows[s:s + batch]]) for k in rows[0]} for s in range(0, len(rows), batch)]
+
+
+def test_length_sorted_keeps_every_row_and_trims_within_windows():
+    from transformer_jax.data.pipeline import length_sorted
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 500, 40).tolist()
+    batches = _padded_batches(lengths, batch=4, width=512)
+    out = list(length_sorted(batches, ("segment_ids", "inputs"), window=3, multiple=128))
+    assert len(out) == len(batches) and all(len(b["label"]) == 4 for b in out)
+    for b in out:
+        width = b["inputs"].shape[1]
+        longest = int(b["segment_ids"].sum(axis=1).max())
+        assert width in (128, 256, 384, 512) and width - 128 < longest <= width and b["segment_ids"].shape[1] == width
+        for label, row in zip(b["label"], b["inputs"]):  # each row intact: its tokens, its label
+            assert (row != 0).sum() == lengths[label] and set(row[row != 0]) == {label + 3}
+    # the first window (3 batches = 12 rows) holds the first 12 rows of the split, shortest first
+    first = np.concatenate([b["label"] for b in out[:3]])
+    assert sorted(first.tolist()) == list(range(12))
+    assert [lengths[i] for i in first] == sorted(lengths[:12])
+    assert sorted(np.concatenate([b["label"] for b in out]).tolist()) == list(range(40))
+
+
+def test_length_invariant_models_trim_evaluation_and_score_the_same(tmp_path, monkeypatch):
+    import jax
+
+    from transformer_jax import attention as A
+    from transformer_jax.data.pipeline import length_sorted
+    from transformer_jax.train import evaluate, loop
+    from transformer_jax.train.build import make_data_iterator
+
+    assert A.Windowed(8).length_invariant and A.Dense().length_invariant and not A.BlockSparse().length_invariant
+    c = runpy.run_path(os.path.join(CONFIGS, "listops.py"))["get_config"]()
+    c.model.update(d_model=16, num_heads=2, d_ff=32, num_encoder_layers=1, max_len=200,
+                   encoder_attention=A.Windowed(16), pooling="cls")
+    c.data.update(task="tjax_listops/tiny", max_src_len=200)
+    c.batch_size = 8
+    s, _ = loop.setup(c, str(tmp_path / "w"))
+    assert s.model.cfg.length_invariant and evaluate.trims_padding(s)
+    params = jax.jit(lambda p: jax.tree.map(lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size).reshape(x.shape)), p))(
+        s.state.params)  # not the init: a classifier whose outputs vary with the input
+    batches = lambda: make_data_iterator(c, "validation", s.tokenizer, repeat=False, task=s.task)  # noqa: E731
+    widths = {b["inputs"].shape[1] for b in length_sorted(batches(), s.task.trim_keys)}
+    assert widths <= {128, 200} and 128 in widths  # tiny ListOps: 50-200 tokens
+    trimmed = evaluate.evaluate_loss(s, params, batches())
+    monkeypatch.setattr(evaluate, "trims_padding", lambda s: False)
+    full = evaluate.evaluate_loss(s, params, batches())
+    assert trimmed["eval_tokens"] == full["eval_tokens"] == 50
+    assert trimmed["eval_accuracy"] == full["eval_accuracy"]
+    assert trimmed["eval_loss"] == pytest.approx(full["eval_loss"], rel=1e-5)
+    # BlockSparse places its blocks by the padded length: never trimmed
+    assert not dataclasses.replace(s.model.cfg, encoder_attention=A.BlockSparse(block_size=16)).length_invariant

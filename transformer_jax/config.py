@@ -246,6 +246,14 @@ class TransformerConfig:
         return self._per_layer(self.cross_attention, self.num_decoder_layers)
 
     @property
+    def length_invariant(self) -> bool:
+        """Outputs at real positions do not depend on how much trailing padding there is, so
+        evaluation may trim it: every attention spec says so, and no MoE layer (expert capacity is
+        set by the padded length)."""
+        specs = self.encoder_specs + self.decoder_specs + self.cross_specs
+        return self.num_experts == 0 and all(getattr(s, "length_invariant", False) for s in specs)
+
+    @property
     def encoder_moe(self) -> tuple[bool, ...]:
         """Whether each encoder layer's feed-forward is a mixture of experts (`moe_layers`)."""
         return self._moe_flags(self.num_encoder_layers)

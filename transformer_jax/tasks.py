@@ -75,6 +75,9 @@ class _Task:
     symbols: ClassVar[tuple[str, ...]] = ()  # extra tokenizer pieces the task needs ([MASK])
     augment_eval: ClassVar[bool] = True  # `augment` applies to eval splits too (BERT masks them)
     uses_tokenizer: ClassVar[bool] = True  # False: records are not text (images); no tokenizer is built
+    # Batch entries padded along axis 1 that evaluation may regroup by length and trim (the first
+    # gives the length: its non-zero entries); () = fixed shapes (`data.pipeline.length_sorted`).
+    trim_keys: ClassVar[tuple[str, ...]] = ()
 
     def model_class(self):
         from transformer_jax import model
@@ -171,6 +174,7 @@ class Classification(_Task):
     needs: ClassVar[tuple[str, ...]] = ("inputs", "label")  # batch entries the model and loss read
     unit: ClassVar[str] = "examples"
     packable: ClassVar[bool] = False
+    trim_keys: ClassVar[tuple[str, ...]] = ("segment_ids", "inputs", "positions")  # see _Task
 
     def featurize(self, record, fz) -> dict | None:
         text = fz.text(record, self.text)

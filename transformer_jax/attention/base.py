@@ -35,11 +35,15 @@ class AttentionSpec(Protocol):
       Cross-attention needs it: cached decoding computes cross-attention as dense softmax, so a spec
       without it would train one function and decode another.
     - `takes_bias`: accepts an additive score `bias=` [B or 1, N, T, S] (T5's relative positions).
+    - `length_invariant`: outputs at real positions do not change when trailing padding is added or
+      removed, so evaluation may trim padding (`data.pipeline.length_sorted`). Not `BlockSparse`:
+      its random and global blocks are placed by the padded length.
     """
 
     decode_window: int | None
     exact_softmax: bool
     takes_bias: bool
+    length_invariant: bool
 
     def __call__(self, q: Array, k: Array, v: Array, *, causal: bool = False,
                  q_segment_ids: Array | None = None, kv_segment_ids: Array | None = None) -> Array: ...

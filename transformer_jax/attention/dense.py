@@ -78,6 +78,7 @@ class Dense:
     decode_window: ClassVar[None] = None
     exact_softmax: ClassVar[bool] = True
     takes_bias: ClassVar[bool] = True
+    length_invariant: ClassVar[bool] = True
 
     def __post_init__(self):
         if self.backend not in ("auto", "xla", "cudnn"):

@@ -30,6 +30,7 @@ class Flash:
     decode_window: ClassVar[None] = None
     exact_softmax: ClassVar[bool] = True
     takes_bias: ClassVar[bool] = False
+    length_invariant: ClassVar[bool] = True
 
     def __post_init__(self):
         if not isinstance(self.block_size, int) or self.block_size <= 0:

@@ -167,6 +167,7 @@ class Performer:
     decode_window: ClassVar[None] = None
     exact_softmax: ClassVar[bool] = False
     takes_bias: ClassVar[bool] = False
+    length_invariant: ClassVar[bool] = True
     decode_fresh: ClassVar[dict[str, float]] = {"performer_num": 0.0, "performer_den": 0.0, "performer_max": NEG}
 
     def __post_init__(self):

@@ -62,6 +62,7 @@ class BlockSparse:
     decode_window: ClassVar[None] = None
     exact_softmax: ClassVar[bool] = False
     takes_bias: ClassVar[bool] = False
+    length_invariant: ClassVar[bool] = False
 
     def __post_init__(self):
         if not isinstance(self.block_size, int) or self.block_size <= 0:

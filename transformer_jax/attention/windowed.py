@@ -37,6 +37,7 @@ class Windowed:
     window: int
     exact_softmax: ClassVar[bool] = False
     takes_bias: ClassVar[bool] = False
+    length_invariant: ClassVar[bool] = True
 
     def __post_init__(self):
         if not isinstance(self.window, int) or self.window < 0:

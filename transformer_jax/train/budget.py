@@ -2,9 +2,10 @@
 
 Comparing attention variants at equal *time* rather than equal steps is the fair test of an
 efficient variant (a faster step buys more updates). What counts: the wall-clock time of the
-training loop itself — data, steps, logging, periodic evaluation and checkpoint saves — from the
-moment the train step is compiled; building the state, compiling the step and the end-of-run
-test evaluation are not counted.
+training loop itself — data, steps, logging and checkpoint saves — from the moment the train step
+is compiled. Not counted: building the state, compiling the step, periodic evaluation (a
+measurement: charging it would make a slow variant pay more for being looked at equally often)
+and the end-of-run test evaluation.
 
 Exact resume: at every checkpoint the elapsed training time is recorded against that step in
 `<workdir>/budget.json` (written atomically). A restarted run restores a checkpoint at step s and
@@ -19,8 +20,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from transformer_jax.train.logs import write_json_atomic
 
@@ -52,6 +54,7 @@ class Clock:
         self._by_step = _read(self.path)
         self._carried = self._by_step.get(start_step, 0.0)  # training time before this sitting
         self._t0: float | None = None
+        self._paused_s = 0.0  # time inside `paused()` this sitting
         self._eval_mark = self._mark()
 
     @property
@@ -67,7 +70,16 @@ class Clock:
 
     def elapsed(self) -> float:
         """Seconds of training time, this sitting and the ones before the restored checkpoint."""
-        return self._carried + (0.0 if self._t0 is None else self._now() - self._t0)
+        return self._carried + (0.0 if self._t0 is None else self._now() - self._t0 - self._paused_s)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside is not training time (periodic evaluation)."""
+        t = self._now()
+        try:
+            yield
+        finally:
+            self._paused_s += self._now() - t
 
     def expired(self) -> bool:
         return self.budget_s > 0 and self.elapsed() >= self.budget_s

@@ -16,6 +16,7 @@ import numpy as np
 
 from transformer_jax import sharding as shd
 from transformer_jax.config import BOS_ID, EOS_ID
+from transformer_jax.data.pipeline import length_sorted
 from transformer_jax.quantization import QuantizedVariables, dequantize
 from transformer_jax.train.build import Setup, make_data_iterator, step_config, text_keys
 from transformer_jax.train.step import jit_eval_step, make_eval_step
@@ -33,6 +34,8 @@ def evaluate_loss(s: Setup, params, eval_iter, max_batches: int = 0) -> dict[str
             jax.tree.map(lambda x: x.sharding, params)  # quantized: as tj.quantize placed them
         cache[quantized] = jit_eval_step(lambda p, batch: step(model_params(p), batch), placed, s.example, s.mesh)
     fn = cache[quantized]
+    if trims_padding(s):
+        eval_iter = length_sorted(eval_iter, s.task.trim_keys)
     totals: dict[str, float] = {}
     with shd.activate(s.mesh):
         for i, batch in enumerate(eval_iter):
@@ -46,6 +49,13 @@ def evaluate_loss(s: Setup, params, eval_iter, max_batches: int = 0) -> dict[str
     return {"eval_loss": totals.get("loss", 0.0) / w, "eval_nll": nll,
             "eval_accuracy": totals.get("correct", 0.0) / w, "eval_perplexity": math.exp(min(nll, 80.0)),
             "eval_tokens": totals.get("weight", 0.0)}
+
+
+def trims_padding(s: Setup) -> bool:
+    """Whether evaluation regroups batches by length and trims their padding (`length_sorted`):
+    a task with variable-length rows, a model that ignores trailing padding, one process."""
+    cfg = getattr(s.model, "cfg", None)
+    return bool(s.task.trim_keys) and getattr(cfg, "length_invariant", False) and jax.process_count() == 1
 
 
 def model_params(params):

@@ -208,7 +208,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
                 if eval_now:
                     eval_iter = eval_iter_fn() if eval_iter_fn else make_data_iterator(
                         config, config.data.eval_split, s.tokenizer, repeat=False, task=s.task)
-                    eval_metrics = evaluate_loss(s, s.eval_params(state), eval_iter, config.eval_batches)
+                    with clock.paused():  # a measurement, not training time (budget.py)
+                        eval_metrics = evaluate_loss(s, s.eval_params(state), eval_iter, config.eval_batches)
                     writer.write(step, {**eval_metrics, "train_seconds": clock.elapsed()})
                     _log(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
                 if save_now or eval_now:
