@@ -95,3 +95,57 @@ def test_quick_sets_cpu_run_but_keeps_explicit_options():
     assert (cpu.layers, cpu.d_model, cpu.batch, cpu.budget_minutes, cpu.builder_config) == (4, 64, 16, 30.0, "full")
     lra = lra_listops.parse_args(["--preset", "lra", "--batch", "64"])
     assert (lra.layers, lra.d_model, lra.heads, lra.d_ff, lra.batch, lra.max_len) == (4, 512, 8, 1024, 64, 2048)
+
+
+STAND_IN_PEER = '''
+from typing import Any
+import flax.linen as nn
+from flax import struct
+import jax.numpy as jnp
+
+@struct.dataclass
+class TransformerConfig:  # the fields benchmarks/peer_wmt.py sets on flax examples/wmt's config
+    vocab_size: int
+    output_vocab_size: int
+    share_embeddings: bool = False
+    logits_via_embedding: bool = False
+    dtype: Any = jnp.float32
+    emb_dim: int = 512
+    num_heads: int = 8
+    num_layers: int = 6
+    qkv_dim: int = 512
+    mlp_dim: int = 2048
+    max_len: int = 2048
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    deterministic: bool = False
+
+class Transformer(nn.Module):
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, inputs, targets):
+        c = self.config
+        x = nn.Embed(c.vocab_size, c.emb_dim)(targets) + nn.Embed(c.vocab_size, c.emb_dim)(inputs).mean(1, keepdims=True)
+        x = nn.Dropout(c.dropout_rate)(nn.Dense(c.mlp_dim)(x), deterministic=c.deterministic)
+        return nn.Dense(c.output_vocab_size)(x)
+'''
+
+
+def test_peer_wmt_times_both_sides_with_a_stand_in_peer(tmp_path):
+    from benchmarks import peer_wmt
+
+    with pytest.raises(SystemExit):
+        peer_wmt.parse_args(["--peer-models", str(tmp_path / "missing.py")])
+    peer = tmp_path / "models.py"
+    peer.write_text(STAND_IN_PEER)
+    out = str(tmp_path / "peer.json")
+    res = peer_wmt.main(["--peer-models", str(peer), "--layers", "1", "--d-model", "16", "--heads", "2",
+                         "--d-ff", "32", "--vocab-size", "50", "--batch", "2", "--length", "8", "--rounds", "2",
+                         "--steps", "1", "--peak-matmul", "64", "--json", out])
+    ours, *peers = res["rows"]
+    assert ours["side"] == "ours" and ours["ours_speedup"] == 1.0
+    assert [p["side"] for p in peers] == ["flax_wmt (attention dropout 0.1)", "flax_wmt (attention dropout 0)"]
+    for row in res["rows"]:
+        assert len(row["step_s_rounds"]) == 2 and row["step_s"] > 0 and 0 < row["vs_matmul_peak"]
+    assert _strict_json(out)["peer"]["models_py_sha256"] == __import__("hashlib").sha256(peer.read_bytes()).hexdigest()

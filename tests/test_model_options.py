@@ -165,3 +165,27 @@ def test_decoder_inputs_are_never_padding():
     full = model.apply(variables, src, tgt)
     changed = model.apply(variables, src, tgt.at[0, 0].set(5))
     assert not np.allclose(full[0, 1:], changed[0, 1:])  # later positions see the first token
+
+
+@pytest.mark.parametrize("shape", [(64, 512), (3, 7, 30)])  # packed bytes, and a last axis not divisible by 4
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
+def test_dropout_keeps_its_rounded_share_and_the_expectation(shape, rate):
+    from transformer_jax.layers import Dropout
+
+    keep = round(256 * (1 - rate))
+    x = jnp.ones(shape, jnp.float32)
+    drop = lambda seed, **kw: Dropout(rate).apply({}, x, rngs={"dropout": jax.random.key(seed)}, **kw)  # noqa: E731
+    y = np.asarray(drop(0, deterministic=False))
+    kept = y != 0
+    n = kept.size
+    assert set(np.unique(y)) <= {0.0, np.float32(256 / keep)}
+    assert abs(kept.mean() - keep / 256) < 5 * np.sqrt(keep / 256 * (1 - keep / 256) / n) + 1e-9
+    assert abs(y.mean() - 1.0) < 5 * np.sqrt(rate / (1 - rate) / n) + 1e-9  # unbiased: E[y] = x
+    assert (y == np.asarray(drop(0, deterministic=False))).all() and (y != np.asarray(drop(1, deterministic=False))).any()
+    assert (np.asarray(drop(0, deterministic=True)) == 1).all()
+    bf16 = Dropout(rate).apply({}, x.astype(jnp.bfloat16), deterministic=False, rngs={"dropout": jax.random.key(0)})
+    assert bf16.dtype == jnp.bfloat16
+    # neighbouring elements come from different bytes of one word: no correlation between them
+    if shape[-1] % 4 == 0:
+        a, b = kept[:, 0::4].ravel(), kept[:, 1::4].ravel()
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.05

@@ -19,7 +19,7 @@ from transformer_jax.attention import Dense
 from transformer_jax.attention.masks import segment_ids_from_tokens
 from transformer_jax.attention.module import MultiHeadAttention
 from transformer_jax.config import GATED, TransformerConfig
-from transformer_jax.layers import (MLP, Embed, LearnedPositions, RelativePositionBias, activation_fn,
+from transformer_jax.layers import (MLP, Dropout, Embed, LearnedPositions, RelativePositionBias, activation_fn,
                                     dense, norm, partitioned, positions_from_segments, sinusoidal)
 from transformer_jax.moe import MoEMLP
 from transformer_jax.scan import apply_layers, decoder_kinds, encoder_kinds
@@ -55,9 +55,9 @@ class Residual(nn.Module):
         layer_norm = _norm(cfg, "norm")
         if cfg.norm_position == "pre":
             y = sublayer(layer_norm(x))
-            return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+            return x + Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         y = sublayer(x)
-        return layer_norm(x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic))
+        return layer_norm(x + Dropout(cfg.dropout_rate)(y, deterministic=deterministic))
 
 
 def _attention(cfg: TransformerConfig, spec, causal: bool, name: str, cross: bool = False):
@@ -157,7 +157,7 @@ class Embedder(nn.Module):
                                      cfg.position_offset, name="positions")(positions)
         if cfg.embed_norm:
             x = _norm(cfg, "norm")(x)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -312,7 +312,7 @@ class EncoderClassifier(nn.Module):
         x = Encoder(cfg, name="encoder")(inputs, seg, pos, deterministic, token_types)
         pooled = x[:, 0] if cfg.pooling == "cls" else _masked_mean(x, seg)  # [B D]
         h = nn.tanh(dense(cfg.d_model, ("embed", "mlp"), cfg.compute_dtype, cfg.params_dtype, "pooler")(pooled))
-        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         logits = dense(cfg.num_classes, ("mlp", "classes"), cfg.compute_dtype, cfg.params_dtype, "classifier")(h)
         return logits.astype(jnp.float32)  # [B C]
 

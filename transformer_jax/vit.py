@@ -28,7 +28,7 @@ import numpy as np
 from jax import Array
 
 from transformer_jax.config import TransformerConfig
-from transformer_jax.layers import dense, partitioned, sinusoidal
+from transformer_jax.layers import Dropout, dense, partitioned, sinusoidal
 from transformer_jax.model import EncoderBlock, _final_norm, _relative_bias
 from transformer_jax.scan import apply_layers, encoder_kinds
 
@@ -147,7 +147,7 @@ class ViT(nn.Module):
             x = x + jnp.asarray(table, dt)[None]
         elif cfg.position in ("sinusoidal", "sinusoidal_paper"):
             x = x + sinusoidal(positions, cfg.d_model, dt, cfg.position == "sinusoidal_paper")
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         bias = _relative_bias(cfg, True)(positions, positions) if cfg.position == "relative" else None
         # the Encoder's layers (scan_layers, remat, MoE included); no padding: every patch is real.
