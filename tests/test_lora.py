@@ -288,3 +288,30 @@ def test_lora_train_state_is_created_sharded_like_the_library_state():
         new, value2 = jstep(new, x, y)
     assert float(value2) < float(value)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(new["frozen"]), jax.device_get(state["frozen"]))
+
+
+def test_lora_and_int8_on_scanned_layers_match_per_layer():
+    """Under `scan_layers=True` kernels carry a leading layer axis: adapters get one factor pair per
+    layer and int8 one scale per layer and channel, the same as on the unscanned model."""
+    import dataclasses
+
+    cfg = tj.tiny(num_encoder_layers=2, num_decoder_layers=2, tie_output=False)
+    scanned_cfg = dataclasses.replace(cfg, scan_layers=True)
+    src, tgt = _tokens(0, (2, 7)), _tokens(1, (2, 5))
+    params = nn.meta.unbox(tj.Transformer(cfg).init(jax.random.key(2), src, tgt)["params"])
+    stacked = tj.stack_layers(params, cfg)
+    config = lora.LoraConfig(rank=4, alpha=8.0, targets=("query", "value", "wi"))
+    adapters = _randomize_b(lora.init_lora(jax.random.key(3), params, config))
+    stacked_adapters = lora.init_lora(jax.random.key(3), stacked, config)
+    a = stacked_adapters["encoder"]["layers"]["layer_0"]["self_attention"]["query"]["a"]
+    assert a.shape == (2, 32, 4)  # [layers, D, r]
+    stacked_adapters = tj.stack_layers(adapters, cfg)  # the per-layer pairs, stacked like the kernels
+    merged = lora.merge_lora(stacked, stacked_adapters, config)
+    want = tj.stack_layers(lora.merge_lora(params, adapters, config), cfg)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), merged, want)
+    out = tj.Transformer(scanned_cfg).apply({"params": merged}, src, tgt)
+    np.testing.assert_allclose(out, tj.Transformer(cfg).apply({"params": lora.merge_lora(params, adapters, config)},
+                                                                src, tgt), rtol=1e-5, atol=1e-5)
+    q_stacked = tj.dequantize(tj.quantize({"params": stacked}))["params"]
+    q_layers = tj.stack_layers(tj.dequantize(tj.quantize({"params": params}))["params"], cfg)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), q_stacked, q_layers)

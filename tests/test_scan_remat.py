@@ -200,3 +200,35 @@ def test_from_pretrained_scanned_and_save_pretrained_round_trip(tmp_path):
     tj.save_pretrained(model, variables, tmp_path / "out")
     _, back = tj.from_pretrained(tmp_path / "out")
     assert_trees_close(back, ref, tol=0)
+
+
+def test_init_from_loads_every_layer_into_a_scanned_model(tmp_path):
+    """A per-layer source (a Hugging Face directory, or a workdir) warm-starts a `scan_layers=True`
+    model: its layers are stacked into the model's layout, none left fresh."""
+    import dataclasses
+
+    from flax.traverse_util import flatten_dict
+
+    from transformer_jax.train import warm_start
+
+    cfg = tj.TransformerConfig(vocab_size=64, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=2,
+                               num_decoder_layers=0, max_len=16, position="learned", activation="gelu",
+                               embed_scale=False, embed_norm=True, logits_bias=True, type_vocab_size=2,
+                               num_classes=3)  # BERT-like
+    mlm = tj.MaskedLM(cfg)
+    variables = mlm.init(jax.random.PRNGKey(0), np.ones((1, 8), np.int32))
+    tj.save_pretrained(mlm, variables, str(tmp_path / "hf"))
+    scanned = dataclasses.replace(cfg, scan_layers=True)
+    mesh = shd.make_mesh(devices=jax.devices()[:1])
+    source, where = warm_start.source_params(str(tmp_path / "hf"), mesh, scanned)
+    classifier = tj.EncoderClassifier(scanned)
+    target = nn.meta.unbox(jax.eval_shape(classifier.init, jax.random.PRNGKey(1), np.ones((1, 8), np.int32)))
+    loaded, fresh = warm_start.match(target["params"], source, where)
+    assert all(not f.startswith("encoder/layers") for f in fresh) and fresh  # only the heads are fresh
+    kernel = "encoder/layers/layer_0/self_attention/query/kernel"
+    per_layer = flatten_dict(nn.meta.unbox(variables["params"]), sep="/")
+    np.testing.assert_array_equal(source[loaded[kernel]], np.stack([
+        per_layer[f"encoder/layer_{i}/self_attention/query/kernel"] for i in range(2)]))
+    deeper = dataclasses.replace(scanned, num_encoder_layers=4)
+    with pytest.raises(ValueError, match="fewer layers than the model"):
+        warm_start.source_params(str(tmp_path / "hf"), mesh, deeper)

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from transformer_jax.scan import SCAN_NAME
+
 PROJECTIONS = ("query", "key", "value", "out", "wi", "wi_gate", "wo", "logits", "pooler", "classifier",
                "transform")
 # Projections whose kernel takes more than one input axis (attention `out`: [N, H, D]).
@@ -148,9 +150,15 @@ def _unwrap(variables):
     return variables
 
 
+def stacked_dims(path: tuple[str, ...]) -> int:
+    """Leading kernel axes that stack layers: 1 under a scanned stack (`scan_layers=True`, kernels
+    [layers, *in, *out]), else 0. Adapters and int8 scales keep that axis: one per layer."""
+    return int(SCAN_NAME in path)
+
+
 def in_dims(path: tuple[str, ...], node: Mapping) -> int:
-    """How many leading kernel axes are inputs: kernel [*in, *out] and bias [*out] tell; without a
-    bias, the projection's name does (attention `out` takes [N, H])."""
+    """How many kernel axes are inputs (after any stacked layer axis): kernel [*in, *out] and bias
+    [*out] tell; without a bias, the projection's name does (attention `out` takes [N, H])."""
     kernel, bias = nn.meta.unbox(node["kernel"]), nn.meta.unbox(node.get("bias"))
     if bias is not None and 0 < np.ndim(bias) < np.ndim(kernel):
         return np.ndim(kernel) - np.ndim(bias)
@@ -183,16 +191,17 @@ def init_lora(rng: jax.Array, params, config: LoraConfig, *, full=()):
     for i, (path, node) in enumerate(sorted(chosen.items())):
         kernel = node["kernel"]
         value = nn.meta.unbox(kernel)
-        n_in = in_dims(path, node)
-        in_shape, out_shape = value.shape[:n_in], value.shape[n_in:]
+        n_in, s = in_dims(path, node), stacked_dims(path)
+        lead, in_shape, out_shape = value.shape[:s], value.shape[s:s + n_in], value.shape[s + n_in:]
         dtype = value.dtype if jnp.issubdtype(value.dtype, jnp.floating) else jnp.float32
         std = 1.0 / math.sqrt(math.prod(in_shape))
-        a = (std * jax.random.normal(jax.random.fold_in(rng, i), (*in_shape, config.rank), jnp.float32)).astype(dtype)
-        b = jnp.zeros((config.rank, *out_shape), dtype)
+        a = std * jax.random.normal(jax.random.fold_in(rng, i), (*lead, *in_shape, config.rank), jnp.float32)
+        a = a.astype(dtype)
+        b = jnp.zeros((*lead, config.rank, *out_shape), dtype)
         if isinstance(kernel, nn.LogicallyPartitioned):
             names = tuple(kernel.names)
-            a = nn.LogicallyPartitioned(a, names[:n_in] + (None,))
-            b = nn.LogicallyPartitioned(b, (None,) + names[n_in:])
+            a = nn.LogicallyPartitioned(a, names[:s + n_in] + (None,))
+            b = nn.LogicallyPartitioned(b, names[:s] + (None,) + names[s + n_in:])
         node = adapters
         for key in path:
             node = node.setdefault(key, {})
@@ -223,9 +232,13 @@ def _split(adapters) -> tuple[dict[tuple[str, ...], tuple[Any, Any]], dict[tuple
     return factors, full
 
 
-def delta(a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
-    """(alpha / r) · A B: [*in, r], [r, *out] -> [*in, *out], accumulated in float32."""
-    return scale * jnp.tensordot(a.astype(jnp.float32), b.astype(jnp.float32), axes=1)
+def delta(a: jax.Array, b: jax.Array, scale: float, stacked: int = 0) -> jax.Array:
+    """(alpha / r) · A B: [*in, r], [r, *out] -> [*in, *out], accumulated in float32; with `stacked`
+    leading layer axes, one product per layer."""
+    product = lambda a, b: jnp.tensordot(a, b, axes=1)  # noqa: E731
+    for _ in range(stacked):
+        product = jax.vmap(product)
+    return scale * product(a.astype(jnp.float32), b.astype(jnp.float32))
 
 
 def merge_lora(params, adapters, config: LoraConfig):
@@ -257,7 +270,7 @@ def merge_lora(params, adapters, config: LoraConfig):
         if path in leaves:
             a, b = leaves[path]
             w = node["kernel"]
-            d = delta(a, b, config.scale)
+            d = delta(a, b, config.scale, stacked_dims(path))
             if d.shape != w.shape:
                 raise ValueError(f"merge_lora: adapter at {'/'.join(path)} gives an update of shape "
                                  f"{d.shape}, but the kernel is {w.shape}")

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transformer_jax.lora import in_dims
+from transformer_jax.lora import in_dims, stacked_dims
 
 DTYPES = ("int8", "bfloat16", "float16")
 SCALE_SUFFIX = "_scale"  # "kernel" -> its per-output-channel scale is the sibling "kernel_scale"
@@ -83,10 +83,12 @@ def _dtype_name(dtype) -> str:
     return name
 
 
-def quantize_int8(w: jax.Array, n_in: int) -> tuple[jax.Array, jax.Array]:
-    """Symmetric per-output-channel int8: W [*in, *out] -> (q int8 [*in, *out], scale float32 [*out])."""
+def quantize_int8(w: jax.Array, n_in: int, stacked: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Symmetric per-output-channel int8: W [*in, *out] -> (q int8 [*in, *out], scale float32 [*out]).
+    With `stacked` leading layer axes (a scanned stack), W [L, *in, *out] gets a scale per layer and
+    channel, [L, 1.., *out] (kept axes, so `dequantize`'s product broadcasts)."""
     w = jnp.asarray(w, jnp.float32)
-    scale = jnp.max(jnp.abs(w), axis=tuple(range(n_in))) / 127.0  # [*out]
+    scale = jnp.max(jnp.abs(w), axis=tuple(range(stacked, stacked + n_in)), keepdims=stacked > 0) / 127.0
     safe = jnp.where(scale > 0, scale, 1.0)  # an all-zero channel stays zero
     q = jnp.clip(jnp.round(w / safe), -127, 127).astype(jnp.int8)
     return q, scale
@@ -113,7 +115,8 @@ def quantize(variables, dtype: str = "int8", *, embeddings: bool = False) -> Qua
                 return node
             out = {k: walk(v, path + (str(k),)) for k, v in node.items()}
             if "kernel" in node and not isinstance(node["kernel"], Mapping):
-                out["kernel"], out["kernel" + SCALE_SUFFIX] = quantize_int8(node["kernel"], in_dims(path, node))
+                out["kernel"], out["kernel" + SCALE_SUFFIX] = quantize_int8(node["kernel"], in_dims(path, node),
+                                                                               stacked_dims(path))
             elif embeddings and "embedding" in node and np.ndim(node["embedding"]) == 2 \
                     and path and path[-1].endswith("embedding"):
                 q, scale = quantize_int8(jnp.swapaxes(node["embedding"], 0, 1), 1)  # per row [V]

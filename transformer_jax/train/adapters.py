@@ -83,7 +83,7 @@ def create_state(config, model, tx: optax.GradientTransformation, shapes: dict, 
     source = where = None
     fresh: list[str] = []
     if config.get("init_from", ""):
-        source, where = source_params(config.init_from, mesh)
+        source, where = source_params(config.init_from, mesh, getattr(model, "cfg", None))
         _, fresh = match(abstract.params, source, where)
     lora_lib.targeted(abstract.params, cfg, fresh)  # the named error, on shapes only
     state, shardings = create_train_state(model, tx, shapes, mesh, seed=config.seed, task=task, lora=cfg,

@@ -231,7 +231,7 @@ def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -
         if frozen:
             log(f"freeze: {len(frozen)} parameters get no updates: {summarize(frozen)}")
         if config.get("init_from", "") and not resuming:  # a resumed run restores its own state
-            state = warm_start(state, shardings, config.init_from, mesh, workdir, log)
+            state = warm_start(state, shardings, config.init_from, mesh, workdir, log, getattr(model, "cfg", None))
     return Setup(config, workdir, task, mesh, model, tx, schedule, state, shardings, tokenizer, shapes,
                  lora), train_iter
 

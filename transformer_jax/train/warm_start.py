@@ -75,16 +75,39 @@ def check_freeze(params, patterns: tuple[str, ...]) -> list[str]:
 # Source parameters
 
 
-def source_params(path: str, mesh) -> tuple[dict[str, Any], str]:
-    """('/'-joined path -> array, description) of `path`: our workdir or a Hugging Face directory."""
+def source_params(path: str, mesh, cfg=None) -> tuple[dict[str, Any], str]:
+    """('/'-joined path -> array, description) of `path`: our workdir or a Hugging Face directory,
+    in the layout of a model with config `cfg` (stacked layers if `cfg.scan_layers`; per layer
+    otherwise or without `cfg`), whatever layout the source was saved in."""
     from transformer_jax.checkpoint import committed_steps
 
     if committed_steps(os.path.join(path, "checkpoints")):
-        return _workdir_params(path, mesh)
-    import transformer_jax as tj
+        source, where = _workdir_params(path, mesh)
+    else:
+        import transformer_jax as tj
 
-    _, variables = tj.from_pretrained(path)
-    return flatten_dict(dict(variables["params"]), sep="/"), "a Hugging Face checkpoint"
+        _, variables = tj.from_pretrained(path)
+        source, where = flatten_dict(dict(variables["params"]), sep="/"), "a Hugging Face checkpoint"
+    return _in_layout(source, cfg, where), where
+
+
+def _scanned(cfg) -> bool:
+    from transformer_jax.config import TransformerConfig
+
+    return isinstance(cfg, TransformerConfig) and cfg.scan_layers
+
+
+def _in_layout(source: dict[str, Any], cfg, where: str) -> dict[str, Any]:
+    """Per-layer source parameters stacked like a `scan_layers=True` model's (`scan.stack_layers`)."""
+    if not _scanned(cfg):
+        return source
+    from transformer_jax.scan import stack_layers
+
+    try:
+        return flatten_dict(stack_layers(unflatten_dict(source, sep="/"), cfg), sep="/")
+    except KeyError as missing:
+        raise ValueError(f"config.init_from: {where} has fewer layers than the model (no {missing.args[0]}); "
+                         "a scanned model loads every layer of its stacks") from None
 
 
 def _workdir_params(path: str, mesh) -> tuple[dict[str, Any], str]:
@@ -108,6 +131,10 @@ def _workdir_params(path: str, mesh) -> tuple[dict[str, Any], str]:
         params, step = ckpt.restore_params(abstract_state(abstract, shardings).params)
     finally:
         ckpt.close()
+    if _scanned(getattr(model, "cfg", None)):  # saved stacked: back to per layer, the common form
+        from transformer_jax.scan import unstack_layers
+
+        params = unstack_layers(dict(params), model.cfg)
     return flatten_dict(dict(params), sep="/"), f"step {step} of a {type(model).__name__} workdir"
 
 
@@ -167,10 +194,10 @@ def summarize(names: list[str]) -> str:
     return ", ".join(folded) if folded else "none"
 
 
-def warm_start(state, shardings, path: str, mesh, workdir: str, log) -> Any:
-    """`state` with `path`'s matching parameters loaded; the loaded and fresh sets are logged and
-    written to `<workdir>/init_from.json`."""
-    source, where = source_params(path, mesh)
+def warm_start(state, shardings, path: str, mesh, workdir: str, log, cfg=None) -> Any:
+    """`state` with `path`'s matching parameters loaded (in the layout of a model with config `cfg`);
+    the loaded and fresh sets are logged and written to `<workdir>/init_from.json`."""
+    source, where = source_params(path, mesh, cfg)
     params, loaded, fresh = load_matching(state.params, shardings.params, source, where)
     record_init_from(path, where, loaded, fresh, workdir, log)
     return state.replace(params=params)
