@@ -108,6 +108,41 @@ def test_top2_fills_first_choices_before_second_choices():
     np.testing.assert_allclose(gates.sum(1)[0], 1.0, rtol=1e-6)
 
 
+def test_padding_tokens_take_no_slot_and_do_not_count():
+    # tokens 0 and 1 are padding that would fill expert 0's two slots; masked, the real tokens 2, 3 get them
+    logits = _logits_choosing([[0], [0], [0], [0], [1]], 2)
+    real = jnp.asarray([[False, True, True, True, True]])  # token 0 is padding
+    real = real.at[0, 1].set(False)
+    r = moe.route(logits, 1, 2, real)
+    slots = np.argwhere(np.asarray(r.dispatch[0]))
+    np.testing.assert_array_equal(slots, [[2, 0, 0], [3, 0, 1], [4, 1, 0]])
+    assert float(r.dropped) == 0.0  # 3 real tokens, 3 placed
+    alone = moe.route(logits[:, 2:], 1, 2)  # the same three tokens without the padding in front
+    np.testing.assert_array_equal(r.dispatch[:, 2:], alone.dispatch)
+    np.testing.assert_allclose(moe.load_balance_loss(r.probs, r.first_choice, real),
+                               moe.load_balance_loss(alone.probs, alone.first_choice), rtol=1e-6)
+    np.testing.assert_allclose(moe.router_z_loss(logits, real), moe.router_z_loss(logits[:, 2:]), rtol=1e-6)
+
+
+def test_a_padded_batch_routes_its_real_tokens_only():
+    # top-2 of 2 experts, capacity ceil(8·2·0.5/2) = 4 slots each: the 4 real tokens fill both experts
+    # exactly; routed too, the 4 padding tokens' first choices would take slots before the real
+    # tokens' second choices
+    from flax.traverse_util import flatten_dict
+
+    cfg = tiny(num_decoder_layers=0, num_experts=2, moe_layers=1, moe_top_k=2, moe_capacity_factor=0.5)
+    tokens = jnp.asarray([[5, 6, 7, 8, 0, 0, 0, 0]])
+    model = Encoder(cfg)
+    params = model.init(jax.random.PRNGKey(0), tokens, (tokens != 0).astype(jnp.int32))["params"]
+
+    def dropped(seg):
+        _, sown = model.apply({"params": params}, tokens, seg, mutable=[moe.METRICS])
+        return [float(v[0]) for k, v in flatten_dict(sown[moe.METRICS]).items() if k[-1] == "dropped_fraction"]
+
+    assert dropped((tokens != 0).astype(jnp.int32)) == [0.0, 0.0]  # two MoE layers, nothing dropped
+    assert all(d > 0 for d in dropped(jnp.ones_like(tokens)))  # every token routed: real ones dropped
+
+
 def test_dropped_fraction_is_sown_by_the_layer():
     layer = moe.MoEMLP(num_experts=2, d_ff=8, top_k=1, capacity_factor=0.5)  # capacity ceil(4·0.5/2) = 1
     x = jax.random.normal(jax.random.PRNGKey(3), (2, 4, 6))

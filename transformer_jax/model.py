@@ -68,12 +68,14 @@ def _attention(cfg: TransformerConfig, spec, causal: bool, name: str, cross: boo
         num_kv_heads=cfg.num_kv_heads, use_bias=cfg.use_bias, scale=cfg.attention_scale, name=name)
 
 
-def _mlp(cfg: TransformerConfig, moe: bool = False):
-    """The block's feed-forward: dense, or a mixture of experts where `cfg.moe_layers` says (moe.py)."""
+def _mlp(cfg: TransformerConfig, moe: bool, segment_ids):
+    """The block's feed-forward h -> h: dense, or a mixture of experts where `cfg.moe_layers` says
+    (moe.py), which leaves the padding tokens of `segment_ids` unrouted."""
     if moe:
-        return MoEMLP(cfg.num_experts, cfg.d_ff, cfg.activation, cfg.moe_top_k, cfg.moe_capacity_factor,
-                      cfg.moe_load_balance_loss, cfg.moe_router_z_loss, cfg.compute_dtype, cfg.params_dtype,
-                      cfg.use_bias, name="mlp")
+        experts = MoEMLP(cfg.num_experts, cfg.d_ff, cfg.activation, cfg.moe_top_k, cfg.moe_capacity_factor,
+                         cfg.moe_load_balance_loss, cfg.moe_router_z_loss, cfg.compute_dtype, cfg.params_dtype,
+                         cfg.use_bias, name="mlp")
+        return lambda h: experts(h, segment_ids)
     return MLP(cfg.d_ff, cfg.activation, cfg.compute_dtype, cfg.params_dtype, cfg.use_bias, name="mlp")
 
 
@@ -94,7 +96,7 @@ class EncoderBlock(nn.Module):
         x = Residual(cfg, name="attention_block")(
             x, lambda h: attn(h, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
                               q_positions=positions, bias=bias), deterministic)
-        x = Residual(cfg, name="mlp_block")(x, _mlp(cfg, self.moe), deterministic)
+        x = Residual(cfg, name="mlp_block")(x, _mlp(cfg, self.moe, segment_ids), deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -124,7 +126,7 @@ class DecoderBlock(nn.Module):
             x = Residual(cfg, name="cross_block")(
                 x, lambda h: cross(h, encoded, q_segment_ids=segment_ids,
                                    kv_segment_ids=src_segment_ids, decode=decode), deterministic)
-        x = Residual(cfg, name="mlp_block")(x, _mlp(cfg, self.moe), deterministic)
+        x = Residual(cfg, name="mlp_block")(x, _mlp(cfg, self.moe, segment_ids), deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 

@@ -6,6 +6,8 @@ float32 router scores the E experts for every token; each token goes to its top-
 GShard, Lepikhin et al. 2020: k = 2, the two gates renormalised to sum to 1). Each expert holds
 at most C tokens of a group (a batch row), C = ceil(T · k · capacity_factor / E); tokens past
 that are dropped (their feed-forward output is zero, so the residual carries them unchanged).
+Padding tokens (segment id 0) are not routed: they take no slot and do not count in the
+auxiliary losses.
 
 Dispatch and combine are einsums over one-hot tensors (GShard, section 3.2), not a sort:
 
@@ -67,18 +69,20 @@ class Routing(NamedTuple):
     dropped: Array  # [] number of (token, choice) assignments past capacity
 
 
-def route(logits: Array, top_k: int, capacity_slots: int) -> Routing:
+def route(logits: Array, top_k: int, capacity_slots: int, real: Array | None = None) -> Routing:
     """Top-k routing with capacity: float32 logits [B, T, E] -> `Routing`.
 
     Slots are filled as in GShard's Algorithm 1: all first choices in token order, then all
     second choices, so a token loses its second expert before any token loses its first.
+    `real` [B, T] bool (default all): padding tokens choose no expert, so they take no slot.
     """
     b, t, e = logits.shape
+    real = jnp.ones((b, t), bool) if real is None else real
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [B T E]
     gates, experts = jax.lax.top_k(probs, top_k)  # [B T K]
     if top_k > 1:  # GShard: the k gates renormalised; Switch (k = 1) keeps the raw probability
         gates = gates / jnp.sum(gates, axis=-1, keepdims=True)
-    chosen = jax.nn.one_hot(experts, e, dtype=jnp.int32)  # [B T K E]
+    chosen = jax.nn.one_hot(experts, e, dtype=jnp.int32) * real[:, :, None, None]  # [B T K E]
     by_priority = jnp.swapaxes(chosen, 1, 2).reshape(b, top_k * t, e)  # [B K·T E], choice-major
     position = jnp.cumsum(by_priority, axis=1) - 1  # [B K·T E] slot index within each expert
     position = jnp.swapaxes(position.reshape(b, top_k, t, e), 1, 2)  # [B T K E]
@@ -88,26 +92,34 @@ def route(logits: Array, top_k: int, capacity_slots: int) -> Routing:
     chosen_f = chosen.astype(jnp.float32)
     dispatch = jnp.einsum("btke,btkc->btec", chosen_f, in_slot)  # [B T E C]
     combine = jnp.einsum("btk,btke,btkc->btec", gates, chosen_f, in_slot)  # [B T E C]
-    dropped = b * t * top_k - jnp.sum(dispatch)
+    dropped = jnp.sum(real) * top_k - jnp.sum(dispatch)
     return Routing(dispatch, combine, probs, experts[..., 0], dropped)
 
 
-def load_balance_loss(probs: Array, first_choice: Array) -> Array:
-    """Switch Transformer eq. 4 without α: E · Σ_i f_i · P_i over all tokens (1.0 when uniform).
+def _mean_over(x: Array, real: Array | None) -> Array:
+    """Mean of x [B T ...] over the real tokens (all when `real` is None) -> [...]."""
+    if real is None:
+        return jnp.mean(x, axis=(0, 1))
+    w = real.astype(jnp.float32).reshape(*real.shape, *(1,) * (x.ndim - 2))
+    return jnp.sum(x * w, axis=(0, 1)) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def load_balance_loss(probs: Array, first_choice: Array, real: Array | None = None) -> Array:
+    """Switch Transformer eq. 4 without α: E · Σ_i f_i · P_i over the (real) tokens (1.0 when uniform).
 
     probs [B T E] float32, first_choice [B T] int -> [] float32. f_i (a count) carries no
     gradient; P_i does, which pushes probability away from overloaded experts.
     """
     e = probs.shape[-1]
-    f = jnp.mean(jax.nn.one_hot(first_choice, e, dtype=jnp.float32), axis=(0, 1))  # [E]
-    p = jnp.mean(probs, axis=(0, 1))  # [E]
+    f = _mean_over(jax.nn.one_hot(first_choice, e, dtype=jnp.float32), real)  # [E]
+    p = _mean_over(probs, real)  # [E]
     return e * jnp.sum(f * p)
 
 
-def router_z_loss(logits: Array) -> Array:
-    """ST-MoE eq. 5 without c_z: mean over tokens of logsumexp(logits)², [B T E] -> [] float32.
+def router_z_loss(logits: Array, real: Array | None = None) -> Array:
+    """ST-MoE eq. 5 without c_z: mean over (real) tokens of logsumexp(logits)², [B T E] -> [] float32.
     Keeps the router logits small, where float32 softmax stays accurate."""
-    return jnp.mean(jnp.square(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)))
+    return _mean_over(jnp.square(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)), real)
 
 
 def _expert_init():
@@ -136,15 +148,18 @@ class MoEMLP(nn.Module):
     use_bias: bool = True
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, segment_ids: Array | None = None) -> Array:
+        """x [B T D] -> [B T D]; tokens with segment id 0 (padding) are not routed and do not count in
+        the auxiliary losses."""
         b, t, d = x.shape
+        real = None if segment_ids is None else segment_ids != 0  # [B T]
         e, f = self.num_experts, self.d_ff
         # The router in float32 with a 10x smaller initial scale (Switch section 2.4: selective
         # precision and a smaller initialisation keep routing stable), so it starts near uniform.
         router = self.param("router", partitioned(nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal"),
                                                   "embed", None), (d, e), self.param_dtype)
         logits = jnp.einsum("btd,de->bte", x.astype(jnp.float32), jnp.asarray(router, jnp.float32))  # [B T E]
-        routing = route(logits, self.top_k, capacity(t, e, self.top_k, self.capacity_factor))
+        routing = route(logits, self.top_k, capacity(t, e, self.top_k, self.capacity_factor), real)
 
         def weight(name, shape, axes, init=_expert_init()):
             return jnp.asarray(self.param(name, partitioned(init, *axes), shape, self.param_dtype), self.dtype)
@@ -167,11 +182,12 @@ class MoEMLP(nn.Module):
         out = nn.with_logical_constraint(out + bias("wo_bias", d, "embed"), ("expert", "expert_batch", None, "embed"))
         y = jnp.einsum("btec,ebcd->btd", routing.combine.astype(self.dtype), out)  # [B T D]
 
-        balance = load_balance_loss(routing.probs, routing.first_choice)
-        z = router_z_loss(logits)
+        balance = load_balance_loss(routing.probs, routing.first_choice, real)
+        z = router_z_loss(logits, real)
         self.sow(AUX_LOSS, "load_balance", self.load_balance_weight * balance)
         self.sow(AUX_LOSS, "router_z", self.z_loss_weight * z)
         self.sow(METRICS, "load_balance", balance)
         self.sow(METRICS, "router_z", z)
-        self.sow(METRICS, "dropped_fraction", routing.dropped / (b * t * self.top_k))
+        assignments = b * t * self.top_k if real is None else jnp.maximum(jnp.sum(real), 1) * self.top_k
+        self.sow(METRICS, "dropped_fraction", routing.dropped / assignments)
         return y
