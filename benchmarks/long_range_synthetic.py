@@ -131,7 +131,7 @@ def main(argv=None) -> dict[str, Any]:
             row.update(status="error", error=common.short_error(err))
             print(f"{variant} failed: {row['error']}", flush=True)
         results.put(row)
-        results.save(csv_path, png_path, title, chance=10.0)
+        results.save(csv_path, png_path, title, {"chance": 10.0})
     print(common.format_table(results.rows, COLUMNS))
     print(f"wrote {json_path}, {csv_path} and {png_path}")
     return {"settings": settings, "rows": results.rows}

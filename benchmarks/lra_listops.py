@@ -218,8 +218,9 @@ def classifier_row(out: dict, batch: int, offset_minutes: float = 0.0) -> dict[s
             "steps_per_s": statistics.median(out["rates"]) / batch if out["rates"] else None, "curve": curve}
 
 
-def plot(rows: list[dict], path: str, title: str, chance: float) -> None:
-    """Validation accuracy against training minutes and against steps, one line per row."""
+def plot(rows: list[dict], path: str, title: str, references: dict[str, float]) -> None:
+    """Validation accuracy against training minutes and against steps, one line per row, and the
+    `references` (label -> accuracy %) as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,7 +235,8 @@ def plot(rows: list[dict], path: str, title: str, chance: float) -> None:
         axes[0].plot([p["minutes"] for p in curve], [p["val_accuracy"] for p in curve], marker=".", label=label)
         axes[1].plot([p["step"] for p in curve], [p["val_accuracy"] for p in curve], marker=".", label=label)
     for ax, xlabel in zip(axes, ("training minutes (SPT rows: pretraining included)", "steps (SPT: fine-tuning)")):
-        ax.axhline(chance, color="grey", linestyle="--", linewidth=0.8)
+        for (label, value), shade in zip(references.items(), ("grey", "black")):
+            ax.axhline(value, color=shade, linestyle="--", linewidth=0.8, label=label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation accuracy %")
         ax.grid(alpha=0.3)
@@ -272,7 +274,7 @@ class Results:
     def put(self, row: dict) -> None:
         self._mine[row["row"]] = row
 
-    def save(self, csv_path: str, png_path: str | None, title: str, chance: float) -> None:
+    def save(self, csv_path: str, png_path: str | None, title: str, references: dict[str, float]) -> None:
         folder = os.path.dirname(os.path.abspath(self.json_path))
         os.makedirs(folder, exist_ok=True)
         lock = os.open(folder, os.O_RDONLY)  # flock on the folder: no lock file left beside the results
@@ -288,7 +290,7 @@ class Results:
         if png_path and importlib.util.find_spec("matplotlib") is None:
             print(f"matplotlib is not installed (pip install -e '.[bench]'): {png_path} not written")
         elif png_path:
-            plot(self.rows, png_path, title, chance)
+            plot(self.rows, png_path, title, references)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,6 +331,35 @@ def run_row(args, variant: str, spt: bool) -> dict[str, Any]:
     return {**row, **classifier_row(run_budgeted(fine, workdir), args.batch, offset_minutes=pretrain["train_minutes"])}
 
 
+def first_token_baselines(dataset: str, data_dir: str = "") -> dict[str, dict[str, float]]:
+    """Per evaluation split, the accuracy % of two rules fitted on the training split (its first 20k
+    expressions): the most frequent label, and the most frequent label per outermost operator (the
+    first token). The second is what a model reading only the first token reaches: ~37 % on LRA
+    ListOps, the level of LRA Table 1's Transformer."""
+    import collections
+
+    from transformer_jax.data.sources import open_source
+
+    def rows(split: str, limit: int | None = None):
+        source = open_source(dataset, split, data_dir=data_dir or None)
+        for i in range(len(source) if limit is None else min(limit, len(source))):
+            record = source[i]
+            text = record["text"].decode() if isinstance(record["text"], bytes) else record["text"]
+            yield text.split(maxsplit=1)[0], int(record["label"])
+
+    per_op: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for op, label in rows("train", 20_000):
+        per_op[op][label] += 1
+    overall = sum(per_op.values(), collections.Counter()).most_common(1)[0][0]
+    rule = {op: counts.most_common(1)[0][0] for op, counts in per_op.items()}
+    out = {}
+    for split in ("validation", "test"):
+        pairs = list(rows(split))
+        out[split] = {"majority": 100 * sum(label == overall for _, label in pairs) / len(pairs),
+                      "first_token": 100 * sum(rule.get(op, overall) == label for op, label in pairs) / len(pairs)}
+    return out
+
+
 COLUMNS = [("row", "row", ""), ("encoder_attention", "attention", ""), ("steps", "steps", ""),
            ("train_minutes", "minutes", ".1f"), ("best_val_accuracy", "best val %", ".2f"),
            ("test_accuracy", "test acc %", ".2f"), ("steps_per_s", "steps/s", ".3f"),
@@ -356,6 +387,11 @@ def main(argv=None) -> dict[str, Any]:
               "budget": "equal training minutes per row: the loop's wall clock after compilation (evaluation and "
                         "checkpoints included, periodic evaluation not); SPT rows split it between pretraining and fine-tuning",
               "paper": "Tay et al. 2021, Long Range Arena, Table 1 (ListOps test accuracy)"}
+    baselines = first_token_baselines(BUILDER_CONFIGS[args.builder_config], args.data_dir)
+    header["baselines"] = {"what": "accuracy % of the most frequent label (majority) and of the most frequent "
+                                   "label per outermost operator, counted on the first 20k training "
+                                   "expressions (first_token: what reading the first token alone gives)",
+                           **baselines}
     results = Results(json_path, header, fresh=args.fresh)
     title = (f"ListOps ({BUILDER_CONFIGS[args.builder_config]}), {args.budget_minutes:g} min per row, "
              f"{env['device_kind']}")
@@ -372,7 +408,8 @@ def main(argv=None) -> dict[str, Any]:
                    "error": common.short_error(err)}
             print(f"{name} failed: {row['error']}", flush=True)
         results.put(row)
-        results.save(csv_path, png_path, title, chance=10.0)
+        results.save(csv_path, png_path, title, {"majority class (validation)": baselines["validation"]["majority"],
+                                                 "first-token rule (validation)": baselines["validation"]["first_token"]})
     print(common.format_table(results.rows, COLUMNS))
     print(f"wrote {json_path}, {csv_path} and {png_path}")
     return {"settings": settings, "rows": results.rows}

@@ -69,6 +69,8 @@ def test_lra_listops_tiny_budgeted_and_resumable(tmp_path, capsys):
     assert 0.0 <= row["test_accuracy"] <= 100.0 and row["steps_per_s"] > 0
     assert [p["step"] for p in row["curve"]] == [2] and 0 < row["train_minutes"] < 5
     assert data["settings"]["budget_minutes"] == 5 and data["environment"]["jax"]
+    base = data["baselines"]["test"]  # the first token alone does at least as well as the majority label
+    assert 0 < base["majority"] <= base["first_token"] <= 100
     if importlib.util.find_spec("matplotlib"):  # the bench extra; CI installs only the test one
         assert os.path.getsize(tmp_path / "lra.png") > 0
     capsys.readouterr()
