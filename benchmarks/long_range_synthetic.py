@@ -126,7 +126,7 @@ def main(argv=None) -> dict[str, Any]:
                                "recipe": recipe_of(config)}
         try:
             out = run_budgeted(config, os.path.join(args.workdir, variant))
-            row.update(classifier_row(out, args.batch), status="done")
+            row.update(classifier_row(out), status="done")
         except Exception as err:  # noqa: BLE001 - record the failure, go on with the other variants
             row.update(status="error", error=common.short_error(err))
             print(f"{variant} failed: {row['error']}", flush=True)

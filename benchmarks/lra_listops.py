@@ -51,7 +51,6 @@ import importlib.util
 import json
 import os
 import shutil
-import statistics
 import sys
 from typing import Any
 
@@ -197,17 +196,17 @@ def run_budgeted(config, workdir: str) -> dict[str, Any]:
         by_step.setdefault(r["step"], {}).update(r)
     curve = [{"step": s, "minutes": r["train_seconds"] / 60, "val_accuracy": 100 * r["eval_accuracy"],
               "val_loss": r["eval_loss"]} for s, r in sorted(by_step.items()) if "eval_accuracy" in r]
-    rates = [r["tokens_per_sec"] for s, r in sorted(by_step.items()) if "tokens_per_sec" in r]
     result = {}
     if os.path.exists(os.path.join(workdir, "eval.json")):
         with open(os.path.join(workdir, "eval.json")) as f:
             result = json.load(f)
     return {"steps": int(summary["step"]), "train_minutes": summary["train_seconds"] / 60, "curve": curve,
-            "rates": rates[1:] or rates, "test": result}
+            "test": result}
 
 
-def classifier_row(out: dict, batch: int, offset_minutes: float = 0.0) -> dict[str, Any]:
-    """The columns of a classification run: test accuracy of the best validation checkpoint, speed."""
+def classifier_row(out: dict, offset_minutes: float = 0.0) -> dict[str, Any]:
+    """The columns of a classification run: test accuracy of the best validation checkpoint, and
+    speed as steps per second of training time (the budget's clock: evaluation not counted)."""
     test = out["test"]
     curve = [{**p, "minutes": p["minutes"] + offset_minutes} for p in out["curve"]]
     best = max(curve, key=lambda p: p["val_accuracy"]) if curve else {}
@@ -215,7 +214,8 @@ def classifier_row(out: dict, batch: int, offset_minutes: float = 0.0) -> dict[s
             "test_accuracy": 100 * test["accuracy"] if "accuracy" in test else None,
             "test_examples": int(test["tokens"]) if "tokens" in test else None,
             "best_step": test.get("checkpoint_step"), "best_val_accuracy": best.get("val_accuracy"),
-            "steps_per_s": statistics.median(out["rates"]) / batch if out["rates"] else None, "curve": curve}
+            "steps_per_s": out["steps"] / (60 * out["train_minutes"]) if out["train_minutes"] else None,
+            "curve": curve}
 
 
 def plot(rows: list[dict], path: str, title: str, references: dict[str, float]) -> None:
@@ -323,12 +323,12 @@ def run_row(args, variant: str, spt: bool) -> dict[str, Any]:
                            "paper_test_accuracy": paper_acc, "encoder_attention": repr(fine.model.encoder_attention),
                            "recipe": row_recipe(args, variant, spt)}
     if pre is None:
-        return {**row, **classifier_row(run_budgeted(fine, workdir), args.batch)}
+        return {**row, **classifier_row(run_budgeted(fine, workdir))}
     pretrain = run_budgeted(pre, workdir + "-pretrain")
     row.update(pretrain_steps=pretrain["steps"], pretrain_minutes=pretrain["train_minutes"],
                pretrain_curve=pretrain["curve"],
                pretrain_masked_accuracy=pretrain["curve"][-1]["val_accuracy"] if pretrain["curve"] else None)
-    return {**row, **classifier_row(run_budgeted(fine, workdir), args.batch, offset_minutes=pretrain["train_minutes"])}
+    return {**row, **classifier_row(run_budgeted(fine, workdir), offset_minutes=pretrain["train_minutes"])}
 
 
 def first_token_baselines(dataset: str, data_dir: str = "") -> dict[str, dict[str, float]]:
@@ -392,13 +392,18 @@ def main(argv=None) -> dict[str, Any]:
                                    "label per outermost operator, counted on the first 20k training "
                                    "expressions (first_token: what reading the first token alone gives)",
                            **baselines}
+    references = {"majority class (validation)": baselines["validation"]["majority"],
+                  "first-token rule (validation)": baselines["validation"]["first_token"]}
     results = Results(json_path, header, fresh=args.fresh)
     title = (f"ListOps ({BUILDER_CONFIGS[args.builder_config]}), {args.budget_minutes:g} min per row, "
              f"{env['device_kind']}")
     for variant, spt in rows:
         name = f"{variant}+spt" if spt else variant
-        if results.done(name, row_recipe(args, variant, spt)):
+        kept = results.done(name, row_recipe(args, variant, spt))
+        if kept:
             print(f"=== {name}: finished earlier, kept", flush=True)
+            fine_minutes = kept["train_minutes"] - kept.get("pretrain_minutes", 0.0)
+            results.put({**kept, "steps_per_s": kept["steps"] / (60 * fine_minutes)})  # as classifier_row
             continue
         print(f"=== {name}: {attention(variant, args)!r}, {args.budget_minutes:g} min", flush=True)
         try:
@@ -408,8 +413,8 @@ def main(argv=None) -> dict[str, Any]:
                    "error": common.short_error(err)}
             print(f"{name} failed: {row['error']}", flush=True)
         results.put(row)
-        results.save(csv_path, png_path, title, {"majority class (validation)": baselines["validation"]["majority"],
-                                                 "first-token rule (validation)": baselines["validation"]["first_token"]})
+        results.save(csv_path, png_path, title, references)
+    results.save(csv_path, png_path, title, references)  # kept rows too (refreshed columns, header)
     print(common.format_table(results.rows, COLUMNS))
     print(f"wrote {json_path}, {csv_path} and {png_path}")
     return {"settings": settings, "rows": results.rows}
