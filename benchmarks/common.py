@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import importlib.util
 import io
 import json
 import math
@@ -86,6 +87,14 @@ def _clean(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def load_module(path: str, name: str):
+    """The Python file at `path` imported as module `name` (configs, a peer's model code)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_json(path: str, obj: Any) -> None:

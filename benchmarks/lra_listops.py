@@ -134,10 +134,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("_bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return common.load_module(path, "_bench_config").get_config()
 
 
 def inverse_sqrt_scale(peak_lr: float, d_model: int, warmup: int) -> float:
@@ -205,8 +202,8 @@ def run_budgeted(config, workdir: str) -> dict[str, Any]:
 
 
 def classifier_row(out: dict, offset_minutes: float = 0.0) -> dict[str, Any]:
-    """The columns of a classification run: test accuracy of the best validation checkpoint, and
-    speed as steps per second of training time (the budget's clock: evaluation not counted)."""
+    """The columns of a classification run: test accuracy of the best validation checkpoint, steps,
+    training minutes (steps/s is derived from these when the results are saved: `with_speed`)."""
     test = out["test"]
     curve = [{**p, "minutes": p["minutes"] + offset_minutes} for p in out["curve"]]
     best = max(curve, key=lambda p: p["val_accuracy"]) if curve else {}
@@ -214,8 +211,14 @@ def classifier_row(out: dict, offset_minutes: float = 0.0) -> dict[str, Any]:
             "test_accuracy": 100 * test["accuracy"] if "accuracy" in test else None,
             "test_examples": int(test["tokens"]) if "tokens" in test else None,
             "best_step": test.get("checkpoint_step"), "best_val_accuracy": best.get("val_accuracy"),
-            "steps_per_s": out["steps"] / (60 * out["train_minutes"]) if out["train_minutes"] else None,
             "curve": curve}
+
+
+def with_speed(row: dict) -> dict:
+    """The row with steps/s of training time (the budget's clock: evaluation not counted); an SPT
+    row's steps and speed are its fine-tuning's."""
+    minutes = row.get("train_minutes", 0.0) - row.get("pretrain_minutes", 0.0)
+    return {**row, "steps_per_s": row["steps"] / (60 * minutes)} if "steps" in row and minutes > 0 else row
 
 
 def plot(rows: list[dict], path: str, title: str, references: dict[str, float]) -> None:
@@ -281,7 +284,7 @@ class Results:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             rows = [r for r in self._on_disk() if r["row"] not in self._mine]
-            self.rows = rows + list(self._mine.values())
+            self.rows = [with_speed(r) for r in rows + list(self._mine.values())]
             common.write_json(self.json_path, {**self.header, "rows": self.rows})
         finally:
             os.close(lock)
@@ -399,11 +402,8 @@ def main(argv=None) -> dict[str, Any]:
              f"{env['device_kind']}")
     for variant, spt in rows:
         name = f"{variant}+spt" if spt else variant
-        kept = results.done(name, row_recipe(args, variant, spt))
-        if kept:
+        if results.done(name, row_recipe(args, variant, spt)):
             print(f"=== {name}: finished earlier, kept", flush=True)
-            fine_minutes = kept["train_minutes"] - kept.get("pretrain_minutes", 0.0)
-            results.put({**kept, "steps_per_s": kept["steps"] / (60 * fine_minutes)})  # as classifier_row
             continue
         print(f"=== {name}: {attention(variant, args)!r}, {args.budget_minutes:g} min", flush=True)
         try:
@@ -414,7 +414,7 @@ def main(argv=None) -> dict[str, Any]:
             print(f"{name} failed: {row['error']}", flush=True)
         results.put(row)
         results.save(csv_path, png_path, title, references)
-    results.save(csv_path, png_path, title, references)  # kept rows too (refreshed columns, header)
+    results.save(csv_path, png_path, title, references)  # the header and plot, also when every row was kept
     print(common.format_table(results.rows, COLUMNS))
     print(f"wrote {json_path}, {csv_path} and {png_path}")
     return {"settings": settings, "rows": results.rows}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import os
 import statistics
 import sys
@@ -69,13 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
     return args
-
-
-def load_peer(path: str):
-    spec = importlib.util.spec_from_file_location("_peer_wmt_models", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def ours(args):
@@ -192,7 +184,7 @@ def main(argv=None) -> dict[str, Any]:
     env = common.environment()
     side = args.peak_matmul
     peaks = [common.matmul_flops_per_s(side, side, side, "float32")]
-    models = load_peer(args.peer_models)
+    models = common.load_module(args.peer_models, "_peer_wmt_models")
     step, state, batch, cfg, mesh = ours(args)
     sides = [Side("ours", step, state, batch, mesh)]
     for rate in args.peer_attention_dropout:
