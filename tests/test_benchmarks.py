@@ -151,3 +151,22 @@ def test_peer_wmt_times_both_sides_with_a_stand_in_peer(tmp_path):
     for row in res["rows"]:
         assert len(row["step_s_rounds"]) == 2 and row["step_s"] > 0 and 0 < row["vs_matmul_peak"]
     assert _strict_json(out)["peer"]["models_py_sha256"] == __import__("hashlib").sha256(peer.read_bytes()).hexdigest()
+
+
+def test_blockwise_kernel_counts_the_tiles_it_times(tmp_path):
+    from benchmarks import blockwise_kernel
+    from transformer_jax.attention import BlockSparse, Windowed, blockwise
+
+    # Windowed(16) over 256 tokens: 16 blocks of 16 rows, each reading 3 key blocks (edges masked)
+    assert blockwise_kernel.tiles(Windowed(16), 256) == (16 * 3 * 16 * 16, 16, Windowed(16).keys_per_query(256, False))
+    # BlockSparse(16, 3, 2, 3) over 256: 14 non-global blocks x 8 key blocks, 2 global blocks x all keys
+    assert blockwise_kernel.tiles(BlockSparse(16, 3, 2, 3), 256)[0] == 14 * 8 * 16 * 16 + 2 * 16 * 256
+    out = str(tmp_path / "k.json")
+    res = blockwise_kernel.main(["--n", "256", "--heads", "2", "--window", "16", "--block-size", "16",
+                                 "--chunk-rows", "32,64", "--rounds", "1", "--json", out])
+    assert blockwise.CHUNK_ROWS is None  # restored: later traces use the per-backend default
+    assert [(r["pattern"], r["chunk_rows"]) for r in res["rows"]] == [
+        ("windowed", 32), ("windowed", 64), ("block_sparse", 32), ("block_sparse", 64)]
+    for r in res["rows"]:
+        assert r["fwd_bwd_s"] > 0 and 0 < r["useful_vs_peak"] < r["executed_vs_peak"]
+    assert _strict_json(out)["rows"] == res["rows"]

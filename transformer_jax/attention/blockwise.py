@@ -37,7 +37,18 @@ from transformer_jax.attention.base import einsum_f32
 
 # Internal column kinds (see module docstring).
 _SHARED, _DIAG, _GATHER = "shared", "diag", "gather"
-CHUNK_ROWS = 4096  # query rows per step of the chunk loop (see `blockwise_attention`)
+CHUNK_ROWS: int | None = None  # query rows per step of the chunk loop; None: `chunk_rows()` per backend
+
+
+def chunk_rows() -> int:
+    """Query rows per step of the chunk loop. On a CPU, 512: a step's score tiles (rows x heads x
+    block_k floats) then stay in cache; windowed fwd+bwd at n = 16384, 8 heads, takes 665 ms instead
+    of 826 ms with 4096 rows, block-sparse 1176 ms instead of 1426 ms (2-core CPU,
+    benchmarks/results/blockwise_kernel_cpu.json). On accelerators, 4096: enough rows per step to
+    fill the device."""
+    if CHUNK_ROWS is not None:
+        return CHUNK_ROWS
+    return 512 if jax.default_backend() == "cpu" else 4096
 
 
 def cdiv(a: int, b: int) -> int:
@@ -140,34 +151,42 @@ def _scores(g: _Group, qb, k_t, scale):
     return einsum_f32(eq, qb, k_t) * scale  # [B, nq, N, bq, bk]
 
 
-def _chunks(plan: _Plan, *arrays):
-    """[B, nq, ...] -> [nc, B, chunk, ...] for the chunk loop (lax.map / lax.scan over axis 0)."""
+def _chunk_tables(plan: _Plan):
+    """Each group's table columns per chunk of query blocks: [nc, m, chunk] (indexed by chunk id)."""
     nc = plan.nq // plan.chunk
-    return tuple(jnp.moveaxis(a.reshape(a.shape[0], nc, plan.chunk, *a.shape[2:]), 1, 0) for a in arrays)
+    return tuple(jnp.asarray(g.table.reshape(len(g.keys), nc, plan.chunk).transpose(1, 0, 2)) for g in plan.groups)
 
 
-def _unchunk(a):
-    """[nc, B, chunk, ...] -> [B, nc * chunk, ...]."""
-    a = jnp.moveaxis(a, 0, 1)
-    return a.reshape(a.shape[0], -1, *a.shape[3:])
+def _over_chunks(plan: _Plan, body, outs, carry=()):
+    """Run body(c, slice, carry) -> (chunk outputs, carry) for each chunk c of query blocks.
 
-
-def _chunk_xs(plan: _Plan):
-    """Per chunk: its index and each group's table columns restricted to its query blocks."""
+    `slice(a)` cuts chunk c out of a [B, nq, ...] array. Each chunk's outputs are written in place
+    into `outs` (full [B, nq, ...] buffers) by dynamic_update_slice in the loop carry, so neither
+    the inputs nor the outputs are ever copied into a chunk-major layout. One chunk: no loop at all.
+    """
     nc = plan.nq // plan.chunk
-    tables = tuple(jnp.asarray(g.table.reshape(len(g.keys), nc, plan.chunk).transpose(1, 0, 2))
-                   for g in plan.groups)  # each [nc, m, chunk]
-    return jnp.arange(nc, dtype=jnp.int32), tables
+
+    def step(c, state):
+        outs, carry = state
+        start = c * plan.chunk
+        chunk_outs, carry = body(c, lambda a: lax.dynamic_slice_in_dim(a, start, plan.chunk, 1), carry)
+        outs = tuple(lax.dynamic_update_slice_in_dim(o, x.astype(o.dtype), start, 1) for o, x in zip(outs, chunk_outs))
+        return outs, carry
+
+    if nc == 1:
+        chunk_outs, carry = body(jnp.int32(0), lambda a: a, carry)
+        return tuple(x.astype(o.dtype) for o, x in zip(outs, chunk_outs)), carry
+    return lax.fori_loop(0, nc, step, (outs, carry))
 
 
 def _forward(plan: _Plan, qb, kb, vb, qs, ks):
     """Online softmax over the table columns, one chunk of query blocks at a time."""
     B, _, N, bq, H = qb.shape
     scale = 1.0 / np.sqrt(H)
-    qb_c, qs_c = _chunks(plan, qb, qs)
+    tables = _chunk_tables(plan)
 
-    def one_chunk(xs):
-        c, qb, qs, tables = xs
+    def one_chunk(c, sl, carry):
+        qb_c, qs_c = sl(qb), sl(qs)
         qb0 = plan.q_offset // plan.bq + c * plan.chunk
         m = jnp.full((B, plan.chunk, N, bq), -jnp.inf, jnp.float32)  # running row max
         l = jnp.zeros((B, plan.chunk, N, bq), jnp.float32)  # running normaliser
@@ -177,7 +196,7 @@ def _forward(plan: _Plan, qb, kb, vb, qs, ks):
             def step(carry, x, g=g):
                 m, l, acc = carry
                 k_t, v_t, ks_t = _fetch(plan, g, x, kb, vb, ks, qb0)
-                s = jnp.where(_tile_mask(plan, g, x, qs, ks_t, qb0), _scores(g, qb, k_t, scale), -jnp.inf)
+                s = jnp.where(_tile_mask(plan, g, x, qs_c, ks_t, qb0), _scores(g, qb_c, k_t, scale), -jnp.inf)
                 m_new = jnp.maximum(m, s.max(-1))
                 m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # rows that have seen nothing yet
                 p = jnp.exp(s - m_safe[..., None])  # [B, chunk, N, bq, bk], 0 where masked
@@ -186,15 +205,15 @@ def _forward(plan: _Plan, qb, kb, vb, qs, ks):
                 pv = einsum_f32(eq, p.astype(v_t.dtype), v_t)
                 return (m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv), None
 
-            (m, l, acc), _ = lax.scan(step, (m, l, acc), (jnp.asarray(g.keys), table))
+            (m, l, acc), _ = lax.scan(step, (m, l, acc), (jnp.asarray(g.keys), table[c]))
         empty = l == 0.0  # rows that see no key output zeros, as `Dense` does
         out = acc / jnp.where(empty, 1.0, l)[..., None]
         lse = jnp.where(empty, 0.0, jnp.where(m == -jnp.inf, 0.0, m) + jnp.log(jnp.where(empty, 1.0, l)))
-        return out.astype(vb.dtype), lse
+        return (out, lse), carry
 
-    c, tables = _chunk_xs(plan)
-    out, lse = lax.map(one_chunk, (c, qb_c, qs_c, tables))
-    return _unchunk(out), _unchunk(lse)
+    outs = (jnp.zeros(qb.shape, vb.dtype), jnp.zeros(qb.shape[:-1], jnp.float32))
+    (out, lse), _ = _over_chunks(plan, one_chunk, outs)
+    return out, lse
 
 
 def _backward(plan: _Plan, res, do):
@@ -203,26 +222,27 @@ def _backward(plan: _Plan, res, do):
     H = qb.shape[-1]
     scale = 1.0 / np.sqrt(H)
     delta = jnp.sum(do.astype(jnp.float32) * ob.astype(jnp.float32), -1)  # [B, nq, N, bq]
+    tables = _chunk_tables(plan)
 
-    def one_chunk(carry, xs):
+    def one_chunk(c, sl, carry):
         dk, dv = carry
-        c, qb, qs, do, lse, delta, tables = xs
+        qb_c, qs_c, do_c, lse_c, delta_c = sl(qb), sl(qs), sl(do), sl(lse), sl(delta)
         qb0 = plan.q_offset // plan.bq + c * plan.chunk
-        dq = jnp.zeros(qb.shape, jnp.float32)
+        dq = jnp.zeros(qb_c.shape, jnp.float32)
         for g, table in zip(plan.groups, tables):
 
             def step(carry, x, g=g):
                 dq, dk, dv = carry
                 k_t, v_t, ks_t = _fetch(plan, g, x, kb, vb, ks, qb0)
-                s = jnp.where(_tile_mask(plan, g, x, qs, ks_t, qb0), _scores(g, qb, k_t, scale), -jnp.inf)
-                p = jnp.exp(s - lse[..., None])  # [B, chunk, N, bq, bk], 0 where masked
+                s = jnp.where(_tile_mask(plan, g, x, qs_c, ks_t, qb0), _scores(g, qb_c, k_t, scale), -jnp.inf)
+                p = jnp.exp(s - lse_c[..., None])  # [B, chunk, N, bq, bk], 0 where masked
                 shared = g.kind == _SHARED
                 kv_out = "bnsh" if shared else "bqnsh"
-                dv_t = einsum_f32(f"bqnts,bqnth->{kv_out}", p.astype(do.dtype), do)
-                dp = einsum_f32(f"bqnth,{kv_out}->bqnts", do, v_t)
-                ds = p * (dp - delta[..., None])  # d loss / d scores
+                dv_t = einsum_f32(f"bqnts,bqnth->{kv_out}", p.astype(do_c.dtype), do_c)
+                dp = einsum_f32(f"bqnth,{kv_out}->bqnts", do_c, v_t)
+                ds = p * (dp - delta_c[..., None])  # d loss / d scores
                 dq = dq + einsum_f32(f"bqnts,{kv_out}->bqnth", ds.astype(k_t.dtype), k_t) * scale
-                dk_t = einsum_f32(f"bqnts,bqnth->{kv_out}", ds.astype(qb.dtype), qb) * scale
+                dk_t = einsum_f32(f"bqnts,bqnth->{kv_out}", ds.astype(qb_c.dtype), qb_c) * scale
                 key, col = x
                 if shared:
                     j = key + plan.pad_lo
@@ -237,13 +257,12 @@ def _backward(plan: _Plan, res, do):
                     dk, dv = dk.at[:, idx].add(dk_t), dv.at[:, idx].add(dv_t)
                 return (dq, dk, dv), None
 
-            (dq, dk, dv), _ = lax.scan(step, (dq, dk, dv), (jnp.asarray(g.keys), table))
-        return (dk, dv), dq
+            (dq, dk, dv), _ = lax.scan(step, (dq, dk, dv), (jnp.asarray(g.keys), table[c]))
+        return (dq,), (dk, dv)
 
-    c, tables = _chunk_xs(plan)
-    dk0, dv0 = jnp.zeros(kb.shape, jnp.float32), jnp.zeros(vb.shape, jnp.float32)
-    (dk, dv), dq = lax.scan(one_chunk, (dk0, dv0), (c, *_chunks(plan, qb, qs, do, lse, delta), tables))
-    return _unchunk(dq).astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype), None, None
+    dkv0 = (jnp.zeros(kb.shape, jnp.float32), jnp.zeros(vb.shape, jnp.float32))
+    (dq,), (dk, dv) = _over_chunks(plan, one_chunk, (jnp.zeros(qb.shape, qb.dtype),), dkv0)
+    return dq, dk.astype(kb.dtype), dv.astype(vb.dtype), None, None
 
 
 def _core(plan: _Plan):
@@ -285,9 +304,9 @@ def blockwise_attention(q: Array, k: Array, v: Array, table: np.ndarray, *, bloc
     nq, nk = cdiv(T, block_q), cdiv(S, block_k)
     if table.shape[0] != nq:
         raise ValueError(f"table must have one row per query block ({nq}); got shape {table.shape}")
-    # Query blocks go through in chunks of about CHUNK_ROWS rows: every step then touches a
+    # Query blocks go through in chunks of about `chunk_rows()` rows: every step then touches a
     # bounded working set that stays in cache, and time stays linear in n on CPUs as well.
-    chunk = min(nq, max(1, CHUNK_ROWS // block_q))
+    chunk = min(nq, max(1, chunk_rows() // block_q))
     nq_pad = cdiv(nq, chunk) * chunk
     table = np.concatenate([table, np.full((nq_pad - nq, table.shape[1]), -1, table.dtype)])
     plan = _make_plan(table, block_q, block_k, nk, q_offset, causal, window, chunk)

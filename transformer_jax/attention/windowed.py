@@ -58,14 +58,18 @@ class Windowed:
         reach = np.minimum(d, self.window) + (0 if causal else np.minimum(n - 1 - d, self.window)) + 1
         return float(reach.mean())
 
+    def block_table(self, n: int, causal: bool = False) -> tuple[int, np.ndarray]:
+        """(block size b, [ceil(n / b), m] key blocks per query block, -1 = none) for length n."""
+        b = window_block_size(self.window, n)
+        nb, r = cdiv(n, b), cdiv(self.window, b)
+        blocks = np.arange(nb)[:, None] + np.arange(-r, 1 if causal else r + 1)[None, :]  # [nb, m]
+        return b, np.where((blocks >= 0) & (blocks < nb), blocks, -1)
+
     def __call__(self, q: Array, k: Array, v: Array, *, causal: bool = False,
                  q_segment_ids: Array | None = None, kv_segment_ids: Array | None = None) -> Array:
         check_qkv(q, k, v, q_segment_ids, kv_segment_ids)
         n = q.shape[1]
         _check_self("Windowed", n, k.shape[1])
-        b = window_block_size(self.window, n)
-        nb, r = cdiv(n, b), cdiv(self.window, b)
-        blocks = np.arange(nb)[:, None] + np.arange(-r, 1 if causal else r + 1)[None, :]  # [nb, m]
-        table = np.where((blocks >= 0) & (blocks < nb), blocks, -1)
+        b, table = self.block_table(n, causal)
         return blockwise_attention(q, k, v, table, block_q=b, block_k=b, causal=causal, window=self.window,
                                    q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
