@@ -99,6 +99,17 @@ def test_loss_matches_float64_reference(smoothing, z_loss):
     loss = -np.sum(soft * log_p, -1) - entropy + z_loss * log_z ** 2
     np.testing.assert_allclose(float(out["loss"]), np.sum(loss * weights), rtol=1e-5)
     np.testing.assert_allclose(float(out["weight"]), weights.sum())
+    onehot = np.zeros(logits.shape)
+    np.put_along_axis(onehot, targets[..., None], 1.0, axis=-1)
+    np.testing.assert_allclose(float(out["nll"]), np.sum(-np.sum(onehot * log_p, -1) * weights), rtol=1e-5)
+    np.testing.assert_allclose(float(out["correct"]), np.sum((logits.argmax(-1) == targets) * weights))
+    # the custom VJP against the closed form: dL/dx = w·(p·(1 + 2·z·logZ) - soft), dNLL/dx = w·(p - onehot)
+    p = np.exp(log_p)
+    for key, want in (("loss", p * (1 + 2 * z_loss * log_z[..., None]) - soft), ("nll", p - onehot)):
+        got = jax.grad(lambda x, key=key: cross_entropy_sums(x, jnp.asarray(targets), jnp.asarray(weights),
+                                                             label_smoothing=smoothing, z_loss=z_loss)[key])(
+            jnp.asarray(logits, jnp.float32))
+        np.testing.assert_allclose(np.asarray(got), want * weights[..., None], atol=2e-6)
 
 
 def test_gradient_accumulation_equals_one_large_batch():
