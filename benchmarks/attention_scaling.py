@@ -268,9 +268,9 @@ def main(argv=None) -> None:
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--error-max-n", type=int, default=1024, help="check max error vs dense up to this n")
     p.add_argument("--slope-min-n", type=int, default=2048, help="also fit the slope over n >= this")
-    p.add_argument("--json", default="benchmarks/results/attention_scaling.json")
-    p.add_argument("--csv", default="benchmarks/results/attention_scaling.csv")
-    p.add_argument("--png", default="benchmarks/results/attention_scaling.png")
+    p.add_argument("--json", default=f"benchmarks/results/attention_scaling_{jax.default_backend()}.json")
+    p.add_argument("--csv", default=f"benchmarks/results/attention_scaling_{jax.default_backend()}.csv")
+    p.add_argument("--png", default=f"benchmarks/results/attention_scaling_{jax.default_backend()}.png")
     args = p.parse_args(argv)
     unknown = set(args.variants) - set(ALL_VARIANTS)
     if unknown:
