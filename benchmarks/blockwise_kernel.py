@@ -23,17 +23,13 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common
 from transformer_jax.attention import BlockSparse, Windowed, blockwise
+from transformer_jax.attention.blockwise import cdiv
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MATMULS_FWD_BWD = 7  # QK, PV forward; QK (recomputed), dV, dP, dQ, dK backward
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def tiles(spec, n: int) -> tuple[int, int, float]:
@@ -81,13 +77,15 @@ def main(argv=None) -> dict:
     q, k, v = (jax.random.normal(jax.random.key(i), (B, n, N, H)) for i in range(3))
 
     peaks = [common.matmul_flops_per_s(2048, 2048, 2048, "float32")["flops_per_s"]]
-    compiled = {}
-    for name, spec in specs.items():
-        for c in chunk_rows:
-            blockwise.CHUNK_ROWS = c  # read at trace time
-            f = jax.jit(jax.grad(lambda q, k, v, spec=spec: jnp.sum(spec(q, k, v) * v), argnums=(0, 1, 2)))
-            compiled[name, c] = f.lower(q, k, v).compile()
-    blockwise.CHUNK_ROWS = None
+    compiled, saved = {}, blockwise.CHUNK_ROWS
+    try:
+        for name, spec in specs.items():
+            for c in chunk_rows:
+                blockwise.CHUNK_ROWS = c  # read at trace time
+                f = jax.jit(jax.grad(lambda q, k, v, spec=spec: jnp.sum(spec(q, k, v) * v), argnums=(0, 1, 2)))
+                compiled[name, c] = f.lower(q, k, v).compile()
+    finally:
+        blockwise.CHUNK_ROWS = saved
     best = {key: float("inf") for key in compiled}
     for _ in range(args.rounds):
         for key, fn in compiled.items():
