@@ -64,11 +64,19 @@ def _cached_logits(model, variables, prompt, segment_ids, cont):
 def check_against_full_pass(model, variables, prompt, lengths, cont, atol=1e-5):
     segment_ids = (np.arange(prompt.shape[1])[None] < lengths[:, None]).astype(np.int32)
     first, later = _cached_logits(model, variables, prompt, jnp.asarray(segment_ids), cont)
+    # each row's own sequence, right-padded (causal: the padding changes nothing before it)
+    seqs = np.zeros((len(lengths), prompt.shape[1] + cont.shape[1]), np.int32)
     for b, n in enumerate(lengths):
-        seq = jnp.concatenate([prompt[b, :n], cont[b]])[None]
-        full = model.apply(variables, seq, segment_ids=jnp.ones_like(seq))[0]
-        np.testing.assert_allclose(first[b, :n], full[:n], atol=atol, rtol=0)
-        np.testing.assert_allclose(later[b], full[n:], atol=atol, rtol=0)
+        seqs[b, :n + cont.shape[1]] = np.concatenate([np.asarray(prompt)[b, :n], np.asarray(cont)[b]])
+    full = _full_logits(model, variables, jnp.asarray(seqs))
+    for b, n in enumerate(lengths):
+        np.testing.assert_allclose(first[b, :n], full[b, :n], atol=atol, rtol=0)
+        np.testing.assert_allclose(later[b], full[b, n:n + cont.shape[1]], atol=atol, rtol=0)
+
+
+@jax.jit(static_argnames="model")
+def _full_logits(model, variables, seqs):
+    return model.apply(variables, seqs, segment_ids=jnp.ones_like(seqs))
 
 
 @pytest.mark.parametrize("spec", list(SPECS))
