@@ -239,6 +239,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a 2-layer d=64 GPT-2 and tiny cases (the smoke test)")
     p.add_argument("--cases", help=f"comma-separated BATCHxPROMPTxNEW (default {FULL_CASES})")
     p.add_argument("--dtypes", default=",".join(DTYPES), help="weight dtypes among float32,bfloat16,int8")
+    p.add_argument("--other-cases", default="1x128x64",
+                   help="the cases of the dtypes other than float32 (default 1x128x64; 'same': all --cases)")
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per case (median)")
     p.add_argument("--checkpoint-dir", help="where to write (or reuse) the checkpoint; default a temporary one")
     p.add_argument("--seed", type=int, default=0)
@@ -258,6 +260,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if any(len(c) != 3 or min(c) < 1 or c[1] + c[2] > args.shape["n_positions"] for c in args.cases):
         p.error(f"--cases: each BATCHxPROMPTxNEW positive with PROMPT + NEW <= {args.shape['n_positions']}")
     args.dtypes = [d for d in args.dtypes.split(",") if d]
+    args.other_cases = args.cases if args.other_cases == "same" or args.quick else [
+        tuple(int(x) for x in c.lower().split("x")) for c in args.other_cases.split(",") if c.strip()]
     if not set(args.dtypes) <= set(DTYPES) or args.rounds < 1:
         p.error(f"--dtypes must be among {', '.join(DTYPES)}; --rounds >= 1")
     return args
@@ -340,7 +344,7 @@ def main(argv=None) -> int:
         for dtype in args.dtypes:
             ours = Ours(directory, dtype)
             _prefill_static(ours)
-            for case in args.cases:
+            for case in (args.cases if dtype == "float32" else args.other_cases):
                 try:
                     row = run_case(ours, ref, dtype, case, args.rounds, bandwidth, tmp)
                 except Exception as err:  # noqa: BLE001 -- a failed row is recorded, the rest still run

@@ -62,7 +62,8 @@ def test_decoder_only_options_match_the_reference(gpt2, name):
 
 def test_min_new_tokens_changes_the_output(gpt2):
     """The case is built so that EOS comes early without the option (else the test could not fail)."""
-    assert REF["gpt2_min_new_tokens_off"].shape[1] < REF["gpt2_min_new_tokens"].shape[1]
+    off, on = REF["gpt2_min_new_tokens_off"], REF["gpt2_min_new_tokens"]
+    assert off[0, 13] == CASES["gpt2_min_new_tokens"]["eos_token_id"] and not np.array_equal(off, on)
 
 
 @pytest.mark.parametrize("name", ["gpt2_ragged_greedy", "gpt2_ragged_beam_hf"])
