@@ -64,10 +64,35 @@ def token_content(value):
 
 
 def read_settings(directory: Path) -> dict:
-    settings = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins
-        if (directory / name).is_file():
-            settings.update(read_json(directory / name))
+    """tokenizer_config.json, completed as the reference's `from_pretrained` completes it: without an
+    `added_tokens_decoder` there, special_tokens_map.json overrides the named tokens and the added
+    tokens (with their lstrip/rstrip/normalized flags) come from added_tokens.json and tokenizer.json."""
+    config = read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
+    settings = dict(config)
+    if "additional_special_tokens" in settings and not settings.get("extra_special_tokens"):
+        settings["extra_special_tokens"] = settings.pop("additional_special_tokens")
+    if "added_tokens_decoder" in config:
+        return settings
+    if (directory / "special_tokens_map.json").is_file():
+        for key, value in read_json(directory / "special_tokens_map.json").items():
+            if key in ("extra_special_tokens", "additional_special_tokens") and isinstance(value, list):
+                existing = list(settings.get("extra_special_tokens") or [])
+                settings["extra_special_tokens"] = existing + [t for t in value if t not in existing]
+            else:
+                settings[key] = {**value, "special": True} if isinstance(value, dict) else value
+    decoder = {}
+    if (directory / "added_tokens.json").is_file():
+        named = {str(token_content(settings.get(k))) for k in SPECIAL_KEYS if settings.get(k)}
+        for content, index in read_json(directory / "added_tokens.json").items():
+            special = content in named
+            decoder[str(index)] = {"content": content, "normalized": not special, "special": special}
+    if (directory / "tokenizer.json").is_file():
+        added = read_json(directory / "tokenizer.json").get("added_tokens") or []
+        for t in added:
+            if isinstance(t, dict) and "id" in t and "content" in t:
+                decoder[str(t["id"])] = {k: v for k, v in t.items() if k != "id"}
+    if decoder:
+        settings["added_tokens_decoder"] = decoder
     return settings
 
 
@@ -349,21 +374,32 @@ def _post_processor(name: str, tok: Tokenizer, s: dict, json_path: Path | None):
     return bos_eos_post(tok, s)
 
 
+def _added_token(value: dict) -> AddedToken:
+    special = bool(value.get("special", False))
+    return AddedToken(value["content"], single_word=value.get("single_word", False), lstrip=value.get("lstrip", False),
+                      rstrip=value.get("rstrip", False), normalized=value.get("normalized", not special),
+                      special=special)
+
+
 def _add_special_tokens(tok: Tokenizer, settings: dict, s: dict, extra: list) -> None:
     """Added tokens as the reference adds them: those of `added_tokens_decoder` with their flags,
-    then every named and extra special token not yet present (special, not normalised)."""
+    then every named and extra special token not yet present (special, not normalised, unless the
+    config gives it as a dict with flags)."""
     decoder = settings.get("added_tokens_decoder") or {}
-    flagged = []
-    for _, t in sorted(decoder.items(), key=lambda kv: int(kv[0])):
-        if isinstance(t, dict) and t.get("content"):
-            flagged.append(AddedToken(t["content"], single_word=t.get("single_word", False),
-                                      lstrip=t.get("lstrip", False), rstrip=t.get("rstrip", False),
-                                      normalized=t.get("normalized", not t.get("special", False)),
-                                      special=t.get("special", False)))
+    flagged = [_added_token(t) for _, t in sorted(decoder.items(), key=lambda kv: int(kv[0]))
+               if isinstance(t, dict) and t.get("content")]
     for t in flagged:
         (tok.add_special_tokens if t.special else tok.add_tokens)([t])
     present = {t.content for t in flagged} | {t.content for t in tok.get_added_tokens_decoder().values()}
-    named = [s[k] for k in SPECIAL_KEYS if s.get(k) is not None] + [t for t in extra if t]
-    new = [AddedToken(str(t), special=True, normalized=False) for t in dict.fromkeys(named) if str(t) not in present]
+    named = [settings.get(k) if isinstance(settings.get(k), dict) else s[k] for k in SPECIAL_KEYS
+             if s.get(k) is not None] + [t for t in extra if t]
+    new, seen = [], set()
+    for t in named:
+        content = str(token_content(t))
+        if content in present or content in seen:
+            continue
+        seen.add(content)
+        new.append(_added_token({**t, "special": True}) if isinstance(t, dict)
+                   else AddedToken(content, special=True, normalized=False))
     if new:
         tok.add_special_tokens(new)
