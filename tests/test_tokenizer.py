@@ -174,3 +174,19 @@ def test_marian_call_and_save(tmp_path):
     tok.save(tmp_path)
     again = tj.load_tokenizer(tmp_path)
     assert again.encode("How are you?") == ids[0] and again.decode(ids[0]) == tok.decode(ids[0])
+
+
+def test_stride_longer_than_the_window_is_named():
+    """The reference panics inside the tokenizers library; ours names the row and the window."""
+    tok = tj.load_tokenizer(FIXTURES / "bert")
+    n_question = len(tok.encode(QUESTIONS[0])) - 2
+    max_length = n_question + 3 + 4  # 3 specials, 4 context tokens a window
+    with pytest.raises(ValueError, match=rf"in pair 0 the other text takes {n_question} tokens, leaving windows "
+                                         r"of 4 tokens .*stride must be < 4"):
+        tok(QUESTIONS[:1], CONTEXTS[:1], truncation="only_second", max_length=max_length, stride=4,
+            return_overflowing_tokens=True)
+    windows = tok(QUESTIONS[:1], CONTEXTS[:1], truncation="only_second", max_length=max_length, stride=3,
+                  return_overflowing_tokens=True)
+    assert len(windows["input_ids"]) > 2
+    with pytest.raises(ValueError, match=r"text 0 \(\d+ tokens\) is cut into windows of 4 tokens.*stride must be < 4"):
+        tok(TEXTS[6:7], truncation=True, max_length=6, stride=4, return_overflowing_tokens=True)

@@ -199,9 +199,45 @@ class PretrainedTokenizer:
         del batched  # a single input is a batch of one: arrays stay [1, T], ready for a model
         return out
 
+    def _check_stride(self, batch, trunc, max_length, stride, add_special_tokens, pretokenized) -> None:
+        """The windows of a truncated sequence must advance: stride < the tokens left for it. The
+        tokenizers library panics otherwise (with a Rust backtrace); this names the row instead. Longest-
+        first truncation of pairs is left to the library's own check."""
+        if stride == 0 or trunc == "do_not_truncate":
+            return
+        pairs = [b for b in batch if isinstance(b, tuple)]
+        if pairs and trunc == "longest_first":
+            return
+        budget = max_length - (self._tok.num_special_tokens_to_add(bool(pairs)) if add_special_tokens else 0)
+        if not pairs:
+            if stride < budget or budget <= 0:  # windows of 0 tokens: the library returns empty rows
+                return
+            lengths = [len(e) for e in self._tok.encode_batch(batch, add_special_tokens=False,
+                                                              is_pretokenized=pretokenized)]
+            for i, n in enumerate(lengths):
+                if n > budget:
+                    raise ValueError(f"stride={stride} with max_length={max_length}: text {i} ({n} tokens) is cut "
+                                     f"into windows of {budget} tokens (max_length less {max_length - budget} special "
+                                     f"tokens); stride must be < {budget}")
+            return
+        kept, cut = (0, 1) if trunc == "only_second" else (1, 0)
+        fixed = [len(e) for e in self._tok.encode_batch([b[kept] for b in batch], add_special_tokens=False,
+                                                        is_pretokenized=pretokenized)]
+        for i, n_fixed in enumerate(fixed):
+            if budget - n_fixed > stride or budget - n_fixed <= 0:
+                continue
+            n_cut = len(self._tok.encode(batch[i][cut], add_special_tokens=False, is_pretokenized=pretokenized))
+            if n_fixed + n_cut > budget and n_cut > n_fixed + n_cut - budget:
+                which = "second" if trunc == "only_second" else "first"
+                raise ValueError(
+                    f"stride={stride} with max_length={max_length}, truncation={trunc!r}: in pair {i} the other text "
+                    f"takes {n_fixed} tokens, leaving windows of {budget - n_fixed} tokens for the {which} text "
+                    f"(after {max_length - budget} special tokens); stride must be < {budget - n_fixed}")
+
     def _encode(self, batch, pad, trunc, max_length, stride, side, pad_to_multiple_of, add_special_tokens,
                 is_split_into_words):
         tok = self._tok
+        self._check_stride(batch, trunc, max_length, stride, add_special_tokens, is_split_into_words)
         try:
             if trunc != "do_not_truncate":
                 tok.enable_truncation(max_length, stride=stride, strategy=trunc, direction=self.truncation_side)
