@@ -104,7 +104,8 @@ def class_name(directory: Path, settings: dict, layout: str) -> str:
     if not name:
         name = {"vocab.txt": "BertTokenizer", "vocab.json": "GPT2Tokenizer", "spiece.model": "T5Tokenizer"}.get(
             layout, "PreTrainedTokenizerFast")
-    return name[: -len("Fast")] if name.endswith("TokenizerFast") else name
+    # BertTokenizerFast is BertTokenizer in transformers 5; PreTrainedTokenizerFast is the generic class
+    return name[: -len("Fast")] if name.endswith("TokenizerFast") and name != "PreTrainedTokenizerFast" else name
 
 
 # ---- vocabulary sources -------------------------------------------------------------------------
