@@ -85,7 +85,8 @@ def test_outputs_are_model_ready_arrays():
     assert (padded["input_ids"][padded["attention_mask"] == 0] == tok.pad_token_id).all()
     pair = tok(QUESTIONS[0], CONTEXTS[0])
     first_sep = int(np.argmax(pair["input_ids"][0] == tok.sep_token_id))
-    assert (pair["token_type_ids"][0, : first_sep + 1] == 0).all() and (pair["token_type_ids"][0, first_sep + 1:] == 1).all()
+    types = pair["token_type_ids"][0]
+    assert (types[: first_sep + 1] == 0).all() and (types[first_sep + 1:] == 1).all()
 
 
 def test_decode_accepts_arrays_and_keeps_old_encode():

@@ -7,7 +7,7 @@
         return_overflowing_tokens=True, return_offsets_mapping=True)        # QA windows
     tok(word_lists, is_split_into_words=True)["word_ids"]                   # NER label alignment
 
-The pipeline comes from `tokenizer_files.build` (the `tokenizers` package, assembled the way the
+The pipeline comes from `tokenizer_recipes.build` (the `tokenizers` package, assembled the way the
 reference assembles each tokenizer class); this file holds the call: the padding and truncation
 strategies, overflow windows, and the outputs under the reference's key names. Outputs are numpy
 int32 arrays when every row has the same length (always when padded; a single string is a batch of
@@ -30,6 +30,7 @@ import numpy as np
 import sentencepiece as spm
 
 from transformer_jax.pretrained import tokenizer_files as files
+from transformer_jax.pretrained import tokenizer_recipes as recipes
 
 LARGE = int(1e20)  # the reference's model_max_length for "no limit" is 1e30
 PADDING = ("longest", "max_length", "do_not_pad")
@@ -117,14 +118,14 @@ def _rectangle(rows: list):
 class PretrainedTokenizer:
     """A `tokenizers` pipeline with the reference's call API (see the module docstring)."""
 
-    def __init__(self, loaded: files.Loaded):
+    def __init__(self, loaded: recipes.Loaded):
         self._tok = loaded.backend
         self._loaded = loaded
         s = loaded.settings
         self.class_name = loaded.class_name
         self.special_tokens = dict(loaded.special_tokens)
         self.model_input_names = list(s.get("model_input_names") or (
-            ["input_ids", "token_type_ids", "attention_mask"] if loaded.class_name in files.WITH_TOKEN_TYPES
+            ["input_ids", "token_type_ids", "attention_mask"] if loaded.class_name in recipes.WITH_TOKEN_TYPES
             else ["input_ids", "attention_mask"]))
         self.model_max_length = int(s.get("model_max_length") or int(1e30))
         self.padding_side = s.get("padding_side", "right")
@@ -264,7 +265,9 @@ class PretrainedTokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True,
                clean_up_tokenization_spaces: bool | None = None) -> str:
         text = self._tok.decode(_ids(ids), skip_special_tokens=skip_special_tokens)
-        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        clean = clean_up_tokenization_spaces
+        if clean is None:
+            clean = self.clean_up_tokenization_spaces
         if clean and type(self._tok.model).__name__ != "BPE":  # the reference skips it for BPE
             for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
@@ -374,4 +377,4 @@ def load_tokenizer(path):
     if not (directory / "tokenizer.json").is_file() and all(
             (directory / f).is_file() for f in ("source.spm", "target.spm", "vocab.json")):
         return MarianTokenizer(directory)
-    return PretrainedTokenizer(files.build(directory))
+    return PretrainedTokenizer(recipes.build(directory))
