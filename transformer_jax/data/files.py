@@ -1,0 +1,647 @@
+"""The user's own files as a Grain random-access source: JSON Lines, JSON, CSV, TSV, plain text.
+
+A caller (a task) names the *roles* it reads -- ``text``, ``text_pair``, ``label``, ``tokens``,
+``tags``, ``question``, ``context``, ``answers``, ``id``, ``title``, ``source``, ``target``,
+``prompt``, ``response`` -- and this module finds each role's column (``columns`` or the defaults
+below, which follow the reference library's datasets), checks every row of every file once, up
+front, and then reads rows at random through a byte-offset index (JSON Lines, CSV, TSV, text; a
+JSON document has no line structure, so it is parsed whole).
+
+Returns:
+  ``open_files(files, roles, ...) -> FileSource``; ``FileSource[i]`` is a dict keyed by role:
+    text roles (text, text_pair, question, context, source, target, prompt, response, id, title): str
+    label:   int class id (``labels`` given) or float (regression, ``labels=None``)
+    tokens:  list[str];  tags: list[int] class ids, one per token
+    answers: {"text": list[str], "answer_start": list[int]}  (the reference library's SQuAD layout)
+  ``len(source)``; ``source.where(i) -> (path, line)``; it is picklable and satisfies
+  ``grain.sources.RandomAccessDataSource``.
+  ``derive_labels(files, role) -> tuple[str, ...] | None``: the sorted label set (id order) of the
+  train files, or None when the labels are numbers that are not all integers (regression).
+  ``grain_dataset(source, seed=, num_epochs=, shard_index=, shard_count=) -> grain.MapDataset``
+  : seeded shuffle (a new order each epoch), epochs, a strided shard per process (as
+  ``data.pipeline``); the iterator's ``get_state()`` resumes exactly.
+
+Formats, chosen by extension:
+  .jsonl     one JSON object per line (blank lines skipped); a .json file that holds JSON Lines too
+  .json      a list of records; ``{"data": [records]}``; or SQuAD v1.1's nested
+             ``{"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question",
+             "answers": [{"text", "answer_start"}]}]}]}]}``, flattened to one record per question
+  .csv       a header row, then records (RFC 4180 quoting; quoted fields may span lines)
+  .tsv       a header row, then one record per line, fields split on tabs, no quoting
+  .txt       one record per non-blank line, role ``text``
+In CSV/TSV cells, ``tokens``/``tags`` are split on whitespace (or read as a JSON list when the cell
+starts with ``[``), ``answers`` is JSON, and a ``label`` that reads as a number becomes one.
+
+Every problem is a ``ValueError`` naming the file and the line (and the column, the value and what
+is valid): an empty file, a missing column, a label not in the label set, non-UTF-8 bytes, a QA
+answer not found at its ``answer_start``, malformed JSON, a row with the wrong number of fields,
+tags and tokens of different lengths.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import glob
+import json
+import math
+import mmap
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+# Role -> column names tried in order (the first present in a file is used).
+DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "text": ("text", "sentence", "sentence1"),
+    "text_pair": ("sentence2", "text_pair"),
+    "label": ("label", "labels"),
+    "tokens": ("tokens", "words"),
+    "tags": ("ner_tags", "tags"),
+    "question": ("question",),
+    "context": ("context",),
+    "answers": ("answers",),
+    "id": ("id",),
+    "title": ("title",),
+    "source": ("source", "document", "article"),
+    "target": ("target", "summary", "highlights"),
+    "prompt": ("prompt", "instruction"),
+    "response": ("response", "completion", "output"),
+}
+ROLES = tuple(DEFAULT_COLUMNS)
+TEXT_ROLES = ("text", "text_pair", "question", "context", "id", "title", "source", "target", "prompt", "response")
+FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "text", ".text": "text"}
+
+
+class _RowError(Exception):
+    """A problem with one row; the caller adds the file and line."""
+
+
+# ----------------------------------------------------------------------------
+# Finding files and their format
+
+
+def expand(files: str | Sequence[str]) -> list[str]:
+    """Paths or globs (a string may hold several, comma-separated) -> existing files, in order."""
+    patterns = [p.strip() for p in files.split(",")] if isinstance(files, str) else list(files)
+    out: list[str] = []
+    for pattern in filter(None, patterns):
+        pattern = os.path.expanduser(os.fspath(pattern))
+        if glob.has_magic(pattern):
+            found = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise ValueError(f"no file matches {pattern!r}")
+            out.extend(found)
+        elif os.path.isfile(pattern):
+            out.append(pattern)
+        else:
+            raise ValueError(f"{pattern}: no such file")
+    if not out:
+        raise ValueError(f"no files given (files={files!r})")
+    return out
+
+
+def file_format(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        raise ValueError(f"{path}: unknown file type {ext!r}; valid: {', '.join(FORMATS)}")
+    if FORMATS[ext] == "json" and _is_json_lines(path):
+        return "jsonl"
+    return FORMATS[ext]
+
+
+def _is_json_lines(path: str) -> bool:
+    """A .json file whose first non-blank line is a whole JSON object (and the file has more)."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    first = json.loads(raw)
+                except ValueError:
+                    return False
+                more = bool(f.read().strip())
+                return isinstance(first, dict) and ("data" not in first or more)
+    return False
+
+
+# ----------------------------------------------------------------------------
+# Byte-level reading: UTF-8 check and the index of records
+
+
+def _read_bytes(path: str) -> bytes | mmap.mmap:
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"{path}: empty file (no records)")
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _decode(buf, path: str, start: int, end: int, line: int) -> str:
+    try:
+        text = bytes(buf[start:end]).decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = bytes(buf[start + e.start:start + e.start + 4])
+        raise ValueError(
+            f"{path}, line {line}: byte {e.start + 1} of the line is not UTF-8 ({bad!r}); "
+            "save the file as UTF-8"
+        ) from None
+    return text.lstrip("\ufeff") if start == 0 else text
+
+
+def _line_spans(buf, *, quoted: bool) -> Iterator[tuple[int, int, int]]:
+    """(start, end, first line number) of each non-blank record; ``quoted``: CSV records continue
+    over newlines inside double quotes."""
+    nl = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
+    ends = np.append(nl, len(buf))
+    start, line, record_line, open_quotes = 0, 1, 1, False
+    rec_start = 0
+    for end in ends.tolist():
+        if quoted:
+            if buf[start:end].count(b'"') % 2:
+                open_quotes = not open_quotes
+            if open_quotes:
+                start, line = end + 1, line + 1
+                continue
+        if buf[rec_start:end].strip():
+            yield rec_start, end, record_line
+        start, line = end + 1, line + 1
+        rec_start, record_line = start, line
+    if open_quotes:  # an unclosed quote runs to the end of the file: let the CSV parser name it
+        yield rec_start, len(buf), record_line
+
+
+# ----------------------------------------------------------------------------
+# Cells -> role values
+
+
+def _number(cell: str):
+    if re.fullmatch(r"[+-]?\d+", cell.strip()):
+        return int(cell)
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
+
+
+def _from_cell(role: str, value: Any) -> Any:
+    """CSV/TSV cells are strings: lists, answers and numeric labels are read from them."""
+    if not isinstance(value, str):
+        return value
+    if role in ("tokens", "tags"):
+        return json.loads(value) if value.lstrip().startswith("[") else value.split()
+    if role == "answers":
+        return json.loads(value)
+    if role == "label":
+        return _number(value)
+    return value
+
+
+def _label_id(value, label2id: Mapping[str, int], names: tuple[str, ...], column: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _RowError(f"column {column!r}: label {value!r} is a {type(value).__name__}; expected a name or an id")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if str(value) in label2id:
+        return label2id[str(value)]
+    if isinstance(value, int) and not any(_is_int(n) for n in names) and 0 <= value < len(names):
+        return value  # an id into names (the reference library's ClassLabel ints)
+    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    raise _RowError(f"column {column!r}: label {value!r} is not in the label set ({shown})")
+
+
+def _is_int(s: str) -> bool:
+    return bool(re.fullmatch(r"[+-]?\d+", s))
+
+
+def _answers(value, context: str | None, column: str) -> dict[str, list]:
+    """Either layout -> {"text": [...], "answer_start": [...]}, each answer found at its start."""
+    if isinstance(value, list):  # SQuAD's [{"text", "answer_start"}]
+        try:
+            value = {"text": [a["text"] for a in value], "answer_start": [a["answer_start"] for a in value]}
+        except (TypeError, KeyError):
+            raise _RowError(f"column {column!r}: answers {value!r} must be objects with 'text' and 'answer_start'") from None
+    if not isinstance(value, dict) or not {"text", "answer_start"} <= value.keys():
+        raise _RowError(
+            f"column {column!r}: answers {value!r} must be {{'text': [...], 'answer_start': [...]}} "
+            "or a list of {'text', 'answer_start'}")
+    texts, starts = value["text"], value["answer_start"]
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    starts = [starts] if isinstance(starts, int) else list(starts)
+    if len(texts) != len(starts):
+        raise _RowError(f"column {column!r}: {len(texts)} answer texts but {len(starts)} answer_start values")
+    for text, start in zip(texts, starts):
+        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
+            raise _RowError(f"column {column!r}: answer {text!r} at {start!r}: need a string and an integer start")
+        if context is not None and context[start:start + len(text)] != text:
+            found = context.find(text)
+            where = f"the text occurs at {found}" if found >= 0 else "the text is not in the context"
+            raise _RowError(
+                f"answer {text!r} is not found at answer_start={start} of the context (which reads "
+                f"{context[start:start + len(text)]!r} there; {where})")
+    return {"text": texts, "answer_start": starts}
+
+
+# ----------------------------------------------------------------------------
+# The source
+
+
+class FileSource:
+    """Random access to the rows of one or more files, as role-keyed records (see the module doc).
+
+    Build it with ``open_files``. Every row was checked when it was built; ``__getitem__`` reads one
+    row's bytes with ``os.pread`` (thread-safe) and converts it again.
+    """
+
+    def __init__(self, files, formats, columns, roles, labels, memory, index):
+        self.files: tuple[str, ...] = files
+        self.formats: tuple[str, ...] = formats
+        self.columns: tuple[dict[str, str], ...] = columns  # per file: role -> column
+        self.roles: tuple[str, ...] = roles
+        self.labels: tuple[str, ...] | None = labels
+        self._label2id = {n: i for i, n in enumerate(labels or ())}
+        self._memory: dict[int, list[dict]] = memory  # JSON files: their records, converted
+        self._index = index  # int64 [N, 4]: file, start, end, line
+        self._headers: dict[int, list[str]] = {}
+        self._fds: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return f"FileSource(files={list(self.files)!r}, roles={self.roles!r}, records={len(self)})"
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_fds"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _fds={})
+
+    def where(self, i: int) -> tuple[str, int]:
+        f, _, _, line = self._index[i].tolist()
+        return self.files[f], line
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        f, start, end, line = self._index[i].tolist()
+        if f in self._memory:
+            return copy.deepcopy(self._memory[f][start])
+        fd = self._fds.get(f)
+        if fd is None:
+            fd = self._fds[f] = os.open(self.files[f], os.O_RDONLY)
+        text = os.pread(fd, end - start, start).decode("utf-8").lstrip("\ufeff")
+        return self._convert(self._raw(f, text, line), f, line)
+
+    # ---- conversion
+
+    def _raw(self, f: int, text: str, line: int) -> dict[str, Any]:
+        fmt, path = self.formats[f], self.files[f]
+        if fmt == "text":
+            return {"text": text.rstrip("\r\n")}
+        if fmt == "jsonl":
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {line}: malformed JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {line}: a JSON {type(row).__name__}; each line must be an object")
+            return row
+        header = self._headers.get(f) or self._header(f)
+        try:
+            cells = _split_row(text, fmt)
+        except _RowError as e:
+            raise ValueError(f"{path}, line {line}: {e}") from None
+        if len(cells) != len(header):
+            raise ValueError(f"{path}, line {line}: {len(cells)} fields, but the header has {len(header)} ({', '.join(header)})")
+        return dict(zip(header, cells))
+
+    def _header(self, f: int) -> list[str]:
+        with open(self.files[f], "rb") as fh:
+            buf = fh.read(1 << 20)
+        first = next(_line_spans(buf + b"\n", quoted=self.formats[f] == "csv"))
+        self._headers[f] = _split_row(buf[first[0]:first[1]].decode("utf-8").lstrip("\ufeff"), self.formats[f])
+        return self._headers[f]
+
+    def _convert(self, row: Mapping[str, Any], f: int, line: int) -> dict[str, Any]:
+        try:
+            return self._record(row, f)
+        except _RowError as e:
+            raise ValueError(f"{self.files[f]}, line {line}: {e}") from None
+
+    def _record(self, row: Mapping[str, Any], f: int) -> dict[str, Any]:
+        cols, cell = self.columns[f], self.formats[f] in ("csv", "tsv")
+        out: dict[str, Any] = {}
+        for role, column in cols.items():
+            if column not in row:
+                raise _RowError(f"missing column {column!r} (role {role!r}); the row has {sorted(row)}")
+            value = _from_cell(role, row[column]) if cell else row[column]
+            out[role] = self._value(role, value, column, out, row, cols)
+        if "tags" in out and "tokens" in out and len(out["tags"]) != len(out["tokens"]):
+            raise _RowError(f"{len(out['tokens'])} tokens but {len(out['tags'])} tags (column {cols['tags']!r})")
+        return out
+
+    def _value(self, role, value, column, out, row, cols):
+        if role in TEXT_ROLES:
+            if role == "id" and isinstance(value, int) and not isinstance(value, bool):
+                return str(value)
+            if not isinstance(value, str):
+                raise _RowError(f"column {column!r}: {value!r} is a {type(value).__name__}; expected text")
+            return value
+        if role == "label":
+            if self.labels is not None:
+                return _label_id(value, self._label2id, self.labels, column)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise _RowError(f"column {column!r}: regression label {value!r} must be a finite number "
+                                "(no label set was given)")
+            return float(value)
+        if role in ("tokens", "tags"):
+            if not isinstance(value, list):
+                raise _RowError(f"column {column!r}: {value!r} must be a list")
+            if role == "tokens":
+                if not all(isinstance(t, str) for t in value):
+                    raise _RowError(f"column {column!r}: tokens must be strings")
+                return value
+            return [_label_id(t, self._label2id, self.labels, column) for t in value]
+        if role == "answers":
+            context = row.get(cols["context"]) if "context" in cols else None
+            return _answers(value, context if isinstance(context, str) else None, column)
+        raise AssertionError(role)
+
+
+def _split_row(text: str, fmt: str) -> list[str]:
+    text = text.rstrip("\r\n")
+    if fmt == "tsv":
+        return [c.rstrip("\r") for c in text.split("\t")]
+    if not text:
+        return []
+    try:
+        rows = list(csv.reader(text.splitlines(keepends=True), strict=True))
+    except csv.Error as e:
+        raise _RowError(f"malformed CSV ({e})") from None
+    if len(rows) != 1:
+        raise _RowError(f"malformed CSV: one record reads as {len(rows)} rows (an unbalanced quote?)")
+    return rows[0]
+
+
+# ----------------------------------------------------------------------------
+# Opening: columns, index, validation
+
+
+def _resolve_columns(path, first_row_keys, roles, optional, columns) -> dict[str, str]:
+    keys = set(first_row_keys)
+    out: dict[str, str] = {}
+    for role in (*roles, *optional):
+        if role in columns:
+            name = columns[role]
+            if name in keys:
+                out[role] = name
+            elif role in roles:
+                raise ValueError(f"{path}, line 1: missing column {name!r} (role {role!r}, set by columns); "
+                                 f"the file has {sorted(keys)}")
+            continue
+        name = next((c for c in DEFAULT_COLUMNS[role] if c in keys and c not in out.values()), None)
+        if name is not None:
+            out[role] = name
+        elif role in roles:
+            raise ValueError(
+                f"{path}, line 1: missing column for role {role!r}: tried {list(DEFAULT_COLUMNS[role])}; the file "
+                f"has {sorted(keys)}; name it with --config.data.columns (e.g. {role}=<column>)")
+    return out
+
+
+def _check_roles(roles, optional, columns):
+    for role in (*roles, *optional, *columns):
+        if role not in DEFAULT_COLUMNS:
+            raise ValueError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
+
+
+def _decode_file(buf, path: str) -> str:
+    try:
+        return bytes(buf).decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError as e:
+        line = bytes(buf[:e.start]).count(b"\n") + 1
+        column = e.start - bytes(buf[:e.start]).rfind(b"\n")
+        raise ValueError(f"{path}, line {line}: byte {column} of the line is not UTF-8 "
+                         f"({bytes(buf[e.start:e.start + 4])!r}); save the file as UTF-8") from None
+
+
+def _json_records(path: str) -> tuple[list[dict], list[tuple], str]:
+    """A JSON document -> (records, the JSON path of each, for error lines, and its text)."""
+    text = _decode_file(_read_bytes(path), path)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {e.lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
+    if isinstance(doc, dict) and isinstance(doc.get("data"), list):
+        if doc["data"] and isinstance(doc["data"][0], dict) and "paragraphs" in doc["data"][0]:
+            return (*_flatten_squad(doc["data"], path), text)
+        doc, prefix = doc["data"], ("data",)
+    elif isinstance(doc, list):
+        prefix = ()
+    else:
+        raise ValueError(f"{path}, line 1: expected a list of records, {{'data': [records]}} or SQuAD's "
+                         f"{{'data': [{{'title', 'paragraphs'}}]}}; got a JSON {type(doc).__name__}")
+    for i, r in enumerate(doc):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}, line {json_line(text, (*prefix, i))}: record {i} is a JSON "
+                             f"{type(r).__name__}; expected an object")
+    return doc, [(*prefix, i) for i in range(len(doc))], text
+
+
+def _flatten_squad(articles, path):
+    records, where = [], []
+    try:
+        for a, article in enumerate(articles):
+            for p, para in enumerate(article["paragraphs"]):
+                for q, qa in enumerate(para["qas"]):
+                    records.append({"id": qa["id"], "title": article.get("title", ""), "context": para["context"],
+                                    "question": qa["question"], "answers": qa.get("answers", [])})
+                    where.append(("data", a, "paragraphs", p, "qas", q))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not SQuAD v1.1 layout near data[{a}] ({type(e).__name__}: {e}); expected "
+                         "data[].paragraphs[].{context, qas[].{id, question, answers[].{text, answer_start}}}") from None
+    return records, where
+
+
+def json_line(text: str, path: tuple) -> int:
+    """The line on which the value at ``path`` (keys and indices) of the JSON ``text`` starts."""
+    dec, pos = json.JSONDecoder(), 0
+    ws = re.compile(r"[\s,:]*")
+    for step in path:
+        pos = ws.match(text, pos).end()
+        opener = text[pos]
+        pos += 1
+        k = 0
+        while True:
+            pos = ws.match(text, pos).end()
+            if opener == "{":
+                key, pos = dec.raw_decode(text, pos)
+                pos = ws.match(text, pos).end()
+                if key == step:
+                    break
+            elif k == step:
+                break
+            _, pos = dec.raw_decode(text, pos)
+            k += 1
+    pos = ws.match(text, pos).end()
+    return text.count("\n", 0, pos) + 1
+
+
+def open_files(
+    files: str | Sequence[str],
+    roles: Sequence[str],
+    *,
+    optional: Sequence[str] = (),
+    columns: Mapping[str, str] | None = None,
+    labels: Sequence[str] | None = None,
+) -> FileSource:
+    """Every row of ``files`` (paths or globs), checked, as a random-access source of role records.
+
+    Args:
+      files: paths or globs (a list, or one comma-separated string).
+      roles: the roles every row must have (``("text", "label")``).
+      optional: roles read when their column is present (``("text_pair",)``); a column found in a
+        file's first row must then be in every row.
+      columns: role -> column name, overriding ``DEFAULT_COLUMNS``.
+      labels: the label set in id order, for the ``label`` or ``tags`` role (from
+        ``derive_labels`` on the train files); None with ``label``: regression (numbers).
+    """
+    columns = dict(columns or {})
+    roles, optional = tuple(roles), tuple(r for r in optional if r not in roles)
+    _check_roles(roles, optional, columns)
+    if "tags" in (*roles, *optional) and labels is None:
+        raise ValueError("the 'tags' role needs labels=(the tag set); derive it with derive_labels(train_files, 'tags')")
+    paths = expand(files)
+    labels = tuple(str(x) for x in labels) if labels is not None else None
+    source = FileSource(tuple(paths), tuple(map(file_format, paths)), (), roles, labels, {}, np.zeros((0, 4), np.int64))
+    index, resolved = [], []
+    for f, path in enumerate(paths):
+        cols, rows = _index_file(source, f, path, roles, optional, columns)
+        resolved.append(cols)
+        index.append(rows)
+    source.columns = tuple(resolved)
+    source._index = np.concatenate(index)
+    return source
+
+
+def _index_file(source: FileSource, f: int, path: str, roles, optional, columns):
+    """Checks every row of one file; returns its resolved columns and index rows [n, 4]."""
+    fmt = source.formats[f]
+    if fmt == "json":
+        records, where, text = _json_records(path)
+        if not records:
+            raise ValueError(f"{path}: empty file (no records)")
+        cols = _resolve_columns(path, records[0].keys(), roles, optional, columns)
+        source.columns = (*source.columns[:f], cols)
+        converted = []
+        for r, at in zip(records, where):
+            try:
+                converted.append(source._record(r, f))
+            except _RowError as e:
+                raise ValueError(f"{path}, line {json_line(text, at)}: {e}") from None
+        source._memory[f] = converted
+        n = len(converted)
+        return cols, np.stack([np.full(n, f), np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64)], 1)
+    buf = _read_bytes(path)
+    spans = []
+    for start, end, line in _line_spans(buf, quoted=fmt == "csv"):
+        spans.append((start, end, line))
+    if fmt in ("csv", "tsv"):
+        if not spans:
+            raise ValueError(f"{path}: empty file (no header, no records)")
+        start, end, line = spans.pop(0)
+        header = _split_row(_decode(buf, path, start, end, line), fmt)
+        if len(set(header)) != len(header):
+            raise ValueError(f"{path}, line {line}: repeated column names in the header {header}")
+        source._headers[f] = header
+    if not spans:
+        raise ValueError(f"{path}: empty file (no records)")
+    if fmt == "text" and set(roles) - {"text"}:
+        raise ValueError(f"{path}: a plain-text file has only the role 'text'; this needs {list(roles)}")
+    cols = None
+    for start, end, line in spans:
+        text = _decode(buf, path, start, end, line)
+        row = source._raw(f, text, line)
+        if cols is None:
+            cols = {"text": "text"} if fmt == "text" else _resolve_columns(path, row.keys(), roles, optional, columns)
+            source.columns = (*source.columns[:f], cols)
+        source._convert(row, f, line)
+    return cols, np.array([(f, s, e, line) for s, e, line in spans], np.int64)
+
+
+# ----------------------------------------------------------------------------
+# Labels
+
+
+def derive_labels(files: str | Sequence[str], role: str = "label", *,
+                  columns: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
+    """The sorted set of ``role``'s values (``label``, or ``tags`` flattened) over ``files``: the
+    label names in id order (``id2label = dict(enumerate(names))``), as the reference library's
+    ``run_glue``/``run_ner`` build them. Integers sort as numbers and are named by their digits.
+    None when the values are numbers that are not all integers: a regression target.
+    """
+    if role not in ("label", "tags"):
+        raise ValueError(f"derive_labels reads the role 'label' or 'tags', got {role!r}")
+    values: set = set()
+    for path in expand(files):
+        src = _open_raw(path, role, columns)
+        for i in range(len(src)):
+            v = src[i][role]
+            for x in (v if role == "tags" else [v]):
+                if isinstance(x, bool) or not isinstance(x, (str, int, float)):
+                    where = src.where(i)
+                    raise ValueError(f"{where[0]}, line {where[1]}: label {x!r} is a {type(x).__name__}; "
+                                     "expected a name or a number")
+                values.add(int(x) if isinstance(x, float) and x.is_integer() else x)
+    if any(isinstance(v, float) for v in values) and all(not isinstance(v, str) for v in values):
+        return None
+    return tuple(str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v))))
+
+
+class _Raw(FileSource):
+    """Reads a role's raw values (no label set yet)."""
+
+    def _value(self, role, value, column, out, row, cols):
+        if role in ("label", "tags"):
+            if role == "tags" and not isinstance(value, list):
+                raise _RowError(f"column {column!r}: {value!r} must be a list")
+            return value
+        return super()._value(role, value, column, out, row, cols)
+
+
+def _open_raw(path: str, role: str, columns) -> FileSource:
+    columns = {k: v for k, v in (columns or {}).items() if k == role}
+    src = _Raw((path,), (file_format(path),), (), (role,), None, {}, np.zeros((0, 4), np.int64))
+    cols, rows = _index_file(src, 0, path, (role,), (), columns)
+    src.columns, src._index = (cols,), rows
+    return src
+
+
+# ----------------------------------------------------------------------------
+# Grain
+
+
+def grain_dataset(source, *, seed: int, num_epochs: int | None = 1, shuffle: bool = True,
+                  shard_index: int = 0, shard_count: int = 1, drop_remainder: bool = False) -> grain.MapDataset:
+    """``source`` as a Grain MapDataset: this process's shard (records shard_index, shard_index +
+    shard_count, ...), shuffled by ``seed`` (a new order each epoch), repeated ``num_epochs`` times
+    (None: forever). ``drop_remainder`` first cuts the source to a multiple of ``shard_count`` so
+    every process has as many records (equal step counts across hosts).
+
+    Iterate ``ds.to_iter_dataset()``; its iterator's ``get_state()``/``set_state()`` resume exactly.
+    """
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs={num_epochs} must be >= 1 (or None: forever)")
+    ds = grain.MapDataset.source(source)
+    if drop_remainder:
+        ds = ds[: len(ds) - len(ds) % shard_count]
+    ds = ds[shard_index::shard_count]
+    if len(ds) == 0:
+        raise ValueError(f"shard {shard_index} of {shard_count} has no records ({len(source)} records in all)")
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    return ds if num_epochs == 1 else ds.repeat(num_epochs)
+
