@@ -102,3 +102,37 @@ def test_unknown_names_are_named_errors():
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         B.builtin_records("tjax_pairs/tiny", "dev")
     assert B.is_builtin("tjax_pairs/tiny") and not B.is_builtin("tjax_numbers")
+
+
+def _nli_oracle(premise: str, hypothesis: str) -> str:
+    """The label, recomputed from the two texts alone (a reading independent of the generator)."""
+    import re
+
+    from transformer_jax.data.words import NUMBERS
+
+    who, verb, n, obj, city, day = re.fullmatch(r"(\S+ \S+) (\S+) (\S+) (\S+) in (.+) on (\S+)\.", premise).groups()
+    if m := re.fullmatch(r"(\S+ \S+) (\S+) (\S+) (\S+) in (.+) on (\S+)\.", hypothesis):
+        w, _, n2, _, _, _ = m.groups()
+        return "neutral" if w != who else "entailment" if n2 == n else "contradiction"
+    if m := re.fullmatch(r"(\S+ \S+) was in (.+) on (\S+)\.", hypothesis):
+        _, c2, d2 = m.groups()
+        return "neutral" if d2 != day else "entailment" if c2 == city else "contradiction"
+    if m := re.fullmatch(r"(\S+ \S+) \S+ more than (\S+) \S+\.", hypothesis):
+        w, m2 = m.groups()
+        return "neutral" if w != who else "entailment" if NUMBERS.index(m2) < NUMBERS.index(n) else "contradiction"
+    if m := re.fullmatch(r"(\S+ \S+) did not \S+ any \S+ on (\S+)\.", hypothesis):
+        return "contradiction" if m.group(2) == day else "neutral"
+    w, d2 = re.fullmatch(r"(\S+ \S+) \S+ \S+ on (\S+)\.", hypothesis).groups()
+    return "entailment" if (w, d2) == (who, day) else "neutral"
+
+
+def test_pairs_labels_follow_from_the_two_texts():
+    rows = B.generate("tjax_pairs/tiny")["train"]
+    for r in rows:
+        assert _nli_oracle(r["sentence1"], r["sentence2"]) == r["label"], r
+    by_shape = collections.defaultdict(collections.Counter)  # no hypothesis-only shortcut: shapes carry
+    for r in rows:                                              # several labels each
+        shape = tuple(w for w in r["sentence2"].split() if w in ("was", "in", "on", "more", "did", "not"))
+        by_shape[shape][r["label"]] += 1
+    assert len(by_shape) == 5 and sum(len(c) == 3 for c in by_shape.values()) == 3
+    assert all(min(c.values()) > 0.2 * sum(c.values()) for c in by_shape.values())

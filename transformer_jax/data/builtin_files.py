@@ -16,6 +16,12 @@ Returns:
     written on first use under ``<data_dir>/<name>/<config>/<version>/<split>.jsonl`` (default
     data_dir: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``, where the tfds built-ins live).
 
+Not trivial, yet learnable (default config, validation split; simple baselines that a trained
+model should beat): pairs: bag-of-words logistic regression on both sentences 41% accuracy, the
+majority class 40%; entities: each word's most frequent train tag, entity F1 0.76; questions: the
+first span of the asked type in the context, exact match 43%; summaries: the lead sentence,
+ROUGE-1/2/L 31/21/29.
+
 Splits are disjoint: one stream of distinct records (by their text) is drawn from the seed and cut
 into test, validation and train, in that order, so a smaller config's test split is a prefix of
 the larger config's. QA records of one paragraph stay in one split.

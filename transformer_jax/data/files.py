@@ -102,7 +102,7 @@ def _is_json_lines(path: str) -> bool:
                     first = json.loads(raw)
                 except ValueError:
                     return False
-                more = bool(f.read().strip())
+                more = bool(f.read(1 << 16).strip())
                 return isinstance(first, dict) and ("data" not in first or more)
     return False
 
