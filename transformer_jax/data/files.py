@@ -40,6 +40,7 @@ tags and tokens of different lengths.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import glob
@@ -111,12 +112,18 @@ def _is_json_lines(path: str) -> bool:
 # Byte-level reading: UTF-8 check and the index of records
 
 
-def _read_bytes(path: str) -> bytes | mmap.mmap:
-    size = os.path.getsize(path)
-    if size == 0:
+@contextlib.contextmanager
+def _mapped(path: str) -> Iterator[mmap.mmap]:
+    """The file's bytes, memory-mapped (read on demand, not loaded), unmapped afterwards."""
+    if os.path.getsize(path) == 0:
         raise ValueError(f"{path}: empty file (no records)")
     with open(path, "rb") as f:
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        yield buf
+    finally:
+        with contextlib.suppress(BufferError):  # a NumPy view still alive: the GC unmaps it
+            buf.close()
 
 
 def _decode(buf, path: str, start: int, end: int, line: int) -> str:
@@ -264,7 +271,8 @@ def _decode_file(buf, path: str) -> str:
 
 def _json_records(path: str) -> tuple[list[dict], list[tuple], str]:
     """A JSON document -> (records, the JSON path of each, for error lines, and its text)."""
-    text = _decode_file(_read_bytes(path), path)
+    with _mapped(path) as buf:
+        text = _decode_file(buf, path)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -386,7 +394,12 @@ def _index_file(path, fmt, roles, optional, columns, labels, raw_labels):
                 raise ValueError(f"{path}, line {json_line(text, at)}: {e}") from None
         n = len(converted)
         return reader, None, converted, np.stack([np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64)], 1)
-    buf = _read_bytes(path)
+    with _mapped(path) as buf:
+        return _index_lines(buf, path, fmt, roles, reader_for)
+
+
+def _index_lines(buf, path, fmt, roles, reader_for):
+    """The line-based formats: every record decoded and checked; its span and first line kept."""
     spans = list(_line_spans(buf, quoted=fmt == "csv"))
     header = None
     if fmt in ("csv", "tsv"):
