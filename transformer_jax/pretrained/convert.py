@@ -24,8 +24,8 @@ from transformer_jax import sharding
 from transformer_jax.config import TransformerConfig
 from transformer_jax.decode import GenerationConfig
 from transformer_jax.model import Transformer
-from transformer_jax.pretrained.checkpoint_files import (SINGLE, TensorReader, read_json, weight_files,
-                                                         write_json, write_tensors)
+from transformer_jax.pretrained.checkpoint_files import (GENERATION, SINGLE, TensorReader, read_json,
+                                                         remove_stale, weight_files, write_json, write_tensors)
 from transformer_jax.pretrained.families import ARCHITECTURES, FAMILIES, Family
 from transformer_jax.pretrained.tensors import Tensor
 from transformer_jax.scan import stack_layers, unstack_layers
@@ -54,6 +54,30 @@ def _architecture(hf: dict, config_path: Path) -> tuple[str, Family]:
     if archs[0] not in ARCHITECTURES:
         raise ValueError(f"{config_path}: architecture {archs[0]!r} is not supported; supported: {supported}")
     return archs[0], ARCHITECTURES[archs[0]]
+
+
+# config.json fields that, when set, size a table or a window: 0 or less is never a valid model (the
+# reference would build an empty embedding, or a window that sees nothing), in any family.
+_POSITIVE_IF_SET = ("type_vocab_size", "sliding_window")
+
+
+def config_of(family: Family, hf: dict, config_path: Path) -> TransformerConfig:
+    """`family.to_config(hf)`, with every failure one ValueError naming `config_path` and the field
+    (a required field missing, a value of the wrong type, one out of range)."""
+    for field in _POSITIVE_IF_SET:
+        value = hf.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{config_path}: {field}={value!r} must be a positive integer (or null/absent)")
+    try:
+        return family.to_config(hf)
+    except KeyError as e:
+        raise ValueError(f"{config_path} lacks the required field {e.args[0]!r} (a {family.name} config.json "
+                         "needs it)") from None
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"{config_path}: a field has a value of the wrong type for a {family.name} config "
+                         f"({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {str(e).removeprefix('config.json: ')}") from None
 
 
 def _example_inputs(model) -> tuple:
@@ -106,7 +130,7 @@ def from_pretrained(path, *, mesh=None, dtype: str | None = None, param_dtype: s
     files = weight_files(directory)  # first: a missing directory or weights file is the likeliest error
     hf = read_json(directory / "config.json")
     arch, family = _architecture(hf, directory / "config.json")
-    cfg = family.to_config(hf)
+    cfg = config_of(family, hf, directory / "config.json")
     overrides = dict(config_overrides, param_dtype=param_dtype)
     if dtype is not None:
         overrides["dtype"] = dtype
@@ -201,7 +225,10 @@ def save_pretrained(model, variables, path, *, generation_config: dict | None = 
     """Write `config.json` and `model.safetensors` in the Hugging Face layout (float32).
 
     Raises a ValueError naming the field when the model has no reference equivalent (e.g. a
-    `BlockSparse` encoder). Files are written beside their final names and renamed into place.
+    `BlockSparse` encoder). Files are written beside their final names and renamed into place;
+    then the files of a model saved there before that this save did not rewrite (a sharded
+    index and its shards, generation_config.json, tokenizer files) are removed, as the reference
+    library does for weights, so they never load beside (or instead of) the new ones.
     """
     hf, family, arch = hf_config_of(model)
     directory = Path(path)
@@ -223,6 +250,9 @@ def save_pretrained(model, variables, path, *, generation_config: dict | None = 
         directory.mkdir(parents=True, exist_ok=True)
         write_tensors(directory / SINGLE, tensors)
         write_json(directory / "config.json", dict(hf, torch_dtype="float32"))
+        written = {SINGLE, "config.json"}
         if generation_config is not None:
-            write_json(directory / "generation_config.json", generation_config)
+            write_json(directory / GENERATION, generation_config)
+            written.add(GENERATION)
+        remove_stale(directory, written)
     return directory
