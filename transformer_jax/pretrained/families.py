@@ -416,5 +416,7 @@ MARIAN = Family("marian", {"MarianMTModel": Transformer}, _marian_config,
                 lambda cfg: _seq2seq_hf(cfg, "marian"), _seq2seq_tensors,
                 ignored=(r"lm_head\.weight", r"model\.(encoder|decoder)\.embed_positions\.weight"))
 
-FAMILIES = (BERT, GPT2, T5, BART, MARIAN, LLAMA, MISTRAL)
+from transformer_jax.pretrained.families_decoders import GEMMA3, QWEN3  # noqa: E402 (they build on the helpers above)
+
+FAMILIES = (BERT, GPT2, T5, BART, MARIAN, LLAMA, MISTRAL, QWEN3, GEMMA3)
 ARCHITECTURES = {arch: family for family in FAMILIES for arch in family.architectures}
