@@ -75,6 +75,8 @@ def test_outputs_are_model_ready_arrays():
         assert out[key].dtype == np.int32 and out[key].shape == (n, 20), key
     assert out["offset_mapping"].shape == (n, 20, 2) and out["offset_mapping"].dtype == np.int32
     assert len(out["word_ids"]) == n and all(len(w) == 20 for w in out["word_ids"])
+    assert set(out.model_inputs()) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert set(tj.load_tokenizer(FIXTURES / "roberta")(TEXTS).model_inputs()) == {"input_ids", "attention_mask"}
     # a single string is a batch of one; unpadded rows of different lengths stay lists
     single = tok(TEXTS[0])
     assert single["input_ids"].shape == (1, len(tok.encode(TEXTS[0])))

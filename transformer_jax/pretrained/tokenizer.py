@@ -115,6 +115,19 @@ def _rectangle(rows: list):
     return [list(r) for r in rows]
 
 
+class Encoding(dict):
+    """The outputs of a tokenizer call: a dict under the reference's key names. `model_inputs()` keeps
+    only the model's inputs (`model_input_names`), for `model.apply(variables, **enc.model_inputs(),
+    method="forward")`; the other keys (offsets, word and sequence ids) are for the caller."""
+
+    def __init__(self, values: dict, model_input_names: list[str]):
+        super().__init__(values)
+        self.model_input_names = list(model_input_names)
+
+    def model_inputs(self) -> dict:
+        return {k: self[k] for k in self.model_input_names if k in self}
+
+
 class PretrainedTokenizer:
     """A `tokenizers` pipeline with the reference's call API (see the module docstring)."""
 
@@ -160,11 +173,12 @@ class PretrainedTokenizer:
     def __call__(self, text, text_pair=None, *, add_special_tokens: bool = True, padding=False, truncation=None,
                  max_length: int | None = None, stride: int = 0, is_split_into_words: bool = False,
                  return_overflowing_tokens: bool = False, return_offsets_mapping: bool = False,
-                 padding_side: str | None = None, pad_to_multiple_of: int | None = None) -> dict:
+                 padding_side: str | None = None, pad_to_multiple_of: int | None = None) -> Encoding:
         """Encode a text, a batch of texts or of (text, text_pair) pairs. Returns `input_ids`,
         `token_type_ids` (when in `model_input_names`), `attention_mask`, `offset_mapping` [.., 2] (on
         request, character spans into each text), `overflow_to_sample_mapping` (with overflow: the input
-        each row came from), `word_ids` and `sequence_ids` (lists per row, None at special tokens)."""
+        each row came from), `word_ids` and `sequence_ids` (lists per row, None at special tokens); an
+        `Encoding` (a dict) whose `model_inputs()` holds only the first three."""
         pad, trunc, max_length = _strategies(padding, truncation, max_length, self.model_max_length)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
             raise ValueError(f"stride={stride!r}: expected an integer >= 0")
@@ -198,7 +212,7 @@ class PretrainedTokenizer:
         out["word_ids"] = [list(e.word_ids) for e in rows]
         out["sequence_ids"] = [list(e.sequence_ids) for e in rows]
         del batched  # a single input is a batch of one: arrays stay [1, T], ready for a model
-        return out
+        return Encoding(out, self.model_input_names)
 
     def _check_stride(self, batch, trunc, max_length, stride, add_special_tokens, pretokenized) -> None:
         """The windows of a truncated sequence must advance: stride < the tokens left for it. The
@@ -336,11 +350,14 @@ class MarianTokenizer:
         rows = [self.encode(t) for t in batch]
         if trunc != "do_not_truncate":
             rows = [r[: max_length - 1] + [self.eos_id] if len(r) > max_length else r for r in rows]
+        if pad != "do_not_pad" and self.pad_token_id is None:
+            raise ValueError(f"padding={padding!r}: {self._directory / 'vocab.json'} has no <pad> piece")
         width = max_length if pad == "max_length" else max(map(len, rows)) if pad == "longest" else None
+        lengths = [len(r) for r in rows]
         if width is not None:
             rows = [r + [self.pad_token_id] * (width - len(r)) for r in rows]
-        masks = [[int(i != self.pad_token_id or pad == "do_not_pad") for i in r] for r in rows]
-        return {"input_ids": _rectangle(rows), "attention_mask": _rectangle(masks)}
+        masks = [[1] * n + [0] * (len(r) - n) for r, n in zip(rows, lengths)]
+        return Encoding({"input_ids": _rectangle(rows), "attention_mask": _rectangle(masks)}, self.model_input_names)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         keep = [i for i in _ids(ids) if i in self._pieces and not (skip_special_tokens and i in self._special)]
