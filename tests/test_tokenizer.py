@@ -158,6 +158,10 @@ def test_broken_marian_and_missing_files_are_named(tmp_path):
     (d / "vocab.json").write_bytes(b'{"\xff": 1}')
     with pytest.raises(ValueError, match=r"vocab.json: not UTF-8 text"):
         tj.load_tokenizer(d)
+    (d / "vocab.json").write_text('{"<pad>": 0}')
+    cut(d / "source.spm", 0.4)
+    with pytest.raises(ValueError, match=r"marian/source.spm: not a SentencePiece model"):
+        tj.load_tokenizer(d)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match=r"empty: no tokenizer files; expected one of: tokenizer.json; vocab.txt"):
@@ -193,3 +197,13 @@ def test_stride_longer_than_the_window_is_named():
     assert len(windows["input_ids"]) > 2
     with pytest.raises(ValueError, match=r"text 0 \(\d+ tokens\) is cut into windows of 4 tokens.*stride must be < 4"):
         tok(TEXTS[6:7], truncation=True, max_length=6, stride=4, return_overflowing_tokens=True)
+
+
+def test_cli_names_a_broken_tokenizer_file(tmp_path):
+    from transformer_jax import cli
+
+    d = Path(shutil.copytree(Path(__file__).parent / "fixtures" / "pretrained" / "gpt2", tmp_path / "gpt2"))
+    cut(d / "tokenizer.json", 0.5)
+    (tmp_path / "in.txt").write_text("The quick brown fox\n")
+    with pytest.raises(SystemExit, match=r"error: .*gpt2/tokenizer.json: not valid JSON"):
+        cli.main(["decode", "--pretrained", str(d), "--input", str(tmp_path / "in.txt"), "--max_new_tokens", "2"])
