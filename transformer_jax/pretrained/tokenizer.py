@@ -204,9 +204,11 @@ class PretrainedTokenizer:
             out["token_type_ids"] = _rectangle([e.type_ids for e in rows])
         out["attention_mask"] = _rectangle([e.attention_mask for e in rows])
         if return_offsets_mapping:
-            offsets = [[list(o) for o in e.offsets] for e in rows]
-            out["offset_mapping"] = (np.asarray(offsets, np.int32).reshape(len(rows), -1, 2)
-                                     if rows and len({len(o) for o in offsets}) == 1 else offsets)
+            offsets = [e.offsets for e in rows]  # (start, end) tuples
+            if rows and len({len(o) for o in offsets}) == 1:
+                out["offset_mapping"] = np.asarray(offsets, np.int32).reshape(len(rows), -1, 2)
+            else:
+                out["offset_mapping"] = [[list(o) for o in row] for row in offsets]
         if return_overflowing_tokens:
             out["overflow_to_sample_mapping"] = np.asarray(sample, np.int32)
         out["word_ids"] = [list(e.word_ids) for e in rows]
