@@ -86,8 +86,9 @@ def _is_words(x) -> bool:
     return isinstance(x, (list, tuple)) and all(isinstance(w, str) for w in x)
 
 
-def _batch(text, text_pair, is_split_into_words: bool) -> tuple[list, bool]:
-    """The inputs as the backend's batch, and whether the caller gave a batch."""
+def _batch(text, text_pair, is_split_into_words: bool) -> list:
+    """The inputs as the backend's batch (texts, word lists, or pairs of them); a single input is a
+    batch of one. Which inputs count as one follows the reference's `_encode_plus`."""
     if is_split_into_words:
         ok = _is_words(text) or (isinstance(text, (list, tuple)) and all(_is_words(t) for t in text))
         batched = isinstance(text, (list, tuple)) and len(text) > 0 and isinstance(text[0], (list, tuple))
@@ -99,13 +100,13 @@ def _batch(text, text_pair, is_split_into_words: bool) -> tuple[list, bool]:
     if not ok:
         raise ValueError(f"text={str(text)[:60]!r}: expected {what}")
     if not batched:
-        return ([(text, text_pair)] if text_pair else [text]), False
+        return [(text, text_pair)] if text_pair else [text]
     if text_pair is None:
-        return list(text), True
+        return list(text)
     if isinstance(text_pair, str) or len(text_pair) != len(text):
         raise ValueError(f"text_pair: expected a list as long as text ({len(text)}), got "
                          f"{type(text_pair).__name__}{'' if isinstance(text_pair, str) else f' of {len(text_pair)}'}")
-    return list(zip(text, text_pair)), True
+    return list(zip(text, text_pair))
 
 
 def _rectangle(rows: list):
@@ -144,7 +145,7 @@ class PretrainedTokenizer:
         self.padding_side = s.get("padding_side", "right")
         self.truncation_side = s.get("truncation_side", "right")
         self.clean_up_tokenization_spaces = bool(s.get("clean_up_tokenization_spaces", False))
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)  # the reference's len(tok)
 
     # ---- ids of the special tokens ----
     def token_to_id(self, token: str | None) -> int | None:
@@ -191,7 +192,7 @@ class PretrainedTokenizer:
         if (trunc != "do_not_truncate" and pad != "do_not_pad" and pad_to_multiple_of and max_length
                 and max_length % pad_to_multiple_of):
             raise ValueError(f"max_length={max_length} is not a multiple of pad_to_multiple_of={pad_to_multiple_of}")
-        batch, batched = _batch(text, text_pair, is_split_into_words)
+        batch = _batch(text, text_pair, is_split_into_words)  # a single input is a batch of one: [1, T]
         encodings = self._encode(batch, pad, trunc, max_length, stride, side, pad_to_multiple_of,
                                  add_special_tokens, is_split_into_words)
         rows, sample = [], []
@@ -213,7 +214,6 @@ class PretrainedTokenizer:
             out["overflow_to_sample_mapping"] = np.asarray(sample, np.int32)
         out["word_ids"] = [list(e.word_ids) for e in rows]
         out["sequence_ids"] = [list(e.sequence_ids) for e in rows]
-        del batched  # a single input is a batch of one: arrays stay [1, T], ready for a model
         return Encoding(out, self.model_input_names)
 
     def _check_stride(self, batch, trunc, max_length, stride, add_special_tokens, pretokenized) -> None:
@@ -348,7 +348,7 @@ class MarianTokenizer:
     def __call__(self, text, *, padding=False, truncation=None, max_length: int | None = None) -> dict:
         """input_ids and attention_mask (pairs, offsets and overflow are not supported for Marian)."""
         pad, trunc, max_length = _strategies(padding, truncation, max_length, int(1e30))
-        batch, _ = _batch(text, None, False)
+        batch = _batch(text, None, False)
         rows = [self.encode(t) for t in batch]
         if trunc != "do_not_truncate":
             rows = [r[: max_length - 1] + [self.eos_id] if len(r) > max_length else r for r in rows]
