@@ -129,7 +129,7 @@ def albert_post(tok: Tokenizer, s: dict) -> processors.PostProcessor:
                         ("[SEP]", tok.token_to_id(str(s["sep_token"])))])
 
 
-# Each known class: its special-token defaults, and whether its template replaces the file's.
+# Each known class's special-token defaults (its __init__ arguments in the reference).
 DEFAULTS = {
     "BertTokenizer": dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
                           mask_token="[MASK]"),
