@@ -7,7 +7,8 @@
   tjax_summaries  id, document, summary                                               `summaries`
 
 Each has the configs ``default`` (20k/1k/1k records) and ``tiny`` (1k/200/200, for tests), named
-``"tjax_pairs"`` / ``"tjax_pairs/tiny"``.
+``"tjax_pairs"`` / ``"tjax_pairs/tiny"``. Wherever files are given, ``"tjax_pairs/tiny:train"`` names
+a split's file (``data.files.expand``): ``--config.data.train_files=tjax_pairs:train``.
 
 Returns:
   ``NAMES``: the built-in names; ``is_builtin(dataset) -> bool``.
