@@ -36,7 +36,8 @@ from transformer_jax.decode.adapters import (ADAPTERS, Adapter, GenerateOutput, 
 from transformer_jax.decode.config import GenerationConfig
 from transformer_jax.decode.core import BEAM_SCORING, NEG_INF, Step, batched_by_name, beam_search, filter_logits, sample
 from transformer_jax.decode.processors import Processing
+from transformer_jax.decode.speculative import SpeculativeStats, speculative_generate
 
 __all__ = ["ADAPTERS", "Adapter", "BEAM_SCORING", "GenerateOutput", "GenerationConfig", "NEG_INF", "Prepared",
            "Processing", "Step", "batched_by_name", "beam_search", "cache_bucket", "filter_logits", "generate",
-           "init_cache", "sample", "sequence_logprob"]
+           "init_cache", "sample", "sequence_logprob", "SpeculativeStats", "speculative_generate"]
