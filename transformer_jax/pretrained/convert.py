@@ -146,6 +146,9 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     hf = read_json(directory / "config.json")
     arch, family = _architecture(hf, directory / "config.json")
     head = _resolve_head(head, arch, family, directory / "config.json")
+    reader = TensorReader(files)
+    if family.resolve is not None:
+        hf = family.resolve(hf, reader)
     target = family.architecture(head)
     relabelled = num_labels is not None or id2label is not None
     hf = _hf_with_labels(hf, head, num_labels, id2label)
@@ -165,7 +168,6 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     assert sorted(covered) == sorted(shapes), (  # a bug in a tensor table, never the user's input
         f"{family.name} table vs model: {sorted(set(covered) ^ set(shapes))}")
 
-    reader = TensorReader(files)
     stored, fresh, dropped = match(table, reader.names(), family, cfg, directory, strict=target == arch)
     backbone = backbone_names(family, cfg)
     for row in table:
@@ -184,8 +186,7 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     np_dtype = jnp.dtype(param_dtype)
     params = {}
     if fresh:  # initialise the head's new weights as the model itself would
-        init = flatten_dict(nn.unbox(jax.jit(lambda: model.init(jax.random.key(seed),
-                                                                *_example_inputs(model)))()["params"]))
+        init = flatten_dict(nn.unbox(model.init(jax.random.key(seed), *_example_inputs(model))["params"]))
     for row in table:
         values = row.load(reader.read(stored[row.name])) if row.name in stored else [init[p] for p in row.paths]
         for p, value in zip(row.paths, values):
@@ -281,8 +282,6 @@ def hf_config_of(model, family=None, id2label=None) -> tuple[dict, Family, str]:
     if head in ("sequence_classification", "token_classification"):
         hf.update(_labels(kept, cfg.num_classes, id2label))
         hf["num_labels"] = cfg.num_classes
-        if head == "sequence_classification" and cfg.num_classes == 1:
-            hf.setdefault("problem_type", "regression")
     try:
         diffs = _differences(cfg, family.to_config(hf), cls.__name__)
     except ValueError as e:  # the exported config is itself unsupported
