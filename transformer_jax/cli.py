@@ -6,6 +6,8 @@
                            or continuations of prompts for a causal-LM workdir [--max_new_tokens 64])
                            [--quantize int8|bfloat16|float16]
     transformer-jax decode --pretrained DIR [--input FILE] [--beam_size 4] [--max_new_tokens 64]
+    transformer-jax export --workdir DIR --output OUT [--adapters] [--family bert] [--tokenizer DIR]
+                           (a Hugging Face model directory, LoRA merged; --adapters: PEFT adapters)
 
 Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field
 (`transformer-jax train --help [--config FILE]` lists them all). Attention specs are strings:
@@ -21,7 +23,7 @@ import os
 import sys
 
 USAGE = __doc__
-COMMANDS = ("train", "eval", "decode")
+COMMANDS = ("train", "eval", "decode", "export")
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
@@ -51,6 +53,13 @@ def _parse(argv: list[str]):
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval/decode: which checkpoint", flag_values=fv)
     flags.DEFINE_string("quantize", "", "eval/decode: run on weight-only quantized parameters (int8 per output "
                         "channel, or bfloat16 / float16 casts; transformer_jax/quantization.py)", flag_values=fv)
+    flags.DEFINE_string("output", None, "export: the directory to write", flag_values=fv)
+    flags.DEFINE_bool("adapters", False, "export: LoRA adapters in PEFT's layout instead of the merged model",
+                      flag_values=fv)
+    flags.DEFINE_string("family", None, "export: the family to save as (default: the one init_from loaded)",
+                        flag_values=fv)
+    flags.DEFINE_string("tokenizer", None, "export: the directory to copy tokenizer files from (default: "
+                        "<workdir>/tokenizer, else init_from)", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "multi-host: coordinator address host:port", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "multi-host: this process's index", flag_values=fv)
@@ -279,6 +288,17 @@ def _decode(fv) -> int:
     return 0
 
 
+def _export(fv) -> int:
+    from transformer_jax.train.export import export_workdir
+
+    if not fv.output:
+        raise ValueError("export needs --output DIR (the Hugging Face directory to write)")
+    out = export_workdir(fv.workdir, fv.output, adapters=fv.adapters, family=fv.family, tokenizer=fv.tokenizer,
+                         which=fv.checkpoint)
+    print(f"exported {fv.workdir} -> {out}" + (" (PEFT adapters)" if fv.adapters else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -301,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformer_jax.train import loop
 
-    run = {"train": _train, "eval": _eval, "decode": _decode}[command]
+    run = {"train": _train, "eval": _eval, "decode": _decode, "export": _export}[command]
     try:
         return run(fv)
     except (ValueError, FileNotFoundError, loop.NonFiniteError) as err:

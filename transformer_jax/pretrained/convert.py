@@ -239,19 +239,24 @@ def head_of(model) -> str:
 
 
 def _family_of(model, head: str, family) -> Family:
-    """The family to save as: `family` (a name or Family), else the one the model was loaded from;
-    a model trained from scratch must name it unless only one family has its head."""
+    """The family to save as: `family` (a name or Family), else the one the model was loaded from
+    (`TransformerConfig.family`), else, for a model built from scratch, the one family whose
+    config.json holds its configuration exactly; never a nearest match."""
     if isinstance(family, Family):
         return family
     name = family or model.cfg.family
     if name is not None:
         return family_named(name)
     candidates = [f for f in FAMILIES.values() if head in f.heads]
-    if len(candidates) == 1:
-        return candidates[0]
-    raise ValueError(f"save_pretrained: name the family to save {type(model).__name__} as, e.g. "
-                     f"save_pretrained(..., family={candidates[0].name!r}); valid for head {head!r}: "
-                     f"{', '.join(f.name for f in candidates)}")
+    exact = [f for f in candidates if not _config_differences(model, f, None)[2]]
+    if len(exact) == 1:
+        return exact[0]
+    if not exact:
+        why = "; ".join(f"{f.name}: {_config_differences(model, f, None)[2][0]}" for f in candidates)
+        raise ValueError(f"save_pretrained: no family holds this {type(model).__name__} configuration exactly "
+                         f"({why}); name one with family=... to see every field it lacks")
+    raise ValueError(f"save_pretrained: the {type(model).__name__} configuration fits several families "
+                     f"({', '.join(f.name for f in exact)}); name one, e.g. family={exact[0].name!r}")
 
 
 def _labels(hf: dict, num_classes: int, id2label) -> dict:
@@ -271,11 +276,9 @@ def _labels(hf: dict, num_classes: int, id2label) -> dict:
                 label2id={labels[i]: i for i in sorted(labels)})
 
 
-def hf_config_of(model, family=None, id2label=None) -> tuple[dict, Family, str]:
-    """The config.json a model would be saved with; raises naming a field with no equivalent."""
-    head = head_of(model)
-    cls, cfg = type(model), model.cfg
-    family = _family_of(model, head, family)
+def _config_differences(model, family: Family, id2label) -> tuple[dict, str, list[str]]:
+    """(config.json, architecture, the TransformerConfig fields it would not reproduce)."""
+    head, cfg = head_of(model), model.cfg
     arch = family.architecture(head)
     kept = {k: json.loads(v) for k, v in cfg.hf_config}
     hf = dict(kept, **family.to_hf(cfg), architectures=[arch])
@@ -283,11 +286,22 @@ def hf_config_of(model, family=None, id2label=None) -> tuple[dict, Family, str]:
         hf.update(_labels(kept, cfg.num_classes, id2label))
         hf["num_labels"] = cfg.num_classes
     try:
-        diffs = _differences(cfg, family.to_config(hf), cls.__name__)
+        diffs = _differences(cfg, family.to_config(hf), type(model).__name__)
     except ValueError as e:  # the exported config is itself unsupported
-        raise ValueError(f"{cls.__name__} cannot be saved as {family.name}: {e}") from None
+        diffs = [str(e)]
+    return hf, arch, diffs
+
+
+def hf_config_of(model, family=None, id2label=None) -> tuple[dict, Family, str]:
+    """The config.json a model would be saved with; raises naming a field with no equivalent."""
+    head = head_of(model)
+    cls, cfg = type(model), model.cfg
+    family = _family_of(model, head, family)
+    hf, arch, diffs = _config_differences(model, family, id2label)
     if diffs:
         field = diffs[0]
+        if not hasattr(cfg, field):
+            raise ValueError(f"{cls.__name__} cannot be saved as {family.name}: {field}")
         expected = getattr(family.to_config(hf), field)
         raise ValueError(
             f"TransformerConfig.{field}={getattr(cfg, field)!r} has no Hugging Face equivalent for "
