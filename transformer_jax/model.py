@@ -46,11 +46,12 @@ def _segments_and_positions(tokens, segment_ids, positions, pad_id: int | None):
 
 
 def _norm(cfg: TransformerConfig, name: str):
-    return norm(cfg.norm, cfg.compute_dtype, cfg.params_dtype, name, cfg.norm_eps)
+    return norm(cfg.norm, cfg.compute_dtype, cfg.params_dtype, name, cfg.norm_eps, cfg.norm_scale_offset)
 
 
 class Residual(nn.Module):
-    """Post-LN `norm(x + dropout(f(x)))` (the paper) or pre-LN `x + dropout(f(norm(x)))`."""
+    """Post-LN `norm(x + dropout(f(x)))` (the paper) or pre-LN `x + dropout(f(norm(x)))`, with
+    `sandwich_norm` `x + dropout(post_norm(f(norm(x))))` (Gemma 2/3)."""
 
     cfg: TransformerConfig
 
@@ -60,6 +61,8 @@ class Residual(nn.Module):
         layer_norm = _norm(cfg, "norm")
         if cfg.norm_position == "pre":
             y = sublayer(layer_norm(x))
+            if cfg.sandwich_norm:
+                y = _norm(cfg, "post_norm")(y)
             return x + Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         y = sublayer(x)
         return layer_norm(x + Dropout(cfg.dropout_rate)(y, deterministic=deterministic))
@@ -68,9 +71,10 @@ class Residual(nn.Module):
 def _attention(cfg: TransformerConfig, spec, causal: bool, name: str, cross: bool = False):
     return MultiHeadAttention(
         num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, spec=spec, causal=causal, cross=cross,
-        rotary_base=cfg.rotary_base if cfg.position == "rotary" and not cross else None,
+        rotary_base=cfg.rotary_base_of(spec) if cfg.position == "rotary" and not cross else None,
         cache_len=cfg.max_len, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-        num_kv_heads=cfg.num_kv_heads, use_bias=cfg.use_bias, scale=cfg.attention_scale, name=name)
+        num_kv_heads=cfg.num_kv_heads, use_bias=cfg.use_bias, scale=cfg.attention_scale,
+        qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, norm_offset=cfg.norm_scale_offset, name=name)
 
 
 def _mlp(cfg: TransformerConfig, moe: bool, segment_ids):
@@ -238,7 +242,7 @@ def _segments(input_ids, attention_mask):
 
 def _output_logits(module: nn.Module, cfg: TransformerConfig, embed: Embed, x):
     """[B, T, D] -> float32 logits [B, T, V]: the tied table or an untied `logits` projection,
-    after `logits_scale`, plus the optional `logits_bias`."""
+    after `logits_scale`, plus the optional `logits_bias`, then the optional `logits_softcap`."""
     if cfg.logits_scale != 1.0:
         x = x * jnp.asarray(cfg.logits_scale, x.dtype)
     if cfg.tie_output:
@@ -250,6 +254,8 @@ def _output_logits(module: nn.Module, cfg: TransformerConfig, embed: Embed, x):
     if cfg.logits_bias:
         logits = logits + module.param("logits_bias", partitioned(nn.initializers.zeros_init(), "vocab"),
                                        (cfg.vocab_size,), cfg.params_dtype).astype(jnp.float32)
+    if cfg.logits_softcap is not None:  # c * tanh(logits / c) (Gemma 2's final_logit_softcapping)
+        logits = cfg.logits_softcap * jnp.tanh(logits / cfg.logits_softcap)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
@@ -262,19 +268,23 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, encoded=None, src_segment_ids=None,
-                 deterministic: bool = True, decode: bool = False):
-        """[B, T] tokens -> [B, T, V] float32 logits; `decode=True` runs one cached step.
+                 deterministic: bool = True, decode: bool = False, logits_at=None):
+        """[B, T] tokens -> [B, T, V] float32 logits; `decode=True` runs a cached step.
 
         Decoder inputs are never padding (T5 and Marian start with the pad id): without segment
         ids every token is real, which causal attention makes harmless for trailing padding.
+        A cached step takes T >= 1 positions per row (T > 1: a parallel prefill of the prompt or a
+        chunk of draft tokens); with segment ids [B, T] (1 real, 0 right padding) row b's cache
+        moves on by its own number of real tokens. `logits_at` [B, K] int: only the logits at these
+        positions of the chunk ([B, K, V]), e.g. each row's last prompt token.
         """
         cfg = self.cfg
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        if decode:  # the position is the number of steps already taken
-            index = self.variable("cache", "decode_index", lambda: jnp.array(0, jnp.int32))
-            positions = jnp.broadcast_to(index.value, tokens.shape)
-            index.value = index.value + 1
+        if decode:  # the position is the number of positions already cached, per row
+            index = self.variable("cache", "decode_index", lambda: jnp.zeros(tokens.shape[:1], jnp.int32))
+            positions = index.value[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+            index.value = index.value + jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)
         elif positions is None:
             positions = positions_from_segments(segment_ids)
         embed = self.embed if self.embed is not None else _embed(cfg, "embedding")
@@ -287,6 +297,8 @@ class Decoder(nn.Module):
         # bias): deterministic (6) and decode (7) are static
         x = apply_layers(cfg, DecoderBlock, decoder_kinds(cfg, self.cross), (6, 7), x, segment_ids,
                          positions, encoded, src_segment_ids, deterministic, decode, bias, remat=not decode)
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, jnp.asarray(logits_at, jnp.int32)[..., None], axis=1)  # [B K D]
         return _output_logits(self, cfg, embed, _final_norm(cfg, x))
 
 
@@ -314,12 +326,14 @@ class Transformer(nn.Module):
         return self.encoder(src, src_segment_ids, src_positions, deterministic)
 
     def decode(self, encoded, src, tgt_in, *, src_segment_ids=None, tgt_segment_ids=None,
-               tgt_positions=None, deterministic: bool = True, decode: bool = False):
-        """encoded [B, S, D], src [B, S] (for its padding), tgt_in [B, T] -> logits [B, T, V] float32."""
+               tgt_positions=None, deterministic: bool = True, decode: bool = False, logits_at=None):
+        """encoded [B, S, D], src [B, S] (for its padding), tgt_in [B, T] -> logits [B, T, V] float32.
+        While decoding, `tgt_segment_ids` mark right padding of a multi-token chunk (see `Decoder`)."""
         src_seg = _default_segments(src, self.cfg.pad_id) if src_segment_ids is None else src_segment_ids
         if decode:
-            tgt_segment_ids = tgt_positions = None
-        return self.decoder(tgt_in, tgt_segment_ids, tgt_positions, encoded, src_seg, deterministic, decode)
+            tgt_positions = None
+        return self.decoder(tgt_in, tgt_segment_ids, tgt_positions, encoded, src_seg, deterministic, decode,
+                            logits_at)
 
     def __call__(self, src, tgt_in, *, src_segment_ids=None, src_positions=None, tgt_segment_ids=None,
                  tgt_positions=None, deterministic: bool = True):
@@ -439,9 +453,9 @@ class DecoderLM(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, *, segment_ids=None, positions=None, deterministic: bool = True,
-                 decode: bool = False):
+                 decode: bool = False, logits_at=None):
         return Decoder(self.cfg, _embed(self.cfg, "embedding"), cross=False, name="decoder")(
-            inputs, segment_ids, positions, deterministic=deterministic, decode=decode)
+            inputs, segment_ids, positions, deterministic=deterministic, decode=decode, logits_at=logits_at)
 
     def forward(self, input_ids, attention_mask=None, *, deterministic: bool = True):
         return {"logits": self(input_ids, segment_ids=None if attention_mask is None else

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import flax.linen as nn
@@ -27,8 +28,8 @@ from transformer_jax import sharding
 from transformer_jax.config import TransformerConfig
 from transformer_jax.decode import GenerationConfig
 from transformer_jax.model import Transformer
-from transformer_jax.pretrained.checkpoint_files import (SINGLE, TensorReader, read_json, weight_files,
-                                                         write_json, write_tensors)
+from transformer_jax.pretrained.checkpoint_files import (GENERATION, SINGLE, TensorReader, read_json,
+                                                         remove_stale, weight_files, write_json, write_tensors)
 from transformer_jax.pretrained.families import ARCHITECTURES, FAMILIES, HEADS, Family, family as family_named
 from transformer_jax.pretrained.match import LoadReport, backbone_names, match
 from transformer_jax.pretrained.tensors import Tensor
@@ -38,7 +39,8 @@ log = logging.getLogger("transformer_jax.pretrained")
 
 # Fields that do not change what a model computes at inference, or that its class never reads.
 _IRRELEVANT = {"dtype", "param_dtype", "dropout_rate", "scan_layers", "remat", "family", "hf_config"}
-_ROOTS = {"Encoder": "encoder", "Decoder": "decoder"}  # bare stacks: their own parameters hold the layers
+# bare stacks: their own parameters hold the layers (a ViT's encoder layers sit at its root)
+_ROOTS = {"Encoder": "encoder", "Decoder": "decoder", "ViT": "encoder", "ViTEncoder": "encoder"}
 _ENCODER_ONLY_UNUSED = {"num_decoder_layers", "decoder_attention", "cross_attention", "share_embeddings"}
 _UNUSED_BY = {
     "Encoder": _ENCODER_ONLY_UNUSED | {"tie_output", "logits_bias", "logits_scale", "num_classes", "pooling"},
@@ -52,6 +54,10 @@ _UNUSED_BY = {
                   "num_classes", "pooling", "pooler_activation", "pad_id", "type_vocab_size"},
     "Transformer": {"num_classes", "pooling", "pooler_activation", "type_vocab_size"},
 }
+_IMAGE_UNUSED = _ENCODER_ONLY_UNUSED | {"vocab_size", "max_len", "pad_id", "tie_output", "logits_bias", "logits_scale",
+                                        "type_vocab_size", "embed_scale", "embed_norm", "position_offset",
+                                        "pooler_activation"}
+_UNUSED_BY.update(ViT=_IMAGE_UNUSED, ViTEncoder=_IMAGE_UNUSED | {"num_classes"})
 # config.json fields that say nothing about the model (not kept in TransformerConfig.hf_config)
 _NOT_KEPT = {"architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path"}
 
@@ -66,7 +72,33 @@ def _architecture(hf: dict, config_path: Path) -> tuple[str, Family]:
     return archs[0], ARCHITECTURES[archs[0]]
 
 
+# config.json fields that, when set, size a table or a window: 0 or less is never a valid model (the
+# reference would build an empty embedding, or a window that sees nothing), in any family.
+_POSITIVE_IF_SET = ("type_vocab_size", "sliding_window")
+
+
+def config_of(family: Family, hf: dict, config_path: Path) -> TransformerConfig:
+    """`family.to_config(hf)`, with every failure one ValueError naming `config_path` and the field
+    (a required field missing, a value of the wrong type, one out of range)."""
+    for field in _POSITIVE_IF_SET:
+        value = hf.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{config_path}: {field}={value!r} must be a positive integer (or null/absent)")
+    try:
+        return family.to_config(hf)
+    except KeyError as e:
+        raise ValueError(f"{config_path} lacks the required field {e.args[0]!r} (a {family.name} config.json "
+                         "needs it)") from None
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"{config_path}: a field has a value of the wrong type for a {family.name} config "
+                         f"({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {str(e).removeprefix('config.json: ')}") from None
+
+
 def _example_inputs(model) -> tuple:
+    if hasattr(model, "example_inputs"):  # a model of other inputs than token ids (ViT: images)
+        return model.example_inputs()
     ids = jnp.ones((1, 1), jnp.int32)
     return (ids, ids) if isinstance(model, Transformer) else (ids,)
 
@@ -152,7 +184,7 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     target = family.architecture(head)
     relabelled = num_labels is not None or id2label is not None
     hf = _hf_with_labels(hf, head, num_labels, id2label)
-    cfg = family.to_config(hf)
+    cfg = config_of(family, hf, directory / "config.json")
     overrides = dict(config_overrides, param_dtype=param_dtype)
     if dtype is not None:
         overrides["dtype"] = dtype
@@ -234,6 +266,8 @@ def head_of(model) -> str:
     for head, cls in HEADS.items():
         if type(model) is cls:
             return head
+    if isinstance(getattr(type(model), "head_name", None), str):  # a model a family builds (ViT)
+        return type(model).head_name
     raise ValueError(f"{type(model).__name__} has no Hugging Face equivalent; savable models: "
                      f"{', '.join(sorted({c.__name__ for c in HEADS.values()}))}")
 
@@ -281,7 +315,7 @@ def _config_differences(model, family: Family, id2label) -> tuple[dict, str, lis
     head, cfg = head_of(model), model.cfg
     arch = family.architecture(head)
     kept = {k: json.loads(v) for k, v in cfg.hf_config}
-    hf = dict(kept, **family.to_hf(cfg), architectures=[arch])
+    hf = dict(kept, **family.to_hf(cfg), **family.model_fields(model), architectures=[arch])
     if head in ("sequence_classification", "token_classification"):
         hf.update(_labels(kept, cfg.num_classes, id2label))
         hf["num_labels"] = cfg.num_classes
@@ -315,11 +349,16 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "target.spm", "added_tokens.json")
 
 
-def _write_tokenizer(tokenizer, directory: Path) -> None:
-    """A tokenizer object with `.save(dir)`, or a directory whose tokenizer files are copied."""
+def _write_tokenizer(tokenizer, directory: Path) -> set[str]:
+    """A tokenizer object with `.save(dir)`, or a directory whose tokenizer files are copied; returns
+    the names written (so a stale-file sweep keeps them)."""
     if hasattr(tokenizer, "save"):
-        tokenizer.save(directory)
-        return
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            tokenizer.save(tmp)
+            names = set(os.listdir(tmp))
+            for name in names:
+                os.replace(Path(tmp) / name, directory / name)
+        return names
     source = Path(tokenizer)
     files = [source / n for n in _TOKENIZER_FILES if (source / n).exists()]
     if not files:
@@ -329,6 +368,7 @@ def _write_tokenizer(tokenizer, directory: Path) -> None:
         tmp = directory / (file.name + ".tmp")
         shutil.copyfile(file, tmp)
         os.replace(tmp, directory / file.name)
+    return {file.name for file in files}
 
 
 def _generation_json(gc: GenerationConfig, seq2seq: bool) -> dict:
@@ -353,7 +393,9 @@ def save_pretrained(model, variables, path, *, family=None, tokenizer=None, id2l
     `tj.load_tokenizer`'s) or a directory to copy tokenizer files from. `id2label` (a list or
     {id: label}) names the classes. Raises a ValueError naming the field when the model has no
     reference equivalent (e.g. a `BlockSparse` encoder). Files are written beside their final names
-    and renamed into place.
+    and renamed into place. Then the files of a model saved there before that this save did not
+    rewrite (a sharded index and its shards, generation_config.json, tokenizer files) are removed, as
+    the reference library does for weights, so they never load beside (or instead of) the new ones.
     """
     hf, family, arch = hf_config_of(model, family, id2label)
     directory = Path(path)
@@ -361,8 +403,9 @@ def save_pretrained(model, variables, path, *, family=None, tokenizer=None, id2l
         raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
     params = flatten_dict(nn.unbox(unstack_layers(variables["params"], model.cfg,
                                                   _ROOTS.get(type(model).__name__))))
-    table = family.tensors(model.cfg, arch)
-    backbone = backbone_names(family, model.cfg)
+    cfg = model.cfg.replace(hf_config=_kept_fields(hf, family, model.cfg))  # as written (a ViT's geometry)
+    table = family.tensors(cfg, arch)
+    backbone = backbone_names(family, cfg)
     # a bare Encoder built without its pooler saves without it (the reference initialises one)
     table = [row for row in table if family.canonical(row.name) in backbone
              or any(p in params for p in row.paths)]
@@ -383,8 +426,11 @@ def save_pretrained(model, variables, path, *, family=None, tokenizer=None, id2l
         directory.mkdir(parents=True, exist_ok=True)
         write_tensors(directory / SINGLE, tensors)
         write_json(directory / "config.json", dict(hf, torch_dtype="float32"))
+        written = {SINGLE, "config.json"}
         if generation_config is not None:
-            write_json(directory / "generation_config.json", generation_config)
+            write_json(directory / GENERATION, generation_config)
+            written.add(GENERATION)
         if tokenizer is not None:
-            _write_tokenizer(tokenizer, directory)
+            written |= _write_tokenizer(tokenizer, directory)
+        remove_stale(directory, written)
     return directory

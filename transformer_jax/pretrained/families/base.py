@@ -52,6 +52,8 @@ class Family:
     - `resolve(hf, reader) -> hf`: config.json corrected by what the checkpoint stores, where the
       reference decides from the tensors (T5: an `lm_head.weight` unlike `shared.weight` is untied
       whatever `tie_word_embeddings` says).
+    - `model_fields(model) -> dict`: config.json fields a model holds beside its config (ViT's
+      image geometry), written when saving.
     """
 
     name: str
@@ -64,6 +66,7 @@ class Family:
     base_prefix: str = ""
     build: dict = dataclasses.field(default_factory=dict)
     resolve: Callable | None = None
+    model_fields: Callable[[object], dict] = lambda model: {}
 
     @property
     def heads(self) -> tuple[str, ...]:
