@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import flax.linen as nn
@@ -27,8 +28,8 @@ from transformer_jax import sharding
 from transformer_jax.config import TransformerConfig
 from transformer_jax.decode import GenerationConfig
 from transformer_jax.model import Transformer
-from transformer_jax.pretrained.checkpoint_files import (SINGLE, TensorReader, read_json, weight_files,
-                                                         write_json, write_tensors)
+from transformer_jax.pretrained.checkpoint_files import (GENERATION, SINGLE, TensorReader, read_json,
+                                                         remove_stale, weight_files, write_json, write_tensors)
 from transformer_jax.pretrained.families import ARCHITECTURES, FAMILIES, HEADS, Family, family as family_named
 from transformer_jax.pretrained.match import LoadReport, backbone_names, match
 from transformer_jax.pretrained.tensors import Tensor
@@ -69,6 +70,30 @@ def _architecture(hf: dict, config_path: Path) -> tuple[str, Family]:
     if archs[0] not in ARCHITECTURES:
         raise ValueError(f"{config_path}: architecture {archs[0]!r} is not supported; supported: {supported}")
     return archs[0], ARCHITECTURES[archs[0]]
+
+
+# config.json fields that, when set, size a table or a window: 0 or less is never a valid model (the
+# reference would build an empty embedding, or a window that sees nothing), in any family.
+_POSITIVE_IF_SET = ("type_vocab_size", "sliding_window")
+
+
+def config_of(family: Family, hf: dict, config_path: Path) -> TransformerConfig:
+    """`family.to_config(hf)`, with every failure one ValueError naming `config_path` and the field
+    (a required field missing, a value of the wrong type, one out of range)."""
+    for field in _POSITIVE_IF_SET:
+        value = hf.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{config_path}: {field}={value!r} must be a positive integer (or null/absent)")
+    try:
+        return family.to_config(hf)
+    except KeyError as e:
+        raise ValueError(f"{config_path} lacks the required field {e.args[0]!r} (a {family.name} config.json "
+                         "needs it)") from None
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"{config_path}: a field has a value of the wrong type for a {family.name} config "
+                         f"({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {str(e).removeprefix('config.json: ')}") from None
 
 
 def _example_inputs(model) -> tuple:
@@ -156,7 +181,7 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     target = family.architecture(head)
     relabelled = num_labels is not None or id2label is not None
     hf = _hf_with_labels(hf, head, num_labels, id2label)
-    cfg = family.to_config(hf)
+    cfg = config_of(family, hf, directory / "config.json")
     overrides = dict(config_overrides, param_dtype=param_dtype)
     if dtype is not None:
         overrides["dtype"] = dtype
@@ -311,11 +336,16 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "target.spm", "added_tokens.json")
 
 
-def _write_tokenizer(tokenizer, directory: Path) -> None:
-    """A tokenizer object with `.save(dir)`, or a directory whose tokenizer files are copied."""
+def _write_tokenizer(tokenizer, directory: Path) -> set[str]:
+    """A tokenizer object with `.save(dir)`, or a directory whose tokenizer files are copied; returns
+    the names written (so a stale-file sweep keeps them)."""
     if hasattr(tokenizer, "save"):
-        tokenizer.save(directory)
-        return
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            tokenizer.save(tmp)
+            names = set(os.listdir(tmp))
+            for name in names:
+                os.replace(Path(tmp) / name, directory / name)
+        return names
     source = Path(tokenizer)
     files = [source / n for n in _TOKENIZER_FILES if (source / n).exists()]
     if not files:
@@ -325,6 +355,7 @@ def _write_tokenizer(tokenizer, directory: Path) -> None:
         tmp = directory / (file.name + ".tmp")
         shutil.copyfile(file, tmp)
         os.replace(tmp, directory / file.name)
+    return {file.name for file in files}
 
 
 def _generation_json(gc: GenerationConfig, seq2seq: bool) -> dict:
@@ -349,7 +380,9 @@ def save_pretrained(model, variables, path, *, family=None, tokenizer=None, id2l
     `tj.load_tokenizer`'s) or a directory to copy tokenizer files from. `id2label` (a list or
     {id: label}) names the classes. Raises a ValueError naming the field when the model has no
     reference equivalent (e.g. a `BlockSparse` encoder). Files are written beside their final names
-    and renamed into place.
+    and renamed into place. Then the files of a model saved there before that this save did not
+    rewrite (a sharded index and its shards, generation_config.json, tokenizer files) are removed, as
+    the reference library does for weights, so they never load beside (or instead of) the new ones.
     """
     hf, family, arch = hf_config_of(model, family, id2label)
     directory = Path(path)
@@ -380,8 +413,11 @@ def save_pretrained(model, variables, path, *, family=None, tokenizer=None, id2l
         directory.mkdir(parents=True, exist_ok=True)
         write_tensors(directory / SINGLE, tensors)
         write_json(directory / "config.json", dict(hf, torch_dtype="float32"))
+        written = {SINGLE, "config.json"}
         if generation_config is not None:
-            write_json(directory / "generation_config.json", generation_config)
+            write_json(directory / GENERATION, generation_config)
+            written.add(GENERATION)
         if tokenizer is not None:
-            _write_tokenizer(tokenizer, directory)
+            written |= _write_tokenizer(tokenizer, directory)
+        remove_stale(directory, written)
     return directory
