@@ -210,3 +210,15 @@ def test_tokenizer_files_match_reference(case):
     tok = tj.load_tokenizer(FIXTURES / case)
     assert tok.encode(str(ref["tok_text"])) == ref["tok_ids"].tolist()
     assert tok.decode(ref["tok_ids"]).strip() == str(ref["tok_text"])
+
+
+def test_gemma3_older_config_format(loaded, tmp_path):
+    """transformers 4 wrote Gemma 3 configs with rope_theta, rope_local_base_freq and a
+    sliding_window_pattern instead of rope_parameters per layer type and layer_types."""
+    d = copy_case("gemma3", tmp_path, rope_parameters=None, layer_types=None, rope_theta=1e6,
+                  rope_local_base_freq=1e4, sliding_window_pattern=2, rope_scaling=None)
+    model, variables = tj.from_pretrained(d)
+    expected, _ = loaded("gemma3")
+    assert model.cfg.replace(hf_config=()) == expected.cfg.replace(hf_config=())
+    ref = reference("gemma3")
+    assert relative_error(logits_of(model, variables, ref), ref["logits"]) < 1e-4
