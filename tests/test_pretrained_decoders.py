@@ -222,3 +222,20 @@ def test_gemma3_older_config_format(loaded, tmp_path):
     assert model.cfg.replace(hf_config=()) == expected.cfg.replace(hf_config=())
     ref = reference("gemma3")
     assert relative_error(logits_of(model, variables, ref), ref["logits"]) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gemma3"])
+def test_sliding_layers_map_both_ways(name, loaded):
+    """Per-layer specs -> layer_types + sliding_window -> the same specs."""
+    from transformer_jax.pretrained.families import family
+
+    model, _ = loaded(name)
+    cfg = model.cfg.replace(num_decoder_layers=4, decoder_attention=(Dense(), Windowed(7), Windowed(7), Dense()))
+    fam = family(name)
+    hf = fam.to_hf(cfg)
+    assert hf["layer_types"] == ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    assert hf["sliding_window"] == 8
+    assert fam.to_config({**hf, "architectures": list(fam.architectures)}).decoder_specs == cfg.decoder_specs
+    mixed = cfg.replace(decoder_attention=(Dense(), Windowed(7), Windowed(3), Dense()))
+    with pytest.raises(ValueError, match="decoder_attention mixes windows"):
+        fam.to_hf(mixed)
