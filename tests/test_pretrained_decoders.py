@@ -239,3 +239,25 @@ def test_sliding_layers_map_both_ways(name, loaded):
     mixed = cfg.replace(decoder_attention=(Dense(), Windowed(7), Windowed(3), Dense()))
     with pytest.raises(ValueError, match="decoder_attention mixes windows"):
         fam.to_hf(mixed)
+
+
+def test_cached_decoding_matches_full_pass_with_every_option():
+    """Greedy tokens of the cached decode path are the argmax of one full pass over the result,
+    with q/k norms, (1 + w) norms, sandwich norms, windowed and global layers on their own rotary
+    bases, a query scale and softcapped logits all on."""
+    cfg = tj.tiny(num_encoder_layers=0, num_decoder_layers=3, norm="rmsnorm", norm_position="pre",
+                  position="rotary", activation="geglu_tanh", use_bias=False, pad_id=None, num_kv_heads=2,
+                  head_dim=16, qk_norm=True, norm_scale_offset=1.0, sandwich_norm=True, rotary_base=1e6,
+                  rotary_local_base=1e4, attention_scale=0.2, logits_softcap=5.0, tie_output=True,
+                  decoder_attention=(Windowed(2), Dense(), Windowed(2)))
+    model = tj.DecoderLM(cfg)
+    prompt = np.random.default_rng(1).integers(3, cfg.vocab_size, (2, 6)).astype(np.int32)
+    variables = model.init(jax.random.key(3), prompt)
+    # the norms' scales start at 0 (times 1 + 0): give them values, so a dropped offset would show
+    variables = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.3 * jax.random.normal(jax.random.key(len(str(p))), x.shape)
+        if "norm" in str(p) else x, variables)
+    tokens = np.asarray(tj.generate(model, variables, prompt, max_new_tokens=8,
+                                    generation_config=tj.GenerationConfig(eos_ids=())))  # never ends early
+    logits = np.asarray(model.apply(variables, tokens))
+    np.testing.assert_array_equal(logits[:, prompt.shape[1] - 1:-1].argmax(-1), tokens[:, prompt.shape[1]:])
