@@ -16,7 +16,7 @@ from transformer_jax.nnx import to_nnx
 from transformer_jax.pretrained import (LoadReport, from_pretrained, load_generation_config, load_tokenizer,
                                         save_pretrained)
 from transformer_jax.quantization import QuantizedVariables, dequantize, quantize
-from transformer_jax.vit import ViT, ViTConfig
+from transformer_jax.vit import ViT, ViTConfig, ViTEncoder
 from transformer_jax.scan import stack_layers, unstack_layers
 
 __all__ = [
@@ -27,6 +27,6 @@ __all__ = [
     "flops_per_token", "param_count", "generate", "sequence_logprob", "GenerationConfig", "init_cache",
     "from_pretrained", "save_pretrained", "LoadReport", "load_tokenizer", "load_generation_config", "nnx", "to_nnx",
     "LoraConfig", "init_lora", "merge_lora", "quantize", "dequantize", "QuantizedVariables",
-    "ViT", "ViTConfig",
+    "ViT", "ViTConfig", "ViTEncoder",
     "stack_layers", "unstack_layers",
 ]
