@@ -52,9 +52,9 @@ def _sentiment(rng, n):
     out = []
     for _ in range(n):
         label = rng.random() < 0.5
-        words = rng.sample(FILLER, 4) + [rng.choice(GOOD if label else BAD)]
+        words = rng.sample(FILLER, 2) + [rng.choice(GOOD if label else BAD)]
         rng.shuffle(words)
-        pair = " ".join(rng.sample(FILLER, 3))
+        pair = rng.choice(FILLER)
         out.append({"sentence1": " ".join(words), "sentence2": pair, "label": "positive" if label else "negative"})
     return out
 
@@ -68,9 +68,8 @@ def test_sequence_classification_of_pairs_trains_evaluates_and_predicts(tmp_path
     _run("train", "--config", os.path.join(ROOT, "configs", "finetune_classification.py"), "--workdir", work,
          f"--config.init_from={ckpt}", f"--config.data.train_files={files['train']}",
          f"--config.data.validation_files={files['validation']}", f"--config.data.test_files={files['test']}",
-         "--config.num_epochs=6", "--config.optimizer.learning_rate=2e-3", "--config.data.max_src_len=24",
-         "--config.mesh.data=1")
-    assert sorted(os.listdir(os.path.join(work, "tokenizer"))) >= ["tokenizer.json"]  # the checkpoint's, kept
+         "--config.num_epochs=6", "--config.optimizer.learning_rate=2e-3", "--config.data.max_src_len=24")
+    assert "tokenizer.json" in os.listdir(os.path.join(work, "tokenizer"))  # the checkpoint's, kept
     _run("eval", "--workdir", work)
     test = json.load(open(os.path.join(work, "eval.json")))["test"]
     assert {"accuracy", "f1"} <= set(test) and test["examples"] == 32
