@@ -13,7 +13,7 @@
 Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field
 (`transformer-jax train --help [--config FILE]` lists them all). Attention specs are strings:
 --config.model.encoder_attention='Windowed(128)'. Ctrl-C (or SIGTERM) during training saves a
-checkpoint and exits; the same command resumes.
+checkpoint and exits (status 130 for Ctrl-C, 143 for SIGTERM: not finished); the same command resumes.
 Multi-host: pass --coordinator HOST:PORT --num_processes N --process_id I (or rely on the
 cluster's environment, which `jax.distributed.initialize()` reads).
 """
@@ -27,6 +27,7 @@ USAGE = __doc__
 COMMANDS = ("train", "eval", "decode", "predict")
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+EXIT_TERMINATED = 143  # 128 + SIGTERM: a preempted job (checkpoint saved), never mistaken for a finished one
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -159,6 +160,10 @@ def _train(fv) -> int:
         print(f"interrupted: saved the checkpoint of step {summary['step']} in {fv.workdir}; "
               "run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if summary.get("preempted"):
+        print(f"terminated ({summary.get('signal') or 'a stop signal on another process'}): saved the checkpoint "
+              f"of step {summary['step']} in {fv.workdir}; run the same command to resume", file=sys.stderr)
+        return EXIT_TERMINATED
     return 0
 
 

@@ -226,19 +226,23 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, encoded=None, src_segment_ids=None,
-                 deterministic: bool = True, decode: bool = False):
-        """[B, T] tokens -> [B, T, V] float32 logits; `decode=True` runs one cached step.
+                 deterministic: bool = True, decode: bool = False, logits_at=None):
+        """[B, T] tokens -> [B, T, V] float32 logits; `decode=True` runs a cached step.
 
         Decoder inputs are never padding (T5 and Marian start with the pad id): without segment
         ids every token is real, which causal attention makes harmless for trailing padding.
+        A cached step takes T >= 1 positions per row (T > 1: a parallel prefill of the prompt or a
+        chunk of draft tokens); with segment ids [B, T] (1 real, 0 right padding) row b's cache
+        moves on by its own number of real tokens. `logits_at` [B, K] int: only the logits at these
+        positions of the chunk ([B, K, V]), e.g. each row's last prompt token.
         """
         cfg = self.cfg
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        if decode:  # the position is the number of steps already taken
-            index = self.variable("cache", "decode_index", lambda: jnp.array(0, jnp.int32))
-            positions = jnp.broadcast_to(index.value, tokens.shape)
-            index.value = index.value + 1
+        if decode:  # the position is the number of positions already cached, per row
+            index = self.variable("cache", "decode_index", lambda: jnp.zeros(tokens.shape[:1], jnp.int32))
+            positions = index.value[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+            index.value = index.value + jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)
         elif positions is None:
             positions = positions_from_segments(segment_ids)
         embed = self.embed if self.embed is not None else _embed(cfg, "embedding")
@@ -251,6 +255,8 @@ class Decoder(nn.Module):
         # bias): deterministic (6) and decode (7) are static
         x = apply_layers(cfg, DecoderBlock, decoder_kinds(cfg, self.cross), (6, 7), x, segment_ids,
                          positions, encoded, src_segment_ids, deterministic, decode, bias, remat=not decode)
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, jnp.asarray(logits_at, jnp.int32)[..., None], axis=1)  # [B K D]
         return _output_logits(self, cfg, embed, _final_norm(cfg, x))
 
 
@@ -278,12 +284,14 @@ class Transformer(nn.Module):
         return self.encoder(src, src_segment_ids, src_positions, deterministic)
 
     def decode(self, encoded, src, tgt_in, *, src_segment_ids=None, tgt_segment_ids=None,
-               tgt_positions=None, deterministic: bool = True, decode: bool = False):
-        """encoded [B, S, D], src [B, S] (for its padding), tgt_in [B, T] -> logits [B, T, V] float32."""
+               tgt_positions=None, deterministic: bool = True, decode: bool = False, logits_at=None):
+        """encoded [B, S, D], src [B, S] (for its padding), tgt_in [B, T] -> logits [B, T, V] float32.
+        While decoding, `tgt_segment_ids` mark right padding of a multi-token chunk (see `Decoder`)."""
         src_seg = _default_segments(src, self.cfg.pad_id) if src_segment_ids is None else src_segment_ids
         if decode:
-            tgt_segment_ids = tgt_positions = None
-        return self.decoder(tgt_in, tgt_segment_ids, tgt_positions, encoded, src_seg, deterministic, decode)
+            tgt_positions = None
+        return self.decoder(tgt_in, tgt_segment_ids, tgt_positions, encoded, src_seg, deterministic, decode,
+                            logits_at)
 
     def __call__(self, src, tgt_in, *, src_segment_ids=None, src_positions=None, tgt_segment_ids=None,
                  tgt_positions=None, deterministic: bool = True):
@@ -344,9 +352,9 @@ class DecoderLM(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, *, segment_ids=None, positions=None, deterministic: bool = True,
-                 decode: bool = False):
+                 decode: bool = False, logits_at=None):
         return Decoder(self.cfg, _embed(self.cfg, "embedding"), cross=False, name="decoder")(
-            inputs, segment_ids, positions, deterministic=deterministic, decode=decode)
+            inputs, segment_ids, positions, deterministic=deterministic, decode=decode, logits_at=logits_at)
 
 
 def flops_per_token(cfg: TransformerConfig, src_len: int, tgt_len: int) -> float:

@@ -40,11 +40,11 @@ tags and tokens of different lengths.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import glob
 import json
-import math
 import mmap
 import os
 import re
@@ -54,31 +54,12 @@ from typing import Any
 import grain
 import numpy as np
 
-# Role -> column names tried in order (the first present in a file is used).
-DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "text": ("text", "sentence", "sentence1"),
-    "text_pair": ("sentence2", "text_pair"),
-    "label": ("label", "labels"),
-    "tokens": ("tokens", "words"),
-    "tags": ("ner_tags", "tags"),
-    "question": ("question",),
-    "context": ("context",),
-    "answers": ("answers",),
-    "id": ("id",),
-    "title": ("title",),
-    "source": ("source", "document", "article"),
-    "target": ("target", "summary", "highlights"),
-    "prompt": ("prompt", "instruction"),
-    "response": ("response", "completion", "output"),
-}
-ROLES = tuple(DEFAULT_COLUMNS)
-TEXT_ROLES = ("text", "text_pair", "question", "context", "id", "title", "source", "target", "prompt", "response")
+from transformer_jax.data.records import DEFAULT_COLUMNS, ROLES, RowError, RowReader, check_roles, resolve_columns
+
+__all__ = ["DEFAULT_COLUMNS", "ROLES", "FileSource", "derive_labels", "expand", "file_format", "grain_dataset",
+           "open_files"]
+
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "text", ".text": "text"}
-
-
-class _RowError(Exception):
-    """A problem with one row; the caller adds the file and line."""
-
 
 # ----------------------------------------------------------------------------
 # Finding files and their format
@@ -122,7 +103,7 @@ def _is_json_lines(path: str) -> bool:
                     first = json.loads(raw)
                 except ValueError:
                     return False
-                more = bool(f.read().strip())
+                more = bool(f.read(1 << 16).strip())
                 return isinstance(first, dict) and ("data" not in first or more)
     return False
 
@@ -131,12 +112,18 @@ def _is_json_lines(path: str) -> bool:
 # Byte-level reading: UTF-8 check and the index of records
 
 
-def _read_bytes(path: str) -> bytes | mmap.mmap:
-    size = os.path.getsize(path)
-    if size == 0:
+@contextlib.contextmanager
+def _mapped(path: str) -> Iterator[mmap.mmap]:
+    """The file's bytes, memory-mapped (read on demand, not loaded), unmapped afterwards."""
+    if os.path.getsize(path) == 0:
         raise ValueError(f"{path}: empty file (no records)")
     with open(path, "rb") as f:
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        yield buf
+    finally:
+        with contextlib.suppress(BufferError):  # a NumPy view still alive: the GC unmaps it
+            buf.close()
 
 
 def _decode(buf, path: str, start: int, end: int, line: int) -> str:
@@ -174,77 +161,6 @@ def _line_spans(buf, *, quoted: bool) -> Iterator[tuple[int, int, int]]:
 
 
 # ----------------------------------------------------------------------------
-# Cells -> role values
-
-
-def _number(cell: str):
-    if re.fullmatch(r"[+-]?\d+", cell.strip()):
-        return int(cell)
-    try:
-        return float(cell)
-    except ValueError:
-        return cell
-
-
-def _from_cell(role: str, value: Any) -> Any:
-    """CSV/TSV cells are strings: lists, answers and numeric labels are read from them."""
-    if not isinstance(value, str):
-        return value
-    if role in ("tokens", "tags"):
-        return json.loads(value) if value.lstrip().startswith("[") else value.split()
-    if role == "answers":
-        return json.loads(value)
-    if role == "label":
-        return _number(value)
-    return value
-
-
-def _label_id(value, label2id: Mapping[str, int], names: tuple[str, ...], column: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise _RowError(f"column {column!r}: label {value!r} is a {type(value).__name__}; expected a name or an id")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if str(value) in label2id:
-        return label2id[str(value)]
-    if isinstance(value, int) and not any(_is_int(n) for n in names) and 0 <= value < len(names):
-        return value  # an id into names (the reference library's ClassLabel ints)
-    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-    raise _RowError(f"column {column!r}: label {value!r} is not in the label set ({shown})")
-
-
-def _is_int(s: str) -> bool:
-    return bool(re.fullmatch(r"[+-]?\d+", s))
-
-
-def _answers(value, context: str | None, column: str) -> dict[str, list]:
-    """Either layout -> {"text": [...], "answer_start": [...]}, each answer found at its start."""
-    if isinstance(value, list):  # SQuAD's [{"text", "answer_start"}]
-        try:
-            value = {"text": [a["text"] for a in value], "answer_start": [a["answer_start"] for a in value]}
-        except (TypeError, KeyError):
-            raise _RowError(f"column {column!r}: answers {value!r} must be objects with 'text' and 'answer_start'") from None
-    if not isinstance(value, dict) or not {"text", "answer_start"} <= value.keys():
-        raise _RowError(
-            f"column {column!r}: answers {value!r} must be {{'text': [...], 'answer_start': [...]}} "
-            "or a list of {'text', 'answer_start'}")
-    texts, starts = value["text"], value["answer_start"]
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    starts = [starts] if isinstance(starts, int) else list(starts)
-    if len(texts) != len(starts):
-        raise _RowError(f"column {column!r}: {len(texts)} answer texts but {len(starts)} answer_start values")
-    for text, start in zip(texts, starts):
-        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
-            raise _RowError(f"column {column!r}: answer {text!r} at {start!r}: need a string and an integer start")
-        if context is not None and context[start:start + len(text)] != text:
-            found = context.find(text)
-            where = f"the text occurs at {found}" if found >= 0 else "the text is not in the context"
-            raise _RowError(
-                f"answer {text!r} is not found at answer_start={start} of the context (which reads "
-                f"{context[start:start + len(text)]!r} there; {where})")
-    return {"text": texts, "answer_start": starts}
-
-
-# ----------------------------------------------------------------------------
 # The source
 
 
@@ -252,26 +168,26 @@ class FileSource:
     """Random access to the rows of one or more files, as role-keyed records (see the module doc).
 
     Build it with ``open_files``. Every row was checked when it was built; ``__getitem__`` reads one
-    row's bytes with ``os.pread`` (thread-safe) and converts it again.
+    row's bytes with ``os.pread`` (thread-safe, no shared file position) and converts it again.
     """
 
-    def __init__(self, files, formats, columns, roles, labels, memory, index):
-        self.files: tuple[str, ...] = files
-        self.formats: tuple[str, ...] = formats
-        self.columns: tuple[dict[str, str], ...] = columns  # per file: role -> column
-        self.roles: tuple[str, ...] = roles
-        self.labels: tuple[str, ...] | None = labels
-        self._label2id = {n: i for i, n in enumerate(labels or ())}
-        self._memory: dict[int, list[dict]] = memory  # JSON files: their records, converted
-        self._index = index  # int64 [N, 4]: file, start, end, line
-        self._headers: dict[int, list[str]] = {}
+    def __init__(self, files: tuple[str, ...], formats: tuple[str, ...], readers: tuple[RowReader, ...],
+                 headers: dict[int, list[str]], memory: dict[int, list[dict]], index: np.ndarray):
+        self.files, self.formats, self.readers = files, formats, readers
+        self._headers = headers  # CSV/TSV files: their header row
+        self._memory = memory  # JSON files: their records, converted
+        self._index = index  # int64 [N, 4]: file, start byte (record number for JSON), end byte, line
         self._fds: dict[int, int] = {}
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self.readers[0].labels
 
     def __len__(self) -> int:
         return len(self._index)
 
     def __repr__(self) -> str:
-        return f"FileSource(files={list(self.files)!r}, roles={self.roles!r}, records={len(self)})"
+        return f"FileSource(files={list(self.files)!r}, columns={[dict(r.columns) for r in self.readers]!r})"
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_fds"}
@@ -291,82 +207,37 @@ class FileSource:
         if fd is None:
             fd = self._fds[f] = os.open(self.files[f], os.O_RDONLY)
         text = os.pread(fd, end - start, start).decode("utf-8").lstrip("\ufeff")
-        return self._convert(self._raw(f, text, line), f, line)
+        return _read(self.readers[f], _parse(text, self.formats[f], self._headers.get(f), self.files[f], line),
+                     self.files[f], line)
 
-    # ---- conversion
 
-    def _raw(self, f: int, text: str, line: int) -> dict[str, Any]:
-        fmt, path = self.formats[f], self.files[f]
-        if fmt == "text":
-            return {"text": text.rstrip("\r\n")}
-        if fmt == "jsonl":
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {line}: malformed JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {line}: a JSON {type(row).__name__}; each line must be an object")
-            return row
-        header = self._headers.get(f) or self._header(f)
+def _read(reader: RowReader, row: Mapping[str, Any], path: str, line: int) -> dict[str, Any]:
+    try:
+        return reader.read(row)
+    except RowError as e:
+        raise ValueError(f"{path}, line {line}: {e}") from None
+
+
+def _parse(text: str, fmt: str, header: list[str] | None, path: str, line: int) -> dict[str, Any]:
+    """One record's text -> its row (column -> value)."""
+    if fmt == "text":
+        return {"text": text.rstrip("\r\n")}
+    if fmt == "jsonl":
         try:
-            cells = _split_row(text, fmt)
-        except _RowError as e:
-            raise ValueError(f"{path}, line {line}: {e}") from None
-        if len(cells) != len(header):
-            raise ValueError(f"{path}, line {line}: {len(cells)} fields, but the header has {len(header)} ({', '.join(header)})")
-        return dict(zip(header, cells))
-
-    def _header(self, f: int) -> list[str]:
-        with open(self.files[f], "rb") as fh:
-            buf = fh.read(1 << 20)
-        first = next(_line_spans(buf + b"\n", quoted=self.formats[f] == "csv"))
-        self._headers[f] = _split_row(buf[first[0]:first[1]].decode("utf-8").lstrip("\ufeff"), self.formats[f])
-        return self._headers[f]
-
-    def _convert(self, row: Mapping[str, Any], f: int, line: int) -> dict[str, Any]:
-        try:
-            return self._record(row, f)
-        except _RowError as e:
-            raise ValueError(f"{self.files[f]}, line {line}: {e}") from None
-
-    def _record(self, row: Mapping[str, Any], f: int) -> dict[str, Any]:
-        cols, cell = self.columns[f], self.formats[f] in ("csv", "tsv")
-        out: dict[str, Any] = {}
-        for role, column in cols.items():
-            if column not in row:
-                raise _RowError(f"missing column {column!r} (role {role!r}); the row has {sorted(row)}")
-            value = _from_cell(role, row[column]) if cell else row[column]
-            out[role] = self._value(role, value, column, out, row, cols)
-        if "tags" in out and "tokens" in out and len(out["tags"]) != len(out["tokens"]):
-            raise _RowError(f"{len(out['tokens'])} tokens but {len(out['tags'])} tags (column {cols['tags']!r})")
-        return out
-
-    def _value(self, role, value, column, out, row, cols):
-        if role in TEXT_ROLES:
-            if role == "id" and isinstance(value, int) and not isinstance(value, bool):
-                return str(value)
-            if not isinstance(value, str):
-                raise _RowError(f"column {column!r}: {value!r} is a {type(value).__name__}; expected text")
-            return value
-        if role == "label":
-            if self.labels is not None:
-                return _label_id(value, self._label2id, self.labels, column)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise _RowError(f"column {column!r}: regression label {value!r} must be a finite number "
-                                "(no label set was given)")
-            return float(value)
-        if role in ("tokens", "tags"):
-            if not isinstance(value, list):
-                raise _RowError(f"column {column!r}: {value!r} must be a list")
-            if role == "tokens":
-                if not all(isinstance(t, str) for t in value):
-                    raise _RowError(f"column {column!r}: tokens must be strings")
-                return value
-            return [_label_id(t, self._label2id, self.labels, column) for t in value]
-        if role == "answers":
-            context = row.get(cols["context"]) if "context" in cols else None
-            return _answers(value, context if isinstance(context, str) else None, column)
-        raise AssertionError(role)
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {line}: malformed JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {line}: a JSON {type(row).__name__}; each line must be an object")
+        return row
+    try:
+        cells = _split_row(text, fmt)
+    except RowError as e:
+        raise ValueError(f"{path}, line {line}: {e}") from None
+    if len(cells) != len(header):
+        raise ValueError(f"{path}, line {line}: {len(cells)} fields, but the header has {len(header)} "
+                         f"({', '.join(header)})")
+    return dict(zip(header, cells))
 
 
 def _split_row(text: str, fmt: str) -> list[str]:
@@ -378,42 +249,14 @@ def _split_row(text: str, fmt: str) -> list[str]:
     try:
         rows = list(csv.reader(text.splitlines(keepends=True), strict=True))
     except csv.Error as e:
-        raise _RowError(f"malformed CSV ({e})") from None
+        raise RowError(f"malformed CSV ({e})") from None
     if len(rows) != 1:
-        raise _RowError(f"malformed CSV: one record reads as {len(rows)} rows (an unbalanced quote?)")
+        raise RowError(f"malformed CSV: one record reads as {len(rows)} rows (an unbalanced quote?)")
     return rows[0]
 
 
 # ----------------------------------------------------------------------------
 # Opening: columns, index, validation
-
-
-def _resolve_columns(path, first_row_keys, roles, optional, columns) -> dict[str, str]:
-    keys = set(first_row_keys)
-    out: dict[str, str] = {}
-    for role in (*roles, *optional):
-        if role in columns:
-            name = columns[role]
-            if name in keys:
-                out[role] = name
-            elif role in roles:
-                raise ValueError(f"{path}, line 1: missing column {name!r} (role {role!r}, set by columns); "
-                                 f"the file has {sorted(keys)}")
-            continue
-        name = next((c for c in DEFAULT_COLUMNS[role] if c in keys and c not in out.values()), None)
-        if name is not None:
-            out[role] = name
-        elif role in roles:
-            raise ValueError(
-                f"{path}, line 1: missing column for role {role!r}: tried {list(DEFAULT_COLUMNS[role])}; the file "
-                f"has {sorted(keys)}; name it with --config.data.columns (e.g. {role}=<column>)")
-    return out
-
-
-def _check_roles(roles, optional, columns):
-    for role in (*roles, *optional, *columns):
-        if role not in DEFAULT_COLUMNS:
-            raise ValueError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
 
 
 def _decode_file(buf, path: str) -> str:
@@ -428,7 +271,8 @@ def _decode_file(buf, path: str) -> str:
 
 def _json_records(path: str) -> tuple[list[dict], list[tuple], str]:
     """A JSON document -> (records, the JSON path of each, for error lines, and its text)."""
-    text = _decode_file(_read_bytes(path), path)
+    with _mapped(path) as buf:
+        text = _decode_file(buf, path)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -509,65 +353,75 @@ def open_files(
     """
     columns = dict(columns or {})
     roles, optional = tuple(roles), tuple(r for r in optional if r not in roles)
-    _check_roles(roles, optional, columns)
+    check_roles(roles, optional, columns)
     if "tags" in (*roles, *optional) and labels is None:
         raise ValueError("the 'tags' role needs labels=(the tag set); derive it with derive_labels(train_files, 'tags')")
-    paths = expand(files)
     labels = tuple(str(x) for x in labels) if labels is not None else None
-    source = FileSource(tuple(paths), tuple(map(file_format, paths)), (), roles, labels, {}, np.zeros((0, 4), np.int64))
-    index, resolved = [], []
-    for f, path in enumerate(paths):
-        cols, rows = _index_file(source, f, path, roles, optional, columns)
-        resolved.append(cols)
-        index.append(rows)
-    source.columns = tuple(resolved)
-    source._index = np.concatenate(index)
-    return source
+    return _open(expand(files), roles, optional, columns, labels, raw_labels=False)
 
 
-def _index_file(source: FileSource, f: int, path: str, roles, optional, columns):
-    """Checks every row of one file; returns its resolved columns and index rows [n, 4]."""
-    fmt = source.formats[f]
+def _open(paths, roles, optional, columns, labels, raw_labels) -> FileSource:
+    formats = tuple(map(file_format, paths))
+    readers, headers, memory, index = [], {}, {}, []
+    for f, (path, fmt) in enumerate(zip(paths, formats)):
+        reader, header, records, spans = _index_file(path, fmt, roles, optional, columns, labels, raw_labels)
+        readers.append(reader)
+        if header is not None:
+            headers[f] = header
+        if records is not None:
+            memory[f] = records
+        index.append(np.concatenate([np.full((len(spans), 1), f), spans], 1))
+    return FileSource(tuple(paths), formats, tuple(readers), headers, memory, np.concatenate(index).astype(np.int64))
+
+
+def _index_file(path, fmt, roles, optional, columns, labels, raw_labels):
+    """Checks every row of one file. Returns (its reader, its header or None, its converted records
+    (JSON) or None, [n, 3] int64 start, end, line of each record)."""
+    def reader_for(keys):
+        cols = {"text": "text"} if fmt == "text" else resolve_columns(path, keys, roles, optional, columns)
+        return RowReader(cols, labels, cells=fmt in ("csv", "tsv"), raw_labels=raw_labels)
+
     if fmt == "json":
         records, where, text = _json_records(path)
         if not records:
             raise ValueError(f"{path}: empty file (no records)")
-        cols = _resolve_columns(path, records[0].keys(), roles, optional, columns)
-        source.columns = (*source.columns[:f], cols)
+        reader = reader_for(records[0].keys())
         converted = []
         for r, at in zip(records, where):
             try:
-                converted.append(source._record(r, f))
-            except _RowError as e:
+                converted.append(reader.read(r))
+            except RowError as e:
                 raise ValueError(f"{path}, line {json_line(text, at)}: {e}") from None
-        source._memory[f] = converted
         n = len(converted)
-        return cols, np.stack([np.full(n, f), np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64)], 1)
-    buf = _read_bytes(path)
-    spans = []
-    for start, end, line in _line_spans(buf, quoted=fmt == "csv"):
-        spans.append((start, end, line))
+        return reader, None, converted, np.stack([np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64)], 1)
+    with _mapped(path) as buf:
+        return _index_lines(buf, path, fmt, roles, reader_for)
+
+
+def _index_lines(buf, path, fmt, roles, reader_for):
+    """The line-based formats: every record decoded and checked; its span and first line kept."""
+    spans = list(_line_spans(buf, quoted=fmt == "csv"))
+    header = None
     if fmt in ("csv", "tsv"):
         if not spans:
             raise ValueError(f"{path}: empty file (no header, no records)")
         start, end, line = spans.pop(0)
-        header = _split_row(_decode(buf, path, start, end, line), fmt)
+        try:
+            header = _split_row(_decode(buf, path, start, end, line), fmt)
+        except RowError as e:
+            raise ValueError(f"{path}, line {line}: {e}") from None
         if len(set(header)) != len(header):
             raise ValueError(f"{path}, line {line}: repeated column names in the header {header}")
-        source._headers[f] = header
     if not spans:
         raise ValueError(f"{path}: empty file (no records)")
     if fmt == "text" and set(roles) - {"text"}:
         raise ValueError(f"{path}: a plain-text file has only the role 'text'; this needs {list(roles)}")
-    cols = None
+    reader = None
     for start, end, line in spans:
-        text = _decode(buf, path, start, end, line)
-        row = source._raw(f, text, line)
-        if cols is None:
-            cols = {"text": "text"} if fmt == "text" else _resolve_columns(path, row.keys(), roles, optional, columns)
-            source.columns = (*source.columns[:f], cols)
-        source._convert(row, f, line)
-    return cols, np.array([(f, s, e, line) for s, e, line in spans], np.int64)
+        row = _parse(_decode(buf, path, start, end, line), fmt, header, path, line)
+        reader = reader or reader_for(row.keys())
+        _read(reader, row, path, line)
+    return reader, header, None, np.array(spans, np.int64)
 
 
 # ----------------------------------------------------------------------------
@@ -583,39 +437,20 @@ def derive_labels(files: str | Sequence[str], role: str = "label", *,
     """
     if role not in ("label", "tags"):
         raise ValueError(f"derive_labels reads the role 'label' or 'tags', got {role!r}")
+    columns = {k: v for k, v in (columns or {}).items() if k == role}
+    src = _open(expand(files), (role,), (), columns, None, raw_labels=True)
     values: set = set()
-    for path in expand(files):
-        src = _open_raw(path, role, columns)
-        for i in range(len(src)):
-            v = src[i][role]
-            for x in (v if role == "tags" else [v]):
-                if isinstance(x, bool) or not isinstance(x, (str, int, float)):
-                    where = src.where(i)
-                    raise ValueError(f"{where[0]}, line {where[1]}: label {x!r} is a {type(x).__name__}; "
-                                     "expected a name or a number")
-                values.add(int(x) if isinstance(x, float) and x.is_integer() else x)
+    for i in range(len(src)):
+        v = src[i][role]
+        for x in (v if role == "tags" else [v]):
+            if isinstance(x, bool) or not isinstance(x, (str, int, float)):
+                path, line = src.where(i)
+                raise ValueError(f"{path}, line {line}: label {x!r} is a {type(x).__name__}; expected a name or a number")
+            values.add(int(x) if isinstance(x, float) and x.is_integer() else x)
     if any(isinstance(v, float) for v in values) and all(not isinstance(v, str) for v in values):
         return None
-    return tuple(str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v))))
-
-
-class _Raw(FileSource):
-    """Reads a role's raw values (no label set yet)."""
-
-    def _value(self, role, value, column, out, row, cols):
-        if role in ("label", "tags"):
-            if role == "tags" and not isinstance(value, list):
-                raise _RowError(f"column {column!r}: {value!r} must be a list")
-            return value
-        return super()._value(role, value, column, out, row, cols)
-
-
-def _open_raw(path: str, role: str, columns) -> FileSource:
-    columns = {k: v for k, v in (columns or {}).items() if k == role}
-    src = _Raw((path,), (file_format(path),), (), (role,), None, {}, np.zeros((0, 4), np.int64))
-    cols, rows = _index_file(src, 0, path, (role,), (), columns)
-    src.columns, src._index = (cols,), rows
-    return src
+    numbers = sorted(v for v in values if not isinstance(v, str))
+    return tuple(str(v) for v in numbers) + tuple(sorted(v for v in values if isinstance(v, str)))
 
 
 # ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@
         return_overflowing_tokens=True, return_offsets_mapping=True)        # QA windows
     tok(word_lists, is_split_into_words=True)["word_ids"]                   # NER label alignment
 
-The pipeline comes from `tokenizer_files.build` (the `tokenizers` package, assembled the way the
+The pipeline comes from `tokenizer_recipes.build` (the `tokenizers` package, assembled the way the
 reference assembles each tokenizer class); this file holds the call: the padding and truncation
 strategies, overflow windows, and the outputs under the reference's key names. Outputs are numpy
 int32 arrays when every row has the same length (always when padded; a single string is a batch of
@@ -30,6 +30,7 @@ import numpy as np
 import sentencepiece as spm
 
 from transformer_jax.pretrained import tokenizer_files as files
+from transformer_jax.pretrained import tokenizer_recipes as recipes
 
 LARGE = int(1e20)  # the reference's model_max_length for "no limit" is 1e30
 PADDING = ("longest", "max_length", "do_not_pad")
@@ -117,14 +118,14 @@ def _rectangle(rows: list):
 class PretrainedTokenizer:
     """A `tokenizers` pipeline with the reference's call API (see the module docstring)."""
 
-    def __init__(self, loaded: files.Loaded):
+    def __init__(self, loaded: recipes.Loaded):
         self._tok = loaded.backend
         self._loaded = loaded
         s = loaded.settings
         self.class_name = loaded.class_name
         self.special_tokens = dict(loaded.special_tokens)
         self.model_input_names = list(s.get("model_input_names") or (
-            ["input_ids", "token_type_ids", "attention_mask"] if loaded.class_name in files.WITH_TOKEN_TYPES
+            ["input_ids", "token_type_ids", "attention_mask"] if loaded.class_name in recipes.WITH_TOKEN_TYPES
             else ["input_ids", "attention_mask"]))
         self.model_max_length = int(s.get("model_max_length") or int(1e30))
         self.padding_side = s.get("padding_side", "right")
@@ -199,9 +200,45 @@ class PretrainedTokenizer:
         del batched  # a single input is a batch of one: arrays stay [1, T], ready for a model
         return out
 
+    def _check_stride(self, batch, trunc, max_length, stride, add_special_tokens, pretokenized) -> None:
+        """The windows of a truncated sequence must advance: stride < the tokens left for it. The
+        tokenizers library panics otherwise (with a Rust backtrace); this names the row instead. Longest-
+        first truncation of pairs is left to the library's own check."""
+        if stride == 0 or trunc == "do_not_truncate":
+            return
+        pairs = [b for b in batch if isinstance(b, tuple)]
+        if pairs and trunc == "longest_first":
+            return
+        budget = max_length - (self._tok.num_special_tokens_to_add(bool(pairs)) if add_special_tokens else 0)
+        if not pairs:
+            if stride < budget or budget <= 0:  # windows of 0 tokens: the library returns empty rows
+                return
+            lengths = [len(e) for e in self._tok.encode_batch(batch, add_special_tokens=False,
+                                                              is_pretokenized=pretokenized)]
+            for i, n in enumerate(lengths):
+                if n > budget:
+                    raise ValueError(f"stride={stride} with max_length={max_length}: text {i} ({n} tokens) is cut "
+                                     f"into windows of {budget} tokens (max_length less {max_length - budget} special "
+                                     f"tokens); stride must be < {budget}")
+            return
+        kept, cut = (0, 1) if trunc == "only_second" else (1, 0)
+        fixed = [len(e) for e in self._tok.encode_batch([b[kept] for b in batch], add_special_tokens=False,
+                                                        is_pretokenized=pretokenized)]
+        for i, n_fixed in enumerate(fixed):
+            if budget - n_fixed > stride or budget - n_fixed <= 0:
+                continue
+            n_cut = len(self._tok.encode(batch[i][cut], add_special_tokens=False, is_pretokenized=pretokenized))
+            if n_fixed + n_cut > budget and n_cut > n_fixed + n_cut - budget:
+                which = "second" if trunc == "only_second" else "first"
+                raise ValueError(
+                    f"stride={stride} with max_length={max_length}, truncation={trunc!r}: in pair {i} the other text "
+                    f"takes {n_fixed} tokens, leaving windows of {budget - n_fixed} tokens for the {which} text "
+                    f"(after {max_length - budget} special tokens); stride must be < {budget - n_fixed}")
+
     def _encode(self, batch, pad, trunc, max_length, stride, side, pad_to_multiple_of, add_special_tokens,
                 is_split_into_words):
         tok = self._tok
+        self._check_stride(batch, trunc, max_length, stride, add_special_tokens, is_split_into_words)
         try:
             if trunc != "do_not_truncate":
                 tok.enable_truncation(max_length, stride=stride, strategy=trunc, direction=self.truncation_side)
@@ -228,7 +265,9 @@ class PretrainedTokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True,
                clean_up_tokenization_spaces: bool | None = None) -> str:
         text = self._tok.decode(_ids(ids), skip_special_tokens=skip_special_tokens)
-        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        clean = clean_up_tokenization_spaces
+        if clean is None:
+            clean = self.clean_up_tokenization_spaces
         if clean and type(self._tok.model).__name__ != "BPE":  # the reference skips it for BPE
             for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
@@ -338,4 +377,4 @@ def load_tokenizer(path):
     if not (directory / "tokenizer.json").is_file() and all(
             (directory / f).is_file() for f in ("source.spm", "target.spm", "vocab.json")):
         return MarianTokenizer(directory)
-    return PretrainedTokenizer(files.build(directory))
+    return PretrainedTokenizer(recipes.build(directory))

@@ -33,6 +33,7 @@ from transformer_jax.train.build import (Setup, checkpointer, has_checkpoint, lo
 from transformer_jax.train.build import log as _log
 from transformer_jax.train.evaluate import evaluate_bleu, evaluate_loss, final_eval, summary_line  # noqa: F401
 from transformer_jax.train.experiment import validate_config  # noqa: F401
+from transformer_jax.train.lock import workdir_lock
 from transformer_jax.train.logs import MetricsWriter, Progress, read_metrics, write_json_atomic  # noqa: F401
 from transformer_jax.train.profile import StepProfiler, parse_profile_steps
 from transformer_jax.train.state import abstract_state
@@ -123,6 +124,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
     `summary["preempted"]` and `summary["signal"]` set.
     """
     s, train_iter = setup(config, workdir, train_iter=train_iter)
+    with workdir_lock(workdir):  # before anything is written there: one trainer per workdir (train/lock.py)
+        return _train(s, config, workdir, train_iter, eval_iter_fn, progress)
+
+
+def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter: Iterator,
+           eval_iter_fn: Callable[[], Iterator] | None, progress: bool | None) -> dict[str, Any]:
     save_config(config, workdir)
     mesh, state = s.mesh, s.state
     _log(shd.mesh_summary(mesh))
