@@ -244,3 +244,14 @@ def test_causal_lm_fine_tuning_from_gpt2_on_prompt_response_files(tmp_path):
     out = str(tmp_path / "out.jsonl")
     _run("predict", "--workdir", work, "--input", files["test"], "--output", out)
     assert [set(json.loads(x)) for x in open(out)] == [{"generated"}] * 4
+
+
+def test_a_bad_row_is_an_error_naming_the_file_and_line_before_anything_is_built(tmp_path):
+    ckpt = _checkpoint(tmp_path, "bert_mlm", "bert")
+    train = _jsonl(tmp_path / "train.jsonl", [{"text": "good dog", "label": "positive"}, {"text": "lazy fox"}])
+    work = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"error: .*train.jsonl, line 2.*label"):
+        cli.main(["train", "--config", os.path.join(ROOT, "configs", "finetune_classification.py"), "--workdir",
+                  str(work), f"--config.init_from={ckpt}", f"--config.data.train_files={train}",
+                  f"--config.data.validation_files={train}", f"--config.data.test_files={train}"])
+    assert not work.exists()
