@@ -26,7 +26,7 @@ from transformer_jax.attention import SPECS
 from transformer_jax.attention.base import RecurrentDecoding
 from transformer_jax.attention.base import einsum_f32
 from transformer_jax.attention.dense import Dense
-from transformer_jax.layers import apply_rotary, dense
+from transformer_jax.layers import apply_rotary, dense, norm
 
 Dtype = Any
 # The running-state entries of the registered recurrent specs (all batched), with their fresh values.
@@ -56,10 +56,19 @@ class MultiHeadAttention(nn.Module):
     num_kv_heads: int | None = None  # grouped-query attention; default num_heads
     use_bias: bool = True
     scale: float | None = None  # scores = scale * q.k; default 1 / sqrt(head_dim)
+    qk_norm: bool = False  # RMSNorm over each head of q and k before rotary (Qwen3, Gemma 3)
+    norm_eps: float = 1e-6  # the q/k norms' epsilon
+    norm_offset: float = 0.0  # the q/k norms multiply by (offset + scale) (Gemma: 1.0)
 
     def _proj(self, name: str, heads: int):
-        return dense((heads, self.head_dim), ("embed", "heads", "kv"), self.dtype, self.param_dtype, name,
+        """x [B, S, D] -> [B, S, heads, H], then the per-head RMSNorm `<name>_norm` with `qk_norm`
+        (query and key only)."""
+        proj = dense((heads, self.head_dim), ("embed", "heads", "kv"), self.dtype, self.param_dtype, name,
                      self.use_bias)
+        if not self.qk_norm or name == "value":
+            return proj
+        qk = norm("rmsnorm", self.dtype, self.param_dtype, f"{name}_norm", self.norm_eps, self.norm_offset, "kv")
+        return lambda x: qk(proj(x))
 
     @nn.compact
     def __call__(self, x: Array, kv: Array | None = None, *, q_segment_ids=None, kv_segment_ids=None,

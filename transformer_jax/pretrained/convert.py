@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import flax.linen as nn
@@ -38,7 +39,8 @@ log = logging.getLogger("transformer_jax.pretrained")
 
 # Fields that do not change what a model computes at inference, or that its class never reads.
 _IRRELEVANT = {"dtype", "param_dtype", "dropout_rate", "scan_layers", "remat", "family", "hf_config"}
-_ROOTS = {"Encoder": "encoder", "Decoder": "decoder"}  # bare stacks: their own parameters hold the layers
+# bare stacks: their own parameters hold the layers (a ViT's encoder layers sit at its root)
+_ROOTS = {"Encoder": "encoder", "Decoder": "decoder", "ViT": "encoder", "ViTEncoder": "encoder"}
 _ENCODER_ONLY_UNUSED = {"num_decoder_layers", "decoder_attention", "cross_attention", "share_embeddings"}
 _UNUSED_BY = {
     "Encoder": _ENCODER_ONLY_UNUSED | {"tie_output", "logits_bias", "logits_scale", "num_classes", "pooling"},
@@ -52,6 +54,10 @@ _UNUSED_BY = {
                   "num_classes", "pooling", "pooler_activation", "pad_id", "type_vocab_size"},
     "Transformer": {"num_classes", "pooling", "pooler_activation", "type_vocab_size"},
 }
+_IMAGE_UNUSED = _ENCODER_ONLY_UNUSED | {"vocab_size", "max_len", "pad_id", "tie_output", "logits_bias", "logits_scale",
+                                        "type_vocab_size", "embed_scale", "embed_norm", "position_offset",
+                                        "pooler_activation"}
+_UNUSED_BY.update(ViT=_IMAGE_UNUSED, ViTEncoder=_IMAGE_UNUSED | {"num_classes"})
 # config.json fields that say nothing about the model (not kept in TransformerConfig.hf_config)
 _NOT_KEPT = {"architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path"}
 
@@ -91,6 +97,8 @@ def config_of(family: Family, hf: dict, config_path: Path) -> TransformerConfig:
 
 
 def _example_inputs(model) -> tuple:
+    if hasattr(model, "example_inputs"):  # a model of other inputs than token ids (ViT: images)
+        return model.example_inputs()
     ids = jnp.ones((1, 1), jnp.int32)
     return (ids, ids) if isinstance(model, Transformer) else (ids,)
 
@@ -257,6 +265,8 @@ def head_of(model) -> str:
     for head, cls in HEADS.items():
         if type(model) is cls:
             return head
+    if isinstance(getattr(type(model), "head_name", None), str):  # a model a family builds (ViT)
+        return type(model).head_name
     raise ValueError(f"{type(model).__name__} has no Hugging Face equivalent; savable models: "
                      f"{', '.join(sorted({c.__name__ for c in HEADS.values()}))}")
 
@@ -301,7 +311,7 @@ def hf_config_of(model, family=None, id2label=None) -> tuple[dict, Family, str]:
     family = _family_of(model, head, family)
     arch = family.architecture(head)
     kept = {k: json.loads(v) for k, v in cfg.hf_config}
-    hf = dict(kept, **family.to_hf(cfg), architectures=[arch])
+    hf = dict(kept, **family.to_hf(cfg), **family.model_fields(model), architectures=[arch])
     if head in ("sequence_classification", "token_classification"):
         hf.update(_labels(kept, cfg.num_classes, id2label))
         hf["num_labels"] = cfg.num_classes
@@ -327,10 +337,15 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 
 
 def _write_tokenizer(tokenizer, directory: Path) -> set[str]:
-    """A tokenizer object with `.save(dir)`, or a directory whose tokenizer files are copied; the
-    names of the files written (kept by `remove_stale`)."""
+    """A tokenizer object with `.save(dir)`, or a directory whose tokenizer files are copied; returns
+    the names written (so a stale-file sweep keeps them)."""
     if hasattr(tokenizer, "save"):
-        return {Path(p).name for p in (tokenizer.save(directory) or ())}
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            tokenizer.save(tmp)
+            names = set(os.listdir(tmp))
+            for name in names:
+                os.replace(Path(tmp) / name, directory / name)
+        return names
     source = Path(tokenizer)
     files = [source / n for n in _TOKENIZER_FILES if (source / n).exists()]
     if not files:
@@ -365,9 +380,9 @@ def save_pretrained(model, variables, path, *, family=None, tokenizer=None, id2l
     `tj.load_tokenizer`'s) or a directory to copy tokenizer files from. `id2label` (a list or
     {id: label}) names the classes. Raises a ValueError naming the field when the model has no
     reference equivalent (e.g. a `BlockSparse` encoder). Files are written beside their final names
-    and renamed into place; then the files of a model saved there before that this save did not
-    rewrite (a sharded index and its shards, generation_config.json, tokenizer files) are removed,
-    as the reference library does for weights, so they never load beside (or instead of) the new ones.
+    and renamed into place. Then the files of a model saved there before that this save did not
+    rewrite (a sharded index and its shards, generation_config.json, tokenizer files) are removed, as
+    the reference library does for weights, so they never load beside (or instead of) the new ones.
     """
     hf, family, arch = hf_config_of(model, family, id2label)
     directory = Path(path)
@@ -375,8 +390,9 @@ def save_pretrained(model, variables, path, *, family=None, tokenizer=None, id2l
         raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
     params = flatten_dict(nn.unbox(unstack_layers(variables["params"], model.cfg,
                                                   _ROOTS.get(type(model).__name__))))
-    table = family.tensors(model.cfg, arch)
-    backbone = backbone_names(family, model.cfg)
+    cfg = model.cfg.replace(hf_config=_kept_fields(hf, family, model.cfg))  # as written (a ViT's geometry)
+    table = family.tensors(cfg, arch)
+    backbone = backbone_names(family, cfg)
     # a bare Encoder built without its pooler saves without it (the reference initialises one)
     table = [row for row in table if family.canonical(row.name) in backbone
              or any(p in params for p in row.paths)]

@@ -49,6 +49,8 @@ class Family:
     - `base_prefix`: the reference's `base_model_prefix` ("bert"): the backbone's tensors carry it
       in every architecture but the bare model, so a checkpoint of one head loads under another.
     - `build`: head -> a function of the config building the model, where `HEADS` does not fit.
+    - `model_fields(model) -> dict`: config.json fields a model holds beside its config (ViT's
+      image geometry), written when saving.
     """
 
     name: str
@@ -60,6 +62,7 @@ class Family:
     unused: tuple[str, ...] = ()
     base_prefix: str = ""
     build: dict = dataclasses.field(default_factory=dict)
+    model_fields: Callable[[object], dict] = lambda model: {}
 
     @property
     def heads(self) -> tuple[str, ...]:
