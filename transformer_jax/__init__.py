@@ -7,7 +7,8 @@ from transformer_jax import attention, nnx
 from transformer_jax.config import TransformerConfig, base, big, preset, tiny
 from transformer_jax.attention.module import MultiHeadAttention
 from transformer_jax.moe import MoEMLP
-from transformer_jax.decode import GenerationConfig, generate, init_cache, sequence_logprob
+from transformer_jax.compilation_cache import enable_compilation_cache
+from transformer_jax.decode import GenerateOutput, GenerationConfig, generate, init_cache, sequence_logprob
 from transformer_jax.model import (Decoder, DecoderBlock, DecoderLM, Encoder, EncoderBlock, EncoderClassifier,
                                    MaskedLM, QuestionAnswering, TokenClassifier, Transformer, flops_per_token,
                                    param_count)
@@ -24,7 +25,8 @@ __all__ = [
     "Transformer", "Encoder", "Decoder", "EncoderClassifier", "TokenClassifier", "QuestionAnswering",
     "MaskedLM", "DecoderLM",
     "MultiHeadAttention", "EncoderBlock", "DecoderBlock", "MoEMLP",
-    "flops_per_token", "param_count", "generate", "sequence_logprob", "GenerationConfig", "init_cache",
+    "flops_per_token", "param_count", "generate", "sequence_logprob", "GenerationConfig", "GenerateOutput",
+    "init_cache", "enable_compilation_cache",
     "from_pretrained", "save_pretrained", "LoadReport", "load_tokenizer", "load_generation_config", "nnx", "to_nnx",
     "LoraConfig", "init_lora", "merge_lora", "quantize", "dequantize", "QuantizedVariables",
     "ViT", "ViTConfig", "ViTEncoder",

@@ -56,6 +56,23 @@ def _parse(argv: list[str]):
                         flag_values=fv)
     flags.DEFINE_integer("max_new_tokens", 0, "decode a causal LM or --pretrained: tokens to generate (0: "
                          "the model's generation_config, else 64)", flag_values=fv)
+    flags.DEFINE_float("temperature", 0.0, "decode --pretrained: sampling temperature (0: greedy)", flag_values=fv)
+    flags.DEFINE_integer("top_k", 0, "decode --pretrained: sample among the k most likely tokens (0: all)",
+                         flag_values=fv)
+    flags.DEFINE_float("top_p", 1.0, "decode --pretrained: nucleus sampling mass (1: all)", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "decode --pretrained: sampling seed", flag_values=fv)
+    flags.DEFINE_float("repetition_penalty", 1.0, "decode --pretrained: penalty on tokens already present "
+                       "(1: off)", flag_values=fv)
+    flags.DEFINE_integer("no_repeat_ngram_size", 0, "decode --pretrained: ban repeated n-grams of this size "
+                         "(0: off)", flag_values=fv)
+    flags.DEFINE_integer("min_new_tokens", 0, "decode --pretrained: no EOS before this many tokens", flag_values=fv)
+    flags.DEFINE_integer("num_return_sequences", 1, "decode --pretrained: outputs per input line (sampling or "
+                         "beams), printed one per line", flag_values=fv)
+    flags.DEFINE_multi_string("stop", [], "decode --pretrained: stop string (repeatable): the output ends "
+                              "before its first occurrence", flag_values=fv)
+    flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache directory (default "
+                        "$TRANSFORMER_JAX_COMPILATION_CACHE or ~/.cache/transformer_jax/xla; '' turns it off)",
+                        flag_values=fv)
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval/decode: which checkpoint", flag_values=fv)
     flags.DEFINE_string("quantize", "", "eval/decode: run on weight-only quantized parameters (int8 per output "
                         "channel, or bfloat16 / float16 casts; transformer_jax/quantization.py)", flag_values=fv)
@@ -255,8 +272,12 @@ def _decode_pretrained(fv) -> int:
     tokenizer = tj.load_tokenizer(fv.pretrained)
     config = tj.load_generation_config(fv.pretrained)
     n = fv.max_new_tokens or config.max_new_tokens or 64
+    sampling = dict(temperature=fv.temperature, top_k=fv.top_k, top_p=fv.top_p, seed=fv.seed,
+                    repetition_penalty=fv.repetition_penalty, no_repeat_ngram_size=fv.no_repeat_ngram_size,
+                    min_new_tokens=fv.min_new_tokens, num_return_sequences=fv.num_return_sequences,
+                    stop_strings=tuple(fv.stop))
     for line in generate_text(model, variables, tokenizer, _read_lines(fv.input), generation_config=config,
-                              max_new_tokens=n, beam_size=fv.beam_size or 1):
+                              max_new_tokens=n, beam_size=fv.beam_size or 1, **sampling):
         print(line)
     return 0
 
@@ -366,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     if not fv.workdir and not (command == "decode" and fv.pretrained):
         raise SystemExit("error: --workdir is required" + (" (or --pretrained DIR)" if command == "decode" else ""))
     _maybe_distributed(fv)
+    if fv.compilation_cache != "":
+        from transformer_jax.compilation_cache import enable_compilation_cache
+
+        enable_compilation_cache(fv.compilation_cache)
 
     from transformer_jax.train import loop
 

@@ -187,8 +187,9 @@ class MultiHeadAttention(nn.Module):
         pattern = _causal_pattern(self.spec, self.cache_len)
         if pattern is not None:  # the rows of the spec's own causal pattern (sized as before)
             visible = visible & jnp.asarray(pattern[:, :length])[jnp.minimum(qpos, self.cache_len - 1)]
-        if bias is not None:
-            bias = bias[..., :length]  # the caller's bias spans cfg.max_len slots
+        if bias is not None:  # the caller's bias spans cfg.max_len slots; a longer cache gets zeros past them
+            bias = bias[..., :length]
+            bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(0, length - bias.shape[-1])])
         out = grouped_attention(q, ck.value, cv.value, visible, bias)
         # past a full cache there is no slot left: poison the real positions, never clamp
         real = jnp.arange(t)[None, :] < valid[:, None]
