@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import flax.linen as nn
@@ -221,6 +222,21 @@ def hf_config_of(model) -> tuple[dict, Family, str]:
     return hf, family, arch
 
 
+def _refuse_quantized(variables) -> None:
+    """Quantized variables would be written as rounded floats (or not at all): name the fix."""
+    from transformer_jax.quantization import SCALE_SUFFIX, QuantizedVariables
+
+    if isinstance(variables, QuantizedVariables):
+        raise ValueError(f"save_pretrained: these variables are {variables.dtype}-quantized; dequantize first "
+                         "(save the float32 variables, or `tj.dequantize(q)`)")
+    params = variables.get("params", {}) if isinstance(variables, Mapping) else {}
+    flat = flatten_dict(nn.unbox(dict(params))) if isinstance(params, Mapping) else {}
+    scaled = [p for p in flat if str(p[-1]).endswith(SCALE_SUFFIX)]
+    if scaled:
+        raise ValueError(f"save_pretrained: these variables are quantized ({'/'.join(scaled[0])}); dequantize "
+                         "first (`tj.dequantize(q)`)")
+
+
 def save_pretrained(model, variables, path, *, generation_config: dict | None = None) -> Path:
     """Write `config.json` and `model.safetensors` in the Hugging Face layout (float32).
 
@@ -230,6 +246,7 @@ def save_pretrained(model, variables, path, *, generation_config: dict | None = 
     index and its shards, generation_config.json, tokenizer files) are removed, as the reference
     library does for weights, so they never load beside (or instead of) the new ones.
     """
+    _refuse_quantized(variables)
     hf, family, arch = hf_config_of(model)
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
