@@ -81,6 +81,40 @@ def config_of(family: Family, hf: dict, config_path: Path) -> TransformerConfig:
         raise ValueError(f"{config_path}: {str(e).removeprefix('config.json: ')}") from None
 
 
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+# Overrides that leave what a checkpoint computes unchanged (up to the computation dtype).
+_SAFE_OVERRIDES = _IRRELEVANT | {"max_len"}
+
+
+def _dtype_name(safetensors_dtype: str) -> str:
+    return {"I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}.get(
+        safetensors_dtype, safetensors_dtype)
+
+
+def _same_attention(a, b) -> bool:
+    """Two specs (or per-layer tuples) compute the same: equal, or both exact softmax (Dense, Flash)."""
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+        n = max(len(a), len(b))
+        a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+        return len(a) == len(b) and all(_same_attention(x, y) for x, y in zip(a, b))
+    return a == b or (getattr(a, "exact_softmax", False) and getattr(b, "exact_softmax", False))
+
+
+def _check_overrides(stored: TransformerConfig, cfg: TransformerConfig, overrides: dict, directory: Path) -> None:
+    """An override may change how the model runs (dtype, dropout, scan, remat, max_len, an exact
+    attention backend), never what the checkpoint computes: that would load and run, wrongly."""
+    for field, value in overrides.items():
+        if field in _SAFE_OVERRIDES or getattr(stored, field, value) == getattr(cfg, field, value):
+            continue
+        if field.endswith("_attention") and _same_attention(getattr(stored, field), getattr(cfg, field)):
+            continue
+        raise ValueError(f"from_pretrained({str(directory)!r}, {field}={value!r}): the override changes what the "
+                         f"checkpoint computes (its config.json gives {field}={getattr(stored, field)!r}); "
+                         f"overrides may set {', '.join(sorted(_SAFE_OVERRIDES))} or an exact-softmax attention "
+                         "(Dense, Flash)")
+
+
 def _example_inputs(model) -> tuple:
     ids = jnp.ones((1, 1), jnp.int32)
     return (ids, ids) if isinstance(model, Transformer) else (ids,)
@@ -131,11 +165,12 @@ def from_pretrained(path, *, mesh=None, dtype: str | None = None, param_dtype: s
     files = weight_files(directory)  # first: a missing directory or weights file is the likeliest error
     hf = read_json(directory / "config.json")
     arch, family = _architecture(hf, directory / "config.json")
-    cfg = config_of(family, hf, directory / "config.json")
+    stored_cfg = config_of(family, hf, directory / "config.json")
     overrides = dict(config_overrides, param_dtype=param_dtype)
     if dtype is not None:
         overrides["dtype"] = dtype
-    cfg = cfg.replace(**overrides)
+    cfg = stored_cfg.replace(**overrides)
+    _check_overrides(stored_cfg, cfg, config_overrides, directory)
     model = family.architectures[arch](cfg.replace(scan_layers=False))  # the tables name layer_<i>
 
     boxed = abstract_params(model)
@@ -153,11 +188,20 @@ def from_pretrained(path, *, mesh=None, dtype: str | None = None, param_dtype: s
         if want != got:
             raise ValueError(f"{directory}: tensor {stored[row.name]!r} has shape {got} in the checkpoint, "
                              f"but config.json implies {want}")
+        if reader.dtype(stored[row.name]) not in _FLOAT_DTYPES:
+            raise ValueError(f"{directory}: tensor {stored[row.name]!r} is {_dtype_name(reader.dtype(stored[row.name]))} "
+                             f"in the checkpoint; weights must be floating point ({', '.join(_FLOAT_DTYPES)}), "
+                             "not cast in silence")
 
     np_dtype = jnp.dtype(param_dtype)
     params = {}
     for row in table:
-        for p, value in zip(row.paths, row.load(reader.read(stored[row.name]))):
+        raw = reader.read(stored[row.name])
+        bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+        if bad:
+            raise ValueError(f"{directory}: tensor {stored[row.name]!r} holds {bad} non-finite value(s) (NaN or "
+                             f"inf) of {raw.size}; the checkpoint is damaged")
+        for p, value in zip(row.paths, row.load(raw)):
             value = np.asarray(value, np_dtype)
             if p in shardings:
                 params[p] = jax.make_array_from_callback(value.shape, shardings[p], lambda idx, v=value: v[idx])

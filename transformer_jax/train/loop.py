@@ -130,6 +130,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
 
 def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter: Iterator,
            eval_iter_fn: Callable[[], Iterator] | None, progress: bool | None) -> dict[str, Any]:
+    budget.check_file(workdir)  # a corrupt budget.json: named before anything is written or compiled
     save_config(config, workdir)
     mesh, state = s.mesh, s.state
     _log(shd.mesh_summary(mesh))
