@@ -142,3 +142,26 @@ def test_to_nnx_without_the_params_key_says_so():
     params = model.init(jax.random.key(0), x)["params"]
     with pytest.raises(ValueError, match=r"\{'params': \.\.\.\}.*got keys.*layer_0"):
         to_nnx(model, x, variables=params)
+
+
+# ---- item 13: configs and image tasks -------------------------------------------------------------
+
+
+def test_tiny_config_fits_its_own_default_task():
+    import os
+    import runpy
+
+    from transformer_jax.train.experiment import validate_config
+
+    c = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "tiny.py"))["get_config"]()
+    assert c.data.task != "synthetic"
+    validate_config(c, num_devices=1, process_count=1)
+
+
+def test_image_shift_larger_than_the_image_is_named():
+    from transformer_jax import tasks
+
+    task = tasks.ImageClassification(image_size=(8, 8), patch_size=4)
+    with pytest.raises(ValueError, match=r"shift=8.*8x8"):
+        task.with_options(shift=8)
+    assert task.with_options(shift=7).shift == 7
