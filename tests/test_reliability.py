@@ -165,3 +165,16 @@ def test_image_shift_larger_than_the_image_is_named():
     with pytest.raises(ValueError, match=r"shift=8.*8x8"):
         task.with_options(shift=8)
     assert task.with_options(shift=7).shift == 7
+
+
+# ---- item 13: the ETA under a time budget ------------------------------------------------------------
+
+
+def test_eta_is_capped_by_the_time_budget(capsys, monkeypatch):
+    from transformer_jax.train import logs
+
+    progress = logs.Progress(0, 1000, "tokens", bar=False, budget_left=lambda: 90.0)
+    progress.t0 -= 10.0  # 10 s for 1 step: 999 steps to go would take ~2.8 h
+    monkeypatch.setattr(progress, "lines", True)
+    progress.log(1, 2.5, 100.0)
+    assert capsys.readouterr().out.strip() == logs.progress_line(1, 1000, 2.5, 100.0, "tokens", 90.0)

@@ -193,11 +193,11 @@ def init_lora(rng: jax.Array, params, config: LoraConfig, *, full=()):
         value = nn.meta.unbox(kernel)
         n_in, s = in_dims(path, node), stacked_dims(path)
         lead, in_shape, out_shape = value.shape[:s], value.shape[s:s + n_in], value.shape[s + n_in:]
-        largest = min(math.prod(in_shape), math.prod(out_shape))
+        largest = max(math.prod(in_shape), math.prod(out_shape))  # (above min(in, out) the update is full rank)
         if config.rank > largest:
             raise ValueError(f"lora.rank={config.rank} exceeds the dimensions of {'/'.join(path)}/kernel "
-                             f"({math.prod(in_shape)} in, {math.prod(out_shape)} out): a rank above {largest} "
-                             f"adds parameters but no expressiveness; use lora.rank <= {largest}")
+                             f"({math.prod(in_shape)} in, {math.prod(out_shape)} out): the factors would be larger "
+                             f"than the kernel; use lora.rank <= {min(math.prod(in_shape), math.prod(out_shape))}")
         dtype = value.dtype if jnp.issubdtype(value.dtype, jnp.floating) else jnp.float32
         std = 1.0 / math.sqrt(math.prod(in_shape))
         a = std * jax.random.normal(jax.random.fold_in(rng, i), (*lead, *in_shape, config.rank), jnp.float32)

@@ -84,10 +84,10 @@ def remat_policy(name: str) -> Callable[..., bool] | None:
 
 
 def check_remat(cfg: TransformerConfig) -> None:
-    """remat outside a scan is refused where it cannot work: XLA's CPU compiler expands the
-    optimisation barriers that keep the recomputation in the backward pass before it schedules,
-    so an unscanned stack's recomputation is folded back into the forward pass (compiled
-    temporaries unchanged, measured). Under `scan_layers` the loop keeps the layers apart."""
+    """remat outside a scan is refused where it cannot work: the compiled CPU program keeps none of
+    the optimisation barriers that hold the recomputation in the backward pass, so an unscanned
+    stack's compiled temporaries stay the same (measured: README, Scale). Under `scan_layers` the
+    loop keeps the layers apart and remat works."""
     if not cfg.scan_layers and jax.default_backend() == "cpu":
         raise ValueError(f"TransformerConfig.remat={cfg.remat!r} needs scan_layers=True on the cpu backend: "
                          "unscanned, XLA:CPU folds the recomputation back into the forward pass and saves no "

@@ -81,6 +81,10 @@ class Clock:
         finally:
             self._paused_s += self._now() - t
 
+    def remaining(self) -> float | None:
+        """Seconds of the budget left (None without a budget)."""
+        return self.budget_s - self.elapsed() if self.budget_s > 0 else None
+
     def expired(self) -> bool:
         return self.budget_s > 0 and self.elapsed() >= self.budget_s
 
