@@ -54,9 +54,12 @@ def test_save_over_a_sharded_checkpoint_removes_the_old_weights(gpt2, tmp_path):
 def test_save_removes_stale_generation_config_and_tokenizer_files(gpt2, tmp_path):
     model, variables = gpt2
     d = copy_case("t5", tmp_path)  # another model's generation config and tokenizer
+    t5_generation = (d / "generation_config.json").read_text()
     tj.save_pretrained(model, variables, d)
-    for name in ("generation_config.json", "spiece.model", "tokenizer_config.json"):
+    for name in ("spiece.model", "tokenizer_config.json"):
         assert not (d / name).exists(), name
+    # a causal LM's save writes its own generation config (from its config.json ids), never T5's
+    assert (d / "generation_config.json").read_text() != t5_generation
     assert (d / "reference.npz").exists()  # files that are not a model's are left alone
     tj.save_pretrained(model, variables, d, generation_config={"eos_token_id": 3})
     assert json.loads((d / "generation_config.json").read_text()) == {"eos_token_id": 3}

@@ -24,14 +24,14 @@ import jax
 import ml_collections
 import numpy as np
 
-import transformer_jax as tj
 from transformer_jax import sharding as shd
+from transformer_jax.model import param_count
 from transformer_jax.train import adapters, budget
 from transformer_jax.train.build import (Setup, checkpointer, has_checkpoint, load_config,  # noqa: F401
                                          make_data_iterator, make_tokenizer, restore_for_eval, save_config, setup,
                                          step_config)
 from transformer_jax.train.build import log as _log
-from transformer_jax.train.evaluate import evaluate_bleu, evaluate_loss, summary_line, translate  # noqa: F401
+from transformer_jax.train.evaluate import evaluate_bleu, evaluate_loss, final_eval, summary_line  # noqa: F401
 from transformer_jax.train.experiment import validate_config  # noqa: F401
 from transformer_jax.train.lock import workdir_lock
 from transformer_jax.train.logs import MetricsWriter, Progress, read_metrics, write_json_atomic  # noqa: F401
@@ -134,7 +134,7 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
     save_config(config, workdir)
     mesh, state = s.mesh, s.state
     _log(shd.mesh_summary(mesh))
-    count = tj.param_count(state.frozen if s.lora else state.params)  # with LoRA: the model's, not the adapters'
+    count = param_count(state.frozen if s.lora else state.params)  # with LoRA: the model's, not the adapters'
     _log(f"{s.task.name} task, model {type(s.model).__name__}: {count:,} parameters")
 
     ckpt = checkpointer(config, workdir, base=state.frozen)  # with LoRA: the base stays out of checkpoints
@@ -244,9 +244,9 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
         finished = step >= total_steps or out_of_time
         if finished and s.lora is not None:
             adapters.export(s.lora, state, workdir, _log)  # <workdir>/adapters: what serving needs beside the base
-        if finished and config.get("test_at_end", True) and eval_iter_fn is None and config.data.task != "synthetic":
+        if finished and config.get("test_at_end", True) and eval_iter_fn is None and config.data.dataset != "synthetic":
             params, chosen = budget.best_params(s, ckpt, state, step)
-            result = s.task.final_eval(s, s.eval_params(state.replace(params=params)), config.data.test_split)
+            result = final_eval(s, s.eval_params(state.replace(params=params)), config.data.test_split)
             result.update(step=step, checkpoint_step=chosen, train_seconds=summary["train_seconds"])
             _log(summary_line(result))
             if jax.process_index() == 0:
