@@ -47,7 +47,7 @@ def test_corrupt_budget_json_is_named_before_compiling(tmp_path, capsys, monkeyp
     workdir.mkdir()
     (workdir / "budget.json").write_bytes(content.encode("latin-1"))
     with pytest.raises(SystemExit) as exc:
-        cli.main(["train", "--config", TINY, "--workdir", str(workdir), "--config.data.task=synthetic",
+        cli.main(["train", "--config", TINY, "--workdir", str(workdir), "--config.data.dataset=synthetic",
                   "--config.model.vocab_size=64", "--config.data.max_src_len=8", "--config.budget_minutes=1.0"])
     message = _one_error(exc, capsys)
     assert "budget.json is corrupt" in message and "delete it" in message, message

@@ -154,7 +154,7 @@ def test_tiny_config_fits_its_own_default_task():
     from transformer_jax.train.experiment import validate_config
 
     c = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "tiny.py"))["get_config"]()
-    assert c.data.task != "synthetic"
+    assert c.data.dataset != "synthetic"
     validate_config(c, num_devices=1, process_count=1)
 
 
