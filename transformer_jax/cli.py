@@ -125,6 +125,9 @@ def _flags(argv: list[str]):
         raise SystemExit(f"error: --config={config_path!r}: no such file")
     try:
         return _parse(argv)
+    except SyntaxError as err:  # the config file is not Python (IndentationError included)
+        raise SystemExit(f"error: --config={config_path!r}: {err.filename}:{err.lineno}: {err.msg} "
+                         f"({type(err).__name__})") from None
     except (AttributeError, KeyError) as err:  # ml_collections: unknown override key (or a config bug)
         try:
             message = unknown_key_message(argv, config_path)
@@ -255,13 +258,25 @@ def _eval(fv) -> int:
 
 
 def _read_lines(path: str) -> list[str]:
+    """The input's lines (without line ends: "\r\n" too); bytes that are not UTF-8 are a named error
+    giving the file (or stdin) and the line."""
+    name = "stdin" if path == "-" else path
     if path == "-":
-        return [line.rstrip("\n") for line in sys.stdin]
-    with open(path) as f:
-        return [line.rstrip("\n") for line in f]
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    lines = data.splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--input={name}: line {number} is not UTF-8 text (byte {err.start + 1}: "
+                             f"{line[err.start:err.start + 1]!r}); decode reads UTF-8") from None
+    return [line.decode("utf-8") for line in lines]
 
 
-def _decode_pretrained(fv) -> int:
+def _decode_pretrained(fv, lines: list[str]) -> int:
     """Translate or continue each input line with a Hugging Face model directory."""
     import transformer_jax as tj
     from transformer_jax.pretrained.text import generate_text
@@ -276,7 +291,7 @@ def _decode_pretrained(fv) -> int:
                     repetition_penalty=fv.repetition_penalty, no_repeat_ngram_size=fv.no_repeat_ngram_size,
                     min_new_tokens=fv.min_new_tokens, num_return_sequences=fv.num_return_sequences,
                     stop_strings=tuple(fv.stop))
-    for line in generate_text(model, variables, tokenizer, _read_lines(fv.input), generation_config=config,
+    for line in generate_text(model, variables, tokenizer, lines, generation_config=config,
                               max_new_tokens=n, beam_size=fv.beam_size or 1, **sampling):
         print(line)
     return 0
@@ -296,15 +311,15 @@ def _decode(fv) -> int:
     if fv.pretrained:
         if fv.quantize:
             raise ValueError("--quantize applies to --workdir; with --pretrained use tj.quantize from Python")
-        return _decode_pretrained(fv)
+        return _decode_pretrained(fv, _read_lines(fv.input))
     config = _trained_config(fv)
     task = experiment.config_task(config)
     if not isinstance(task, (tasks.Translation, tasks.CausalLM)) or isinstance(task, tasks.MaskedLM):
         raise ValueError(f"decode translates (a translation task) or continues prompts (a causal LM); "
                          f"config.data.dataset={config.data.dataset!r} is a {task.name} task")
+    lines = _read_lines(fv.input)  # before restoring: bad input is named first
     s, state, _ = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
     params, _ = _run_params(fv, s, state)
-    lines = _read_lines(fv.input)
     dc = config.decode
     predictor = evaluate.predictor(s, params)
     if isinstance(task, tasks.Translation):
