@@ -6,6 +6,7 @@ The public API lives here; everything else is an implementation detail that may 
 from transformer_jax import attention, nnx
 from transformer_jax.config import TransformerConfig, base, big, preset, tiny
 from transformer_jax.attention.module import MultiHeadAttention
+from transformer_jax.attention.weights import attention_weights
 from transformer_jax.moe import MoEMLP
 from transformer_jax.decode import GenerationConfig, generate, init_cache, sequence_logprob
 from transformer_jax.model import (Decoder, DecoderBlock, DecoderLM, Encoder, EncoderBlock, EncoderClassifier,
@@ -20,7 +21,7 @@ from transformer_jax.scan import stack_layers, unstack_layers
 __all__ = [
     "attention", "TransformerConfig", "base", "big", "preset", "tiny",
     "Transformer", "Encoder", "Decoder", "EncoderClassifier", "MaskedLM", "DecoderLM",
-    "MultiHeadAttention", "EncoderBlock", "DecoderBlock", "MoEMLP",
+    "MultiHeadAttention", "attention_weights", "EncoderBlock", "DecoderBlock", "MoEMLP",
     "flops_per_token", "param_count", "generate", "sequence_logprob", "GenerationConfig", "init_cache",
     "from_pretrained", "save_pretrained", "load_tokenizer", "load_generation_config", "nnx", "to_nnx",
     "LoraConfig", "init_lora", "merge_lora", "quantize", "dequantize", "QuantizedVariables",
