@@ -21,7 +21,7 @@ import numpy as np
 
 import transformer_jax as tj
 from transformer_jax.attention import BlockSparse, Dense, Performer, Windowed
-from transformer_jax.attention_view import _figure_class
+from transformer_jax.attention_view import figure_class
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args()
-    Figure = _figure_class()
+    Figure = figure_class()
     import matplotlib
     import matplotlib.patches
     from matplotlib.colors import ListedColormap

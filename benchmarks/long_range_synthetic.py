@@ -80,7 +80,7 @@ def experiment_config(args, variant: str):
     length = LENGTHS[args.builder_config]
     c.model.update(encoder_attention=attention(variant, args), max_len=length, num_encoder_layers=args.layers,
                    d_model=args.d_model)
-    c.data.update(task=BUILDER_CONFIGS[args.builder_config], max_src_len=length, data_dir=args.data_dir)
+    c.data.update(dataset=BUILDER_CONFIGS[args.builder_config], max_src_len=length, data_dir=args.data_dir)
     c.schedule.warmup_steps = args.warmup
     c.optimizer.learning_rate = args.peak_lr * (args.d_model * args.warmup) ** 0.5  # inverse_sqrt's scale
     c.batch_size, c.budget_minutes, c.eval_every_minutes = args.batch, args.budget_minutes, args.eval_every_minutes

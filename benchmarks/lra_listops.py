@@ -149,7 +149,7 @@ def experiment_config(args, variant: str, *, file: str = CONFIG_FILE, budget_min
                    max_len=args.max_len, dtype=args.dtype, encoder_attention=attention(variant, args))
     if file == CONFIG_FILE:  # the classifier; the masked-LM pretraining has no pooling
         c.model.pooling = args.pooling
-    c.data.update(task=BUILDER_CONFIGS[args.builder_config], max_src_len=args.max_len, data_dir=args.data_dir)
+    c.data.update(dataset=BUILDER_CONFIGS[args.builder_config], max_src_len=args.max_len, data_dir=args.data_dir)
     c.batch_size = args.batch
     c.num_train_steps = args.max_steps
     c.budget_minutes = args.budget_minutes if budget_minutes is None else budget_minutes

@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = model_section(vocab_size=512, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=3,
                             num_decoder_layers=3, dropout_rate=0.1, max_len=64, dtype="float32")
     c.data = ml_collections.ConfigDict(dict(
-        task="tjax_numbers", tokenizer="sentencepiece", vocab_size=512,  # SentencePiece BPE pieces
+        dataset="tjax_numbers", tokenizer="sentencepiece", vocab_size=512,  # SentencePiece BPE pieces
         max_src_len=32, max_tgt_len=32, pack=True, data_dir="",
         text_keys=(),  # source and target feature names, e.g. ("en", "de"); () = the task's default
         eval_split="validation", test_split="test"))

@@ -26,7 +26,7 @@ def get_config():
     c.model.update(vocab_size=64, d_model=512, num_heads=8, d_ff=1024, num_encoder_layers=4,
                    num_decoder_layers=0, num_classes=10, max_len=2048, position="rotary", norm_position="pre",
                    pooling="cls", activation="gelu", dropout_rate=0.1)
-    c.data.update(task="tjax_listops", tokenizer="listops", max_src_len=2048, max_tgt_len=2, pack=False)
+    c.data.update(dataset="tjax_listops", tokenizer="listops", max_src_len=2048, max_tgt_len=2, pack=False)
     c.batch_size = 32
     c.num_train_steps = 5000
     # inverse_sqrt: lr = scale * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5); peak 1e-3 at step 1000

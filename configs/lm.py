@@ -7,7 +7,7 @@ prose that ships with Python; transformer_jax/data/corpus.py). No download.
 A 4-layer pre-LN decoder (d_model 128, GELU, learned positions; 1.1M parameters) on packed rows of
 128 tokens of a 2,000-piece SentencePiece vocabulary. Eval: perplexity (eval_perplexity) on the
 validation split, and on the test split at the end. Any prepared tfds text dataset with a `text`
-feature trains the same way, e.g. --config.data.task=lm1b once `tfds build lm1b
+feature trains the same way, e.g. --config.data.dataset=lm1b once `tfds build lm1b
 --file_format=array_record` has run.
 """
 
@@ -26,7 +26,7 @@ def get_config():
     c.model.update(vocab_size=2048, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=0,
                    num_decoder_layers=4, dropout_rate=0.1, max_len=256, position="learned",
                    activation="gelu", norm_position="pre", embed_scale=False)
-    c.data.update(task="tjax_text", tokenizer="sentencepiece", vocab_size=2000, max_src_len=128,
+    c.data.update(dataset="tjax_text", tokenizer="sentencepiece", vocab_size=2000, max_src_len=128,
                   max_tgt_len=128, pack=True)
     c.batch_size = 32
     c.num_train_steps = 600

@@ -28,7 +28,7 @@ def get_config():
                    num_decoder_layers=0, dropout_rate=0.1, max_len=128, position="learned",
                    activation="gelu", norm_position="pre", embed_norm=True, embed_scale=False,
                    logits_bias=True, num_classes=2)
-    c.data.update(task="tjax_text", tokenizer="sentencepiece", vocab_size=2000, max_src_len=128,
+    c.data.update(dataset="tjax_text", tokenizer="sentencepiece", vocab_size=2000, max_src_len=128,
                   max_tgt_len=128, pack=True)
     c.batch_size = 32
     c.num_train_steps = 600

@@ -26,7 +26,7 @@ def get_config():
     c.model.update(vocab_size=260, d_model=64, num_heads=4, d_ff=256, num_encoder_layers=2,
                    num_decoder_layers=0, num_classes=10, max_len=512, position="rotary", norm_position="pre",
                    pooling="cls", activation="gelu", dropout_rate=0.0)
-    c.data.update(task="tjax_retrieval/small", tokenizer="byte", max_src_len=512, max_tgt_len=2, pack=False)
+    c.data.update(dataset="tjax_retrieval/small", tokenizer="byte", max_src_len=512, max_tgt_len=2, pack=False)
     c.batch_size = 32
     c.num_train_steps = 100_000  # a cap: the time budget ends the run
     c.budget_minutes = 5.0

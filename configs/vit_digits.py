@@ -24,7 +24,7 @@ def get_config():
     c.model.update(vocab_size=2, pad_id=None, d_model=64, num_heads=4, d_ff=128, num_encoder_layers=4,
                    num_decoder_layers=0, num_classes=10, dropout_rate=0.0, norm_position="pre",
                    activation="gelu", position="learned", pooling="cls", max_len=32)
-    c.data.update(task="tjax_digits", tokenizer="none", vocab_size=0, pack=False, max_src_len=2, max_tgt_len=2,
+    c.data.update(dataset="tjax_digits", tokenizer="none", vocab_size=0, pack=False, max_src_len=2, max_tgt_len=2,
                   eval_split="test", test_split="test")
     c.vit = dict(patch_size=2, shift=1)  # image-task options (tasks.ImageClassification)
     c.batch_size = 64

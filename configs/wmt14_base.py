@@ -19,7 +19,7 @@ def _sibling(name: str):
 def get_config():
     c = _sibling("default.py")
     c.model = model_section("base", vocab_size=37_000, max_len=256, dropout_rate=0.1, dtype="bfloat16")
-    c.data.update(task="wmt14_translate/de-en", text_keys=("en", "de"),  # English -> German, as in the paper
+    c.data.update(dataset="wmt14_translate/de-en", text_keys=("en", "de"),  # English -> German, as in the paper
                   tokenizer="sentencepiece", vocab_size=37_000,
                   max_src_len=256, max_tgt_len=256, pack=True, test_split="test")
     c.batch_size = 96

@@ -13,6 +13,12 @@ import transformer_jax as tj
 from transformer_jax import attention_view, cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
+LM = str(Path(__file__).parents[1] / "configs" / "lm.py")
+TINY_LM = ["--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.d_ff=64",
+           "--config.model.num_decoder_layers=1", "--config.model.vocab_size=320", "--config.model.max_len=48",
+           "--config.data.vocab_size=300", "--config.data.max_tgt_len=32", "--config.batch_size=8",
+           "--config.num_train_steps=2", "--config.eval_every=0", "--config.schedule.warmup_steps=1",
+           "--config.test_at_end=False"]
 TEXT = "The quick brown fox jumps over the lazy dog."
 TOKENS = ["[CLS]", "the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", ".", "[SEP]"]
 
@@ -64,3 +70,17 @@ def test_indices_are_checked():
         attention_view.parse_indices("4", 4, "--head")
     with pytest.raises(ValueError, match="'x' is not an integer"):
         attention_view.parse_indices("1,x", 4, "--layer")
+
+
+def test_command_reads_a_training_workdir(tmp_path):
+    """A causal LM trained for two steps: the JSON has one entry, BOS first, causal (upper triangle 0)."""
+    workdir = str(tmp_path / "lm")
+    assert cli.main(["train", "--config", LM, "--workdir", workdir, f"--config.data.data_dir={tmp_path / 'tfds'}",
+                     *TINY_LM]) == 0
+    js = tmp_path / "attn.json"
+    assert cli.main(["attention", "--workdir", workdir, "--text", "the cat sat", "--json", str(js)]) == 0
+    (entry,) = json.loads(js.read_text())["attention"]
+    attn = np.asarray(entry["attn"])
+    assert entry["left_text"][0] == "<s>" and attn.shape[:2] == (1, 2) and attn.shape[2] == len(entry["left_text"])
+    assert not attn[..., np.triu(np.ones(attn.shape[2:], bool), 1)].any()
+    np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-5)

@@ -209,6 +209,25 @@ def test_single_stack_models_return_a_tuple_of_layers(name):
         assert not w[1, :, :, 7:].any() and not w[1, :, 7:].any()
 
 
+def test_shared_layer_gives_one_entry_per_layer():
+    """share_layers (ALBERT): one block run per layer; its sown values are the layers in order."""
+    cfg = tiny(num_encoder_layers=3, num_decoder_layers=0, share_layers=True)
+    model = tj.MaskedLM(cfg)
+    tokens = jax.random.randint(jax.random.key(0), (1, 6), 1, 64)
+    variables = init(model, tokens)
+    weights = tj.attention_weights(model, variables, tokens)
+    assert len(weights) == 3
+    unshared = tj.MaskedLM(cfg.replace(share_layers=False))
+    params = jax.tree.map(lambda x: x, variables["params"])
+    encoder = dict(params["encoder"])
+    block = encoder.pop("shared_layer")
+    params["encoder"] = {**encoder, **{f"layer_{i}": block for i in range(3)}}
+    expected = tj.attention_weights(unshared, {"params": params}, tokens)
+    for a, b in zip(weights, expected):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert np.abs(np.asarray(weights[0]) - np.asarray(weights[2])).max() > 1e-3
+
+
 def test_vit_weights():
     cfg = tiny(num_encoder_layers=2, num_classes=3, pooling="cls")
     model = tj.ViT(cfg, tj.ViTConfig(image_size=8, patch_size=4, num_channels=3))

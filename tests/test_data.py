@@ -42,9 +42,10 @@ def _iter(data_dir, **kw):
         data_dir=data_dir,
     )
     args.update(kw)
-    task = args.pop("task", NUMBERS)
+    dataset = args.pop("task", NUMBERS)
     split = args.pop("split", "train")
-    return D.make_iterator(task, split, **args)
+    layout = tasks.lookup(dataset, args.pop("text_keys", None))
+    return D.make_iterator(dataset, split, layout=layout, **args)
 
 
 def _take(it, n):
@@ -169,7 +170,7 @@ def test_packing_keeps_every_token_once(data_dir):
 
 def test_lm_packing(data_dir):
     it = _iter(data_dir, text_keys=("target",), pack=True, max_tgt_len=128)
-    assert it.task == tasks.CausalLM("target")
+    assert it.layout == tasks.CausalLM("target")
     b = next(it)
     assert set(b) == {"inputs", "targets", "segment_ids", "positions"}
     ins = _segments(b["inputs"], b["segment_ids"], b["positions"])
@@ -213,6 +214,7 @@ def test_wmt_style_translation_with_mock_data():
         it = D.make_iterator(
             "wmt14_translate/de-en",
             "train",
+            layout=tasks.lookup("wmt14_translate/de-en"),
             tokenizer=D.ByteTokenizer(),
             batch_size=4,
             max_src_len=32,
@@ -220,7 +222,7 @@ def test_wmt_style_translation_with_mock_data():
             pack=True,
             seed=0,
         )
-        assert it.task == tasks.Translation("de", "en")
+        assert it.layout == tasks.Translation("de", "en")
         b = next(it)
         assert {k: v.shape for k, v in b.items()} == {
             "src": (4, 32),
@@ -232,7 +234,7 @@ def test_wmt_style_translation_with_mock_data():
             "tgt_positions": (4, 32),
         }
         assert all(v.dtype == np.int32 for v in b.values())
-        assert len(list(D.eval_pairs("wmt14_translate/de-en", "test", max_examples=3))) == 3
+        assert len(list(D.eval_pairs("wmt14_translate/de-en", "test", ("de", "en"), max_examples=3))) == 3
 
 
 def test_not_prepared_dataset_gives_a_clear_error(tmp_path):
@@ -286,6 +288,7 @@ def test_bad_data_is_handled_and_counted(tmp_path, too_long):
     it = D.make_iterator(
         "tjax_test_bad_text",
         "train",
+        layout=tasks.Translation("src", "tgt"),
         tokenizer=tok,
         batch_size=8,
         max_src_len=16,
@@ -294,7 +297,6 @@ def test_bad_data_is_handled_and_counted(tmp_path, too_long):
         seed=0,
         repeat=False,
         data_dir=tmp_path,
-        text_keys=("src", "tgt"),
         too_long=too_long,
     )
     (batch,) = list(it)

@@ -98,11 +98,12 @@ def test_init_cache_is_fresh_and_stepping_it_reproduces_the_full_pass(variant):
     model, variables = make_lm(**CACHE_VARIANTS[variant])
     seq = tokens(3, (2, 9))
     cache = tj.decode.init_cache(model, 2)
-    assert int(cache["decoder"]["decode_index"]) == 0
-    assert all(int(c) == 0 for c in jax.tree.leaves(
+    np.testing.assert_array_equal(cache["decoder"]["decode_index"], [0, 0])  # one position per row
+    assert all(not np.any(c) for c in jax.tree.leaves(
         {k: v["self_attention"]["cache_index"] for k, v in cache["decoder"].items() if k.startswith("layer_")}))
     # the trap init_cache avoids: init has already run one step
-    assert int(model.init(jax.random.key(0), seq[:, :1], decode=True)["cache"]["decoder"]["decode_index"]) == 1
+    np.testing.assert_array_equal(
+        model.init(jax.random.key(0), seq[:, :1], decode=True)["cache"]["decoder"]["decode_index"], [1, 1])
     outs = []
     for t in range(seq.shape[1]):
         logits, state = model.apply({**variables, "cache": cache}, seq[:, t:t + 1], decode=True, mutable=["cache"])
@@ -331,7 +332,23 @@ ERRORS = {
     "lm_past_cache": (dict(max_new_tokens=13), ValueError, r"prompt of 5 plus 13 new tokens.*cfg.max_len is 16"),
     "encdec_past_cache": (dict(max_len=17), ValueError, r"prompt of 1 plus 17 new tokens.*cfg.max_len is 16"),
     "beam_size": (dict(max_new_tokens=2, beam_size=0), ValueError, "beam_size must be an int >= 1; got 0"),
-    "temperature": (dict(max_new_tokens=2, temperature=-1.0), ValueError, "temperature=-1.0"),
+    "temperature": (dict(max_new_tokens=2, temperature=-1.0), ValueError, "temperature must be a finite number >= 0.0; got -1.0"),
+    "temperature_nan": (dict(max_new_tokens=2, temperature=float("nan")), ValueError, "temperature must be a finite number"),
+    "length_penalty_nan": (dict(max_new_tokens=2, beam_size=2, length_penalty=float("nan")), ValueError,
+                           "length_penalty must be a finite number; got nan"),
+    "max_new_tokens_bool": (dict(max_new_tokens=True), ValueError, "max_new_tokens must be an int >= 1 or None; got True"),
+    "max_len_float": (dict(max_len=8.0), ValueError, "max_len must be an int >= 1 or None; got 8.0"),
+    "float_tokens": (dict(max_new_tokens=2, inputs=np.ones((3, P), np.float32)), ValueError, "int token ids; got dtype float32"),
+    "bool_tokens": (dict(max_new_tokens=2, inputs=np.ones((3, P), bool)), ValueError, "int token ids; got dtype bool"),
+    "negative_tokens": (dict(max_new_tokens=2, inputs=-np.ones((3, P), np.int32)), ValueError, r"in \[0, 64\).*got -1..-1"),
+    "tokens_past_vocab": (dict(max_new_tokens=2, inputs=np.full((3, P), 64)), ValueError, r"in \[0, 64\).*got 64..64"),
+    "greedy_many_sequences": (dict(max_new_tokens=2, num_return_sequences=2), ValueError, "needs sampling"),
+    "more_sequences_than_beams": (dict(max_new_tokens=2, beam_size=2, num_return_sequences=3), ValueError,
+                                  "must be <= beam_size=2"),
+    "repetition_penalty": (dict(max_new_tokens=2, repetition_penalty=0.0), ValueError, "repetition_penalty must be"),
+    "ngram_negative": (dict(max_new_tokens=2, no_repeat_ngram_size=-1), ValueError, "no_repeat_ngram_size must be"),
+    "beam_scoring": (dict(max_new_tokens=2, beam_size=2, beam_scoring="x"), ValueError, "beam_scoring must be one of gnmt, hf"),
+    "stream_beams": (dict(max_new_tokens=2, beam_size=2, on_token=print), ValueError, "beam search settles"),
     "top_k": (dict(max_new_tokens=2, top_k=-1), ValueError, "top_k=-1"),
     "top_k_past_vocab": (dict(max_new_tokens=2, top_k=65), ValueError, r"top_k an int in \[0, 64\]"),
     "top_p": (dict(max_new_tokens=2, top_p=0.0), ValueError, "top_p=0.0"),
@@ -345,8 +362,6 @@ ERRORS = {
                            r"in \[1, 5\] \(the prompt width\); got 0..5"),
     "prompt_length_past_width": (dict(max_new_tokens=2, prompt_lengths=[6, 5, 5]), ValueError, r"got 5..6"),
     "prompt_lengths_shape": (dict(max_new_tokens=2, prompt_lengths=[5, 5]), ValueError, r"shape \(3,\)"),
-    "beam_unequal_prompts": (dict(max_new_tokens=2, beam_size=2, prompt_lengths=[5, 4, 5]), ValueError,
-                             "equal-length prompts"),
     "encdec_prompt_lengths": (dict(max_len=2, prompt_lengths=[1, 1, 1]), ValueError, "decoder-only"),
 }
 
@@ -359,6 +374,8 @@ def test_bad_arguments_fail_before_compiling(lm, encdec, case, monkeypatch):
         model, variables, inputs = encdec
     else:
         (model, variables), inputs = lm, tokens(11, (3, P))
+    kwargs = dict(kwargs)
+    inputs = kwargs.pop("inputs", inputs)
     with pytest.raises(error, match=needle):
         tj.generate(model, variables, inputs, **kwargs)
 

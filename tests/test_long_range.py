@@ -144,7 +144,7 @@ def test_registry_knows_the_long_range_tasks():
 def _tiny_retrieval(tmp_path, **overrides):
     c = runpy.run_path(os.path.join(CONFIGS, "retrieval.py"))["get_config"]()
     c.model.update(d_model=16, num_heads=2, d_ff=32, num_encoder_layers=1, max_len=64)
-    c.data.update(task="tjax_retrieval/tiny", max_src_len=64, data_dir=str(tmp_path / "tfds"))
+    c.data.update(dataset="tjax_retrieval/tiny", max_src_len=64, data_dir=str(tmp_path / "tfds"))
     c.update(batch_size=8, log_every=1, eval_every=0, eval_every_minutes=1e-9, async_checkpoints=False,
              **overrides)
     return c
@@ -218,7 +218,7 @@ def test_length_invariant_models_trim_evaluation_and_score_the_same(tmp_path, mo
     c = runpy.run_path(os.path.join(CONFIGS, "listops.py"))["get_config"]()
     c.model.update(d_model=16, num_heads=2, d_ff=32, num_encoder_layers=1, max_len=200,
                    encoder_attention=A.Windowed(16), pooling="cls")
-    c.data.update(task="tjax_listops/tiny", max_src_len=200)
+    c.data.update(dataset="tjax_listops/tiny", max_src_len=200)
     c.batch_size = 8
     s, _ = loop.setup(c, str(tmp_path / "w"))
     assert s.model.cfg.length_invariant and evaluate.trims_padding(s)

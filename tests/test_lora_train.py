@@ -69,7 +69,7 @@ def _config(init_from, num_train_steps=5, **lora_values):
     import tiny
 
     c = tiny.get_config()
-    c.data.task, c.model_type, c.init_from = "synthetic", "encoder_classifier", init_from
+    c.data.dataset, c.model_type, c.init_from = "synthetic", "encoder_classifier", init_from
     c.model = model_section(**{f.name: getattr(BASE, f.name) for f in dataclasses.fields(BASE)})
     c.mesh.update(data=2, fsdp=2, tensor=2)
     c.update(num_train_steps=num_train_steps, checkpoint_every=2, log_every=1, eval_every=0)

@@ -27,7 +27,7 @@ WORKER = textwrap.dedent("""
     from transformer_jax.train import loop
 
     c = tiny.get_config()
-    c.data.task = "synthetic"
+    c.data.dataset = "synthetic"
     c.model.update(vocab_size=64, num_encoder_layers=1, num_decoder_layers=1)
     c.data.max_src_len = 10
     c.mesh.update(data=-1)

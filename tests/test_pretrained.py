@@ -113,7 +113,7 @@ def test_save_without_equivalent_names_the_field(tmp_path):
     model = tj.EncoderClassifier(cfg)
     variables = model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))
     with pytest.raises(ValueError, match="encoder_attention=BlockSparse"):
-        tj.save_pretrained(model, variables, tmp_path / "out")
+        tj.save_pretrained(model, variables, tmp_path / "out", family="bert")
     assert not (tmp_path / "out").exists()
 
 

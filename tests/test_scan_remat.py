@@ -147,7 +147,7 @@ def _synthetic(workdir, **model):
     import tiny
 
     c = tiny.get_config()
-    c.data.task = "synthetic"
+    c.data.dataset = "synthetic"
     c.data.max_src_len = 8
     c.model.update(vocab_size=VOCAB, num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0, **model)
     c.update(num_train_steps=3, log_every=1, checkpoint_every=100, eval_every=0, test_at_end=False)

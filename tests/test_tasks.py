@@ -1,4 +1,4 @@
-"""Tasks as values (transformer_jax/tasks.py): the registry, batch layouts, BERT masking (proportions,
+"""Tasks as values (transformer_jax/tasks/): the registry, batch layouts, BERT masking (proportions,
 seeded, resumable, packed), the causal-LM featurizer on lm1b-style records, and the built-in corpus."""
 
 import dataclasses
@@ -39,7 +39,7 @@ def test_registry_and_model_follows_task():
     for task, model in [(tasks.Translation(), "Transformer"), (tasks.Classification(), "EncoderClassifier"),
                         (tasks.CausalLM(), "DecoderLM"), (tasks.MaskedLM(), "MaskedLM")]:
         assert task.model_class().__name__ == model
-    with pytest.raises(ValueError, match=r"config.model_type='decoder_lm' does not fit config.data.task="
+    with pytest.raises(ValueError, match=r"config.model_type='decoder_lm' does not fit config.data.dataset="
                                          r"'tjax_numbers' \(a translation task\); valid for it: transformer"):
         tasks.resolve("tjax_numbers", "decoder_lm")
     with pytest.raises(ValueError, match="config.model_type='bert' is not one of"):
@@ -76,7 +76,7 @@ def test_masked_lm_batches_are_seeded_resumable_and_packed(data_dir, spm):
     assert spm.mask_id is not None and spm.decode([spm.mask_id]) == "[MASK]"
 
     def make(seed=0):
-        return D.make_iterator(TEXT, "train", task=tasks.MaskedLM(), tokenizer=spm, batch_size=4, max_src_len=256,
+        return D.make_iterator(TEXT, "train", layout=tasks.MaskedLM(), tokenizer=spm, batch_size=4, max_src_len=256,
                                max_tgt_len=8, pack=True, seed=seed, data_dir=data_dir)
 
     it = make()
@@ -109,7 +109,7 @@ def test_masked_lm_batches_are_seeded_resumable_and_packed(data_dir, spm):
 
 def test_masked_lm_needs_a_mask_piece(data_dir):
     with pytest.raises(ValueError, match=r"needs a tokenizer with a \[MASK\] piece; ByteTokenizer"):
-        D.make_iterator(TEXT, "train", task=tasks.MaskedLM(), tokenizer=D.ByteTokenizer(), batch_size=2,
+        D.make_iterator(TEXT, "train", layout=tasks.MaskedLM(), tokenizer=D.ByteTokenizer(), batch_size=2,
                         max_src_len=16, max_tgt_len=16, pack=False, seed=0, data_dir=data_dir)
 
 

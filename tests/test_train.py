@@ -43,7 +43,7 @@ WORKER = textwrap.dedent("""
             return super().__next__()
 
     c = tiny.get_config()
-    c.data.task = "synthetic"
+    c.data.dataset = "synthetic"
     c.model.update(vocab_size=64, dropout_rate=0.1)  # dropout on: the rng must resume too
     c.data.max_src_len = 12
     c.mesh.update(data=1, fsdp=2)
@@ -111,7 +111,7 @@ def _tiny_synthetic(**overrides):
     import tiny
 
     c = tiny.get_config()
-    c.data.task = "synthetic"
+    c.data.dataset = "synthetic"
     c.model.update(vocab_size=64, num_decoder_layers=1, num_encoder_layers=1)
     c.data.max_src_len = 8
     for key, value in overrides.items():
@@ -205,7 +205,7 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     workdir = tmp_path / "run"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     args = [sys.executable, "-m", "transformer_jax.cli", "train", "--config", os.path.join(REPO, "configs", "tiny.py"),
-            "--workdir", str(workdir), "--config.data.task=synthetic", "--config.model.vocab_size=64",
+            "--workdir", str(workdir), "--config.data.dataset=synthetic", "--config.model.vocab_size=64",
             "--config.data.max_src_len=8", "--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1",
             "--config.num_train_steps=100000", "--config.checkpoint_every=100000", "--config.log_every=1"]
     proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -346,6 +346,6 @@ def test_init_from_a_hugging_face_directory_into_a_classifier(tmp_path, capsys):
 def test_decode_refuses_a_masked_lm_workdir_before_restoring(mlm_workdir):
     from transformer_jax import cli
 
-    with pytest.raises(SystemExit, match=r"decode translates .* or continues prompts .*; config.data.task="
+    with pytest.raises(SystemExit, match=r"decode translates .* or continues prompts .*; config.data.dataset="
                                          r"'tjax_text' is a masked LM task"):
         cli.main(["decode", "--workdir", str(mlm_workdir / "run")])

@@ -157,7 +157,7 @@ def digits_dir(tmp_path_factory):
 
 
 def _digits(data_dir, split, **kw):
-    args = dict(task=DIGITS.with_options(shift=1), tokenizer=None, batch_size=64, max_src_len=2, max_tgt_len=2,
+    args = dict(layout=DIGITS.with_options(shift=1), tokenizer=None, batch_size=64, max_src_len=2, max_tgt_len=2,
                 pack=False, seed=0, data_dir=data_dir)
     return D.make_iterator("tjax_digits", split, **{**args, **kw})
 
@@ -185,7 +185,7 @@ def test_mnist_and_cifar10_through_tfds_without_network():
     """tfds's mnist / cifar10 builders, mocked (no download): the same batches a prepared copy yields."""
     for name, shape in (("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))):
         with tfds.testing.mock_data(num_examples=10):
-            batches = list(D.make_iterator(name, "test", tokenizer=None, batch_size=4, max_src_len=2,
+            batches = list(D.make_iterator(name, "test", layout=tasks.lookup(name), tokenizer=None, batch_size=4, max_src_len=2,
                                            max_tgt_len=2, pack=False, seed=0, repeat=False))
         assert len(batches) == 3 and batches[0]["image"].shape == (4, *shape)
         assert batches[0]["image"].dtype == np.uint8 and batches[-1]["weights"].tolist() == [1, 1, 0, 0]

@@ -10,20 +10,23 @@ from transformer_jax.attention.weights import attention_weights
 from transformer_jax.moe import MoEMLP
 from transformer_jax.decode import GenerationConfig, generate, init_cache, sequence_logprob
 from transformer_jax.model import (Decoder, DecoderBlock, DecoderLM, Encoder, EncoderBlock, EncoderClassifier,
-                                   MaskedLM, Transformer, flops_per_token, param_count)
+                                   MaskedLM, QuestionAnswering, TokenClassifier, Transformer, flops_per_token,
+                                   param_count)
 from transformer_jax.lora import LoraConfig, init_lora, merge_lora
 from transformer_jax.nnx import to_nnx
-from transformer_jax.pretrained import from_pretrained, load_generation_config, load_tokenizer, save_pretrained
+from transformer_jax.pretrained import (LoadReport, from_pretrained, load_generation_config, load_tokenizer,
+                                        save_pretrained)
 from transformer_jax.quantization import QuantizedVariables, dequantize, quantize
 from transformer_jax.vit import ViT, ViTConfig
 from transformer_jax.scan import stack_layers, unstack_layers
 
 __all__ = [
     "attention", "TransformerConfig", "base", "big", "preset", "tiny",
-    "Transformer", "Encoder", "Decoder", "EncoderClassifier", "MaskedLM", "DecoderLM",
+    "Transformer", "Encoder", "Decoder", "EncoderClassifier", "TokenClassifier", "QuestionAnswering",
+    "MaskedLM", "DecoderLM",
     "MultiHeadAttention", "attention_weights", "EncoderBlock", "DecoderBlock", "MoEMLP",
     "flops_per_token", "param_count", "generate", "sequence_logprob", "GenerationConfig", "init_cache",
-    "from_pretrained", "save_pretrained", "load_tokenizer", "load_generation_config", "nnx", "to_nnx",
+    "from_pretrained", "save_pretrained", "LoadReport", "load_tokenizer", "load_generation_config", "nnx", "to_nnx",
     "LoraConfig", "init_lora", "merge_lora", "quantize", "dequantize", "QuantizedVariables",
     "ViT", "ViTConfig",
     "stack_layers", "unstack_layers",

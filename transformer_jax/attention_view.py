@@ -53,11 +53,16 @@ def token_labels(tokenizer, ids, reserved: dict[int, str] | None = None) -> list
     and any other empty piece shows as [id]."""
     ids = [int(i) for i in ids]
     if hasattr(tokenizer, "convert_ids_to_tokens"):
-        return [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
-    if hasattr(tokenizer, "id_to_token"):
-        return [str(tokenizer.id_to_token(i)) for i in ids]
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+    elif hasattr(tokenizer, "id_to_token"):
+        pieces = [tokenizer.id_to_token(i) for i in ids]
+    else:
+        pieces = [None] * len(ids)
     labels = []
-    for i in ids:
+    for i, piece in zip(ids, pieces):
+        if piece is not None:
+            labels.append(str(piece))
+            continue
         try:
             text = tokenizer.decode([i], skip_special_tokens=False)
         except TypeError:  # a tokenizer whose decode takes ids only
@@ -84,7 +89,7 @@ def bertviz_params(entries: list[tuple[str | None, np.ndarray, list[str], list[s
 
 # ---- the picture ----------------------------------------------------------------------------------
 
-def _figure_class():
+def figure_class():
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -96,7 +101,7 @@ def _figure_class():
 def draw_grid(weights: np.ndarray, queries: list[str], keys: list[str], layers: list[int], heads: list[int],
               path: str, title: str = "") -> None:
     """Save a PNG: one cell per (layer, head) of weights [L, N, T, S] (one example), tokens on both axes."""
-    Figure = _figure_class()
+    Figure = figure_class()
     t, s = len(queries), len(keys)
     cell = max(2.0, 0.16 * max(t, s))  # inches: room for one label per token
     fig = Figure(figsize=(cell * len(heads) + 1.0, cell * len(layers) + 0.8), dpi=100, layout="constrained")
@@ -210,7 +215,7 @@ def run(args) -> dict:
     if not args.output and not args.json:
         raise ValueError("give --output FILE.png (a picture) and/or --json FILE (bertviz's layout)")
     if args.output:
-        _figure_class()  # fail before loading the model
+        figure_class()  # fail before loading the model
     if args.pretrained:
         model, variables, tokenizer, start, labels = _load_pretrained(args.pretrained)
     else:

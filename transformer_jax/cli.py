@@ -6,6 +6,9 @@
                            or continuations of prompts for a causal-LM workdir [--max_new_tokens 64])
                            [--quantize int8|bfloat16|float16]
     transformer-jax decode --pretrained DIR [--input FILE] [--beam_size 4] [--max_new_tokens 64]
+    transformer-jax predict --workdir DIR --input FILE --output OUT.jsonl   (a fine-tuned task's
+                           predictions, one JSON line per input record: label and scores, entities,
+                           answer span, generated text)
     transformer-jax attention --pretrained DIR | --workdir DIR --text "..." [--target "..."]
                            [--output attn.png] [--json attn.json] [--layer 0,1] [--head 2]
                            (a layers x heads grid of attention weights; transformer_jax/attention_view.py)
@@ -13,7 +16,7 @@
 Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field
 (`transformer-jax train --help [--config FILE]` lists them all). Attention specs are strings:
 --config.model.encoder_attention='Windowed(128)'. Ctrl-C (or SIGTERM) during training saves a
-checkpoint and exits; the same command resumes.
+checkpoint and exits (status 130 for Ctrl-C, 143 for SIGTERM: not finished); the same command resumes.
 Multi-host: pass --coordinator HOST:PORT --num_processes N --process_id I (or rely on the
 cluster's environment, which `jax.distributed.initialize()` reads).
 """
@@ -24,9 +27,10 @@ import os
 import sys
 
 USAGE = __doc__
-COMMANDS = ("train", "eval", "decode", "attention")
+COMMANDS = ("train", "eval", "decode", "predict", "attention")
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+EXIT_TERMINATED = 143  # 128 + SIGTERM: a preempted job (checkpoint saved), never mistaken for a finished one
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -46,6 +50,7 @@ def _parse(argv: list[str]):
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard, eval.json", flag_values=fv)
     flags.DEFINE_string("input", "-", "decode: file of source lines ('-': stdin)", flag_values=fv)
+    flags.DEFINE_string("output", "", "predict: the JSON Lines file to write", flag_values=fv)
     flags.DEFINE_integer("beam_size", 0, "decode: beam size (0: config.decode.beam_size)", flag_values=fv)
     flags.DEFINE_string("pretrained", None, "decode: a Hugging Face model directory (translate or continue)",
                         flag_values=fv)
@@ -158,6 +163,10 @@ def _train(fv) -> int:
         print(f"interrupted: saved the checkpoint of step {summary['step']} in {fv.workdir}; "
               "run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if summary.get("preempted"):
+        print(f"terminated ({summary.get('signal') or 'a stop signal on another process'}): saved the checkpoint "
+              f"of step {summary['step']} in {fv.workdir}; run the same command to resume", file=sys.stderr)
+        return EXIT_TERMINATED
     return 0
 
 
@@ -212,7 +221,7 @@ def _eval(fv) -> int:
     result = {"step": step, **sizes}
     iterator = loop.make_data_iterator(config, config.data.eval_split, s.tokenizer, repeat=False, task=s.task)
     result.update(loop.evaluate_loss(s, params, iterator, config.eval_batches))
-    final = s.task.final_eval(s, params, config.data.test_split)  # BLEU, accuracy or perplexity
+    final = loop.final_eval(s, params, config.data.test_split)  # BLEU, accuracy or perplexity
     print(loop.summary_line(final))
     result["test"] = final
     print({k: v for k, v in result.items() if k != "test"})
@@ -265,20 +274,59 @@ def _decode(fv) -> int:
     task = experiment.config_task(config)
     if not isinstance(task, (tasks.Translation, tasks.CausalLM)) or isinstance(task, tasks.MaskedLM):
         raise ValueError(f"decode translates (a translation task) or continues prompts (a causal LM); "
-                         f"config.data.task={config.data.task!r} is a {task.name} task")
+                         f"config.data.dataset={config.data.dataset!r} is a {task.name} task")
     s, state, _ = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
     params, _ = _run_params(fv, s, state)
     lines = _read_lines(fv.input)
     dc = config.decode
+    predictor = evaluate.predictor(s, params)
     if isinstance(task, tasks.Translation):
-        outputs = evaluate.translate(s, params, lines, beam_size=fv.beam_size or dc.beam_size,
-                                     max_len=min(dc.max_len, s.model.cfg.max_len),
-                                     length_penalty=dc.length_penalty, batch_size=dc.batch_size)
+        outputs = tasks.translate(predictor, lines, beam_size=fv.beam_size or dc.beam_size,
+                                  max_len=min(dc.max_len, s.model.cfg.max_len), length_penalty=dc.length_penalty,
+                                  batch_size=dc.batch_size, src_len=config.data.max_src_len)
     else:
-        outputs = evaluate.continue_text(s, params, lines, max_new_tokens=fv.max_new_tokens or dc.max_len,
-                                         beam_size=fv.beam_size or 1, batch_size=dc.batch_size)
+        outputs = tasks.continue_text(predictor, lines, max_new_tokens=fv.max_new_tokens or dc.max_len,
+                                      beam_size=fv.beam_size or 1, batch_size=dc.batch_size)
     for line in outputs:
         print(line)
+    return 0
+
+
+def _predict(fv) -> int:
+    """A fine-tuned task's predictions for each record of --input (the task's own columns; labels and
+    answers may be absent), one JSON line each in --output."""
+    import json
+
+    import jax
+
+    from transformer_jax.train import evaluate, loop
+    from transformer_jax.train.build import file_source
+
+    if not fv.output:
+        raise ValueError("predict needs --output OUT.jsonl")
+    if fv.input == "-" or not os.path.isfile(fv.input):
+        raise FileNotFoundError(f"--input={fv.input!r}: no such file (a JSONL, JSON, CSV, TSV or text file)")
+    config = _trained_config(fv)
+    if not config.get("task", ""):
+        raise ValueError("predict runs a fine-tuned task (config.task); for translation or a language model "
+                         "of a built-in dataset use decode")
+    s, state, _ = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
+    params, _ = _run_params(fv, s, state)
+    roles = getattr(s.task, "predict_roles", ())
+    optional = getattr(s.task, "predict_optional", s.task.optional_roles)
+    with config.unlocked():
+        config.data.predict_files = fv.input
+    source = file_source(config, "predict", s.task, roles=roles, optional=optional)
+    records = [source[i] for i in range(len(source))]
+    if fv.beam_size:
+        with config.unlocked():
+            config.decode.beam_size = fv.beam_size
+    lines = s.task.predict(evaluate.predictor(s, params), records, evaluate.settings(s))
+    if jax.process_index() == 0:
+        with open(fv.output, "w") as f:
+            for line in lines:
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    print(f"{len(lines)} predictions -> {fv.output}", file=sys.stderr)
     return 0
 
 
@@ -308,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformer_jax.train import loop
 
-    run = {"train": _train, "eval": _eval, "decode": _decode}[command]
+    run = {"train": _train, "eval": _eval, "decode": _decode, "predict": _predict}[command]
     try:
         return run(fv)
     except (ValueError, FileNotFoundError, loop.NonFiniteError) as err:

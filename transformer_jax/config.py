@@ -25,6 +25,7 @@ NORM_POSITIONS = ("pre", "post")
 # "relative": T5's bucketed relative position bias (Raffel et al. 2020, section 2.1), no absolute positions.
 POSITIONS = ("sinusoidal", "sinusoidal_paper", "learned", "rotary", "relative", "none")
 POOLINGS = ("mean", "cls")
+POOLER_ACTIVATIONS = ("tanh", "relu")
 REMATS = ("none", "full", "dots", "offload")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -79,6 +80,16 @@ class TransformerConfig:
     logits_scale: float = 1.0  # multiplies the final hidden state before the output head (T5: D^-0.5)
     pad_id: int | None = 0  # encoder-input padding token; None = no padding token
     pooling: str = "mean"  # EncoderClassifier: mean over tokens, or the first token ("cls", BERT)
+    pooler_activation: str = "tanh"  # the pooler's activation (BERT tanh; DistilBERT's pre_classifier relu)
+    # ALBERT (Lan et al. 2020): factorised embeddings of width embed_dim (< d_model) projected up
+    # to d_model, and one block whose parameters every layer of a stack reuses (held once).
+    embed_dim: int | None = None  # default d_model
+    share_layers: bool = False
+    # Where a pretrained model came from (transformer_jax.pretrained): its family name, which
+    # saving uses, and the config.json fields no other field holds (dropout probabilities, token
+    # ids, id2label, ...), as sorted (key, JSON text) pairs that save_pretrained writes back.
+    family: str | None = None
+    hf_config: tuple[tuple[str, str], ...] = ()
     # Mixture of experts (transformer_jax/moe.py): the feed-forward of the chosen layers becomes
     # `num_experts` experts behind a router (0 = every feed-forward dense). `moe_layers` picks
     # them in each stack: an int n makes every n-th layer MoE (layers n-1, 2n-1, ...; 2 = every
@@ -144,6 +155,7 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.dropout_rate must be in [0, 1); got {self.dropout_rate!r}")
         choices = {"activation": ACTIVATIONS, "norm": NORMS, "norm_position": NORM_POSITIONS,
                    "position": POSITIONS, "dtype": DTYPES, "param_dtype": DTYPES, "pooling": POOLINGS,
+                   "pooler_activation": POOLER_ACTIVATIONS,
                    "remat": REMATS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -183,6 +195,7 @@ class TransformerConfig:
                     raise ValueError(
                         f"TransformerConfig.{name}={spec!r} cannot add position='relative' biases; the "
                         "relative position bias needs a spec that takes a score bias, i.e. Dense()")
+        self._check_albert()
 
     def _check_moe(self) -> None:
         if not _is_int(self.num_experts) or self.num_experts < 0:
@@ -213,6 +226,31 @@ class TransformerConfig:
         elif not _is_int(layers) or layers < 1:
             raise ValueError(f"TransformerConfig.moe_layers must be a positive int n (every n-th layer is MoE; "
                              f"2 = every other) or a tuple of layer indices; got {layers!r}")
+
+    def _check_albert(self) -> None:
+        if self.embed_dim is not None and (not _is_int(self.embed_dim) or self.embed_dim <= 0):
+            raise ValueError(f"TransformerConfig.embed_dim must be a positive integer or None; got {self.embed_dim!r}")
+        if self.resolved_embed_dim != self.d_model and self.num_decoder_layers:
+            raise ValueError(f"TransformerConfig.embed_dim={self.embed_dim} differs from d_model={self.d_model}: "
+                             "factorised embeddings are for encoder-only models (num_decoder_layers=0)")
+        if not isinstance(self.share_layers, bool):
+            raise ValueError(f"TransformerConfig.share_layers must be True or False; got {self.share_layers!r}")
+        if self.share_layers and self.num_decoder_layers:
+            raise ValueError("TransformerConfig.share_layers=True is for encoder-only models (a decoding cache "
+                             "per layer needs a block per layer); set num_decoder_layers=0")
+        if self.share_layers and self.scan_layers:
+            raise ValueError("TransformerConfig.share_layers=True holds one block for every layer; it cannot be "
+                             "combined with scan_layers=True (nothing to stack): set scan_layers=False")
+        if self.share_layers and (len(set(self.encoder_specs)) > 1 or len(set(self.decoder_specs)) > 1
+                                  or any(self.encoder_moe) or any(self.decoder_moe)):
+            raise ValueError("TransformerConfig.share_layers=True needs identical layers: one attention spec "
+                             "per stack and no mixture-of-experts layers")
+        if not isinstance(self.hf_config, tuple):  # lists from a serialised config
+            object.__setattr__(self, "hf_config", tuple(tuple(p) for p in self.hf_config))
+
+    @property
+    def resolved_embed_dim(self) -> int:
+        return self.embed_dim or self.d_model
 
     @property
     def resolved_head_dim(self) -> int:

@@ -1,11 +1,16 @@
 """Transformer models built from one set of blocks (Vaswani et al. 2017).
 
 - `Transformer`: encoder-decoder; `encode` and `decode` run the two halves apart.
-- `EncoderClassifier` and `MaskedLM`: encoder-only (BERT-style) with a classification or MLM head.
+- `EncoderClassifier`, `TokenClassifier`, `QuestionAnswering` and `MaskedLM`: encoder-only
+  (BERT-style) with a sequence-classification, per-token classification, span (start/end) or MLM head.
 - `DecoderLM`: decoder-only (GPT-style) language model.
 
 Alphabet: B batch, S source length, T target length, D model dim, V vocab.
 Padding is token 0; packed sequences come with segment ids (0 = padding) and per-segment positions.
+
+Every top-level model also has `forward(input_ids, attention_mask=None, ...)`, which takes the
+reference library's input names and returns a dict under its output names (`last_hidden_state`,
+`logits`, `start_logits`/`end_logits`): `model.apply(variables, **tokenizer_output, method="forward")`.
 """
 
 from __future__ import annotations
@@ -132,7 +137,8 @@ class DecoderBlock(nn.Module):
 
 class Embedder(nn.Module):
     """Tokens -> embeddings (+ token types) + additive positions (none for rotary and relative),
-    then an optional norm (BERT, BART) and dropout."""
+    then an optional norm (BERT, BART) and dropout; factorised embeddings (ALBERT, `embed_dim` <
+    d_model) are projected up to d_model last."""
 
     cfg: TransformerConfig
     embed: Embed
@@ -140,26 +146,29 @@ class Embedder(nn.Module):
     @nn.compact
     def __call__(self, tokens, positions, deterministic: bool, token_types=None):
         cfg = self.cfg
-        x = self.embed(tokens)  # [B T D]
+        width = cfg.resolved_embed_dim  # E: d_model unless factorised
+        x = self.embed(tokens)  # [B T E]
         if cfg.type_vocab_size:
             types = jnp.zeros_like(tokens) if token_types is None else token_types
-            table = Embed(cfg.type_vocab_size, cfg.d_model, cfg.compute_dtype, cfg.params_dtype,
+            table = Embed(cfg.type_vocab_size, width, cfg.compute_dtype, cfg.params_dtype,
                           scale=False, name="token_types")
             x = x + table(types)
         elif token_types is not None:
             raise ValueError("token_types were given but TransformerConfig.type_vocab_size is 0")
         if cfg.position in ("sinusoidal", "sinusoidal_paper"):
-            x = x + sinusoidal(positions, cfg.d_model, cfg.compute_dtype, cfg.position == "sinusoidal_paper")
+            x = x + sinusoidal(positions, width, cfg.compute_dtype, cfg.position == "sinusoidal_paper")
         elif cfg.position == "learned":
             if tokens.shape[1] > cfg.max_len:
                 raise ValueError(f"sequence length {tokens.shape[1]} exceeds TransformerConfig.max_len="
                                  f"{cfg.max_len}, the size of the learned position table; truncate the "
                                  "input or use a model with a larger max_len")
-            x = x + LearnedPositions(cfg.max_len, cfg.d_model, cfg.compute_dtype, cfg.params_dtype,
+            x = x + LearnedPositions(cfg.max_len, width, cfg.compute_dtype, cfg.params_dtype,
                                      cfg.position_offset, name="positions")(positions)
         if cfg.embed_norm:
             x = _norm(cfg, "norm")(x)
         x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        if width != cfg.d_model:  # [B T E] -> [B T D]
+            x = dense(cfg.d_model, (None, "embed"), cfg.compute_dtype, cfg.params_dtype, "projection")(x)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -176,19 +185,25 @@ def _relative_bias(cfg: TransformerConfig, bidirectional: bool):
 
 
 def _embed(cfg: TransformerConfig, name: str | None = None) -> Embed:
-    return Embed(cfg.vocab_size, cfg.d_model, cfg.compute_dtype, cfg.params_dtype, cfg.embed_scale, name=name)
+    return Embed(cfg.vocab_size, cfg.resolved_embed_dim, cfg.compute_dtype, cfg.params_dtype, cfg.embed_scale, name=name)
 
 
 class Encoder(nn.Module):
     """The encoder stack: tokens [B, S] -> [B, S, D]. Builds its own `embedding` unless given one
-    to share (the encoder-decoder shares it with the decoder)."""
+    to share (the encoder-decoder shares it with the decoder). `pooler=True` adds BERT's tanh
+    pooler over the first token (the reference's bare model `pooler_output`, from `forward`)."""
 
     cfg: TransformerConfig
     embed: Embed | None = None
+    pooler: bool = False
 
-    @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, deterministic: bool = True,
                  token_types=None):
+        return self.run(tokens, segment_ids, positions, deterministic, token_types)[0]
+
+    @nn.compact
+    def run(self, tokens, segment_ids=None, positions=None, deterministic: bool = True, token_types=None):
+        """-> (hidden [B, S, D], pooled [B, D] or None without a pooler)."""
         cfg = self.cfg
         segment_ids, positions = _segments_and_positions(tokens, segment_ids, positions, cfg.pad_id)
         embed = self.embed if self.embed is not None else _embed(cfg, "embedding")
@@ -197,7 +212,28 @@ class Encoder(nn.Module):
         # EncoderBlock(x, segment_ids, positions, deterministic, bias): deterministic (4) is static
         x = apply_layers(cfg, EncoderBlock, encoder_kinds(cfg), (4,), x, segment_ids, positions,
                          deterministic, bias)
-        return _final_norm(cfg, x)
+        x = _final_norm(cfg, x)
+        if not self.pooler:
+            return x, None
+        return x, _pool(cfg, x[:, 0])
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+        x, pooled = self.run(input_ids, _segments(input_ids, attention_mask), None, deterministic, token_type_ids)
+        return {"last_hidden_state": x} if pooled is None else {"last_hidden_state": x, "pooler_output": pooled}
+
+
+def _pool(cfg: TransformerConfig, first):
+    """BERT's pooler: activation(dense(first token)) [B, D] -> [B, D] (tanh; DistilBERT: relu)."""
+    h = dense(cfg.d_model, ("embed", "mlp"), cfg.compute_dtype, cfg.params_dtype, "pooler")(first)
+    return nn.tanh(h) if cfg.pooler_activation == "tanh" else nn.relu(h)
+
+
+def _segments(input_ids, attention_mask):
+    """The reference's attention_mask (1 = attend, 0 = padding; None = attend everywhere) as our
+    segment ids [B, S]."""
+    if attention_mask is None:
+        return jnp.ones(input_ids.shape, jnp.int32)
+    return jnp.asarray(attention_mask, jnp.int32)
 
 
 def _output_logits(module: nn.Module, cfg: TransformerConfig, embed: Embed, x):
@@ -226,19 +262,23 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, encoded=None, src_segment_ids=None,
-                 deterministic: bool = True, decode: bool = False):
-        """[B, T] tokens -> [B, T, V] float32 logits; `decode=True` runs one cached step.
+                 deterministic: bool = True, decode: bool = False, logits_at=None):
+        """[B, T] tokens -> [B, T, V] float32 logits; `decode=True` runs a cached step.
 
         Decoder inputs are never padding (T5 and Marian start with the pad id): without segment
         ids every token is real, which causal attention makes harmless for trailing padding.
+        A cached step takes T >= 1 positions per row (T > 1: a parallel prefill of the prompt or a
+        chunk of draft tokens); with segment ids [B, T] (1 real, 0 right padding) row b's cache
+        moves on by its own number of real tokens. `logits_at` [B, K] int: only the logits at these
+        positions of the chunk ([B, K, V]), e.g. each row's last prompt token.
         """
         cfg = self.cfg
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        if decode:  # the position is the number of steps already taken
-            index = self.variable("cache", "decode_index", lambda: jnp.array(0, jnp.int32))
-            positions = jnp.broadcast_to(index.value, tokens.shape)
-            index.value = index.value + 1
+        if decode:  # the position is the number of positions already cached, per row
+            index = self.variable("cache", "decode_index", lambda: jnp.zeros(tokens.shape[:1], jnp.int32))
+            positions = index.value[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+            index.value = index.value + jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)
         elif positions is None:
             positions = positions_from_segments(segment_ids)
         embed = self.embed if self.embed is not None else _embed(cfg, "embedding")
@@ -251,6 +291,8 @@ class Decoder(nn.Module):
         # bias): deterministic (6) and decode (7) are static
         x = apply_layers(cfg, DecoderBlock, decoder_kinds(cfg, self.cross), (6, 7), x, segment_ids,
                          positions, encoded, src_segment_ids, deterministic, decode, bias, remat=not decode)
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, jnp.asarray(logits_at, jnp.int32)[..., None], axis=1)  # [B K D]
         return _output_logits(self, cfg, embed, _final_norm(cfg, x))
 
 
@@ -278,12 +320,14 @@ class Transformer(nn.Module):
         return self.encoder(src, src_segment_ids, src_positions, deterministic)
 
     def decode(self, encoded, src, tgt_in, *, src_segment_ids=None, tgt_segment_ids=None,
-               tgt_positions=None, deterministic: bool = True, decode: bool = False):
-        """encoded [B, S, D], src [B, S] (for its padding), tgt_in [B, T] -> logits [B, T, V] float32."""
+               tgt_positions=None, deterministic: bool = True, decode: bool = False, logits_at=None):
+        """encoded [B, S, D], src [B, S] (for its padding), tgt_in [B, T] -> logits [B, T, V] float32.
+        While decoding, `tgt_segment_ids` mark right padding of a multi-token chunk (see `Decoder`)."""
         src_seg = _default_segments(src, self.cfg.pad_id) if src_segment_ids is None else src_segment_ids
         if decode:
-            tgt_segment_ids = tgt_positions = None
-        return self.decoder(tgt_in, tgt_segment_ids, tgt_positions, encoded, src_seg, deterministic, decode)
+            tgt_positions = None
+        return self.decoder(tgt_in, tgt_segment_ids, tgt_positions, encoded, src_seg, deterministic, decode,
+                            logits_at)
 
     def __call__(self, src, tgt_in, *, src_segment_ids=None, src_positions=None, tgt_segment_ids=None,
                  tgt_positions=None, deterministic: bool = True):
@@ -292,6 +336,15 @@ class Transformer(nn.Module):
         return self.decode(encoded, src, tgt_in, src_segment_ids=src_segment_ids,
                            tgt_segment_ids=tgt_segment_ids, tgt_positions=tgt_positions,
                            deterministic=deterministic)
+
+    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, *, deterministic: bool = True):
+        """The reference's seq2seq call: {"logits" [B, T, V], "encoder_last_hidden_state" [B, S, D]}."""
+        if decoder_input_ids is None:
+            raise ValueError("Transformer.forward needs decoder_input_ids (the shifted target, [B, T])")
+        seg = _segments(input_ids, attention_mask)
+        encoded = self.encode(input_ids, src_segment_ids=seg, deterministic=deterministic)
+        logits = self.decode(encoded, input_ids, decoder_input_ids, src_segment_ids=seg, deterministic=deterministic)
+        return {"logits": logits, "encoder_last_hidden_state": encoded}
 
 
 def _masked_mean(x, segment_ids):
@@ -302,7 +355,8 @@ def _masked_mean(x, segment_ids):
 
 class EncoderClassifier(nn.Module):
     """Encoder-only sequence classifier: pooled encoder output (the mean over tokens, or the first
-    token as in BERT) -> tanh pooler -> class logits (float32)."""
+    token as in BERT) -> pooler (tanh; DistilBERT relu) -> class logits (float32). One class is
+    regression."""
 
     cfg: TransformerConfig
 
@@ -313,15 +367,60 @@ class EncoderClassifier(nn.Module):
         seg, pos = _segments_and_positions(inputs, segment_ids, positions, cfg.pad_id)
         x = Encoder(cfg, name="encoder")(inputs, seg, pos, deterministic, token_types)
         pooled = x[:, 0] if cfg.pooling == "cls" else _masked_mean(x, seg)  # [B D]
-        h = nn.tanh(dense(cfg.d_model, ("embed", "mlp"), cfg.compute_dtype, cfg.params_dtype, "pooler")(pooled))
-        h = Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(cfg.dropout_rate)(_pool(cfg, pooled), deterministic=deterministic)
         logits = dense(cfg.num_classes, ("mlp", "classes"), cfg.compute_dtype, cfg.params_dtype, "classifier")(h)
         return logits.astype(jnp.float32)  # [B C]
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+        return {"logits": self(input_ids, segment_ids=_segments(input_ids, attention_mask),
+                               token_types=token_type_ids, deterministic=deterministic)}
+
+
+class TokenClassifier(nn.Module):
+    """Encoder-only per-token classifier (NER, tagging): encoder -> dropout -> dense, logits
+    [B, S, C] float32."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, inputs, *, segment_ids=None, positions=None, token_types=None,
+                 deterministic: bool = True):
+        cfg = self.cfg
+        x = Encoder(cfg, name="encoder")(inputs, segment_ids, positions, deterministic, token_types)
+        x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        logits = dense(cfg.num_classes, ("embed", "classes"), cfg.compute_dtype, cfg.params_dtype, "classifier")(x)
+        return logits.astype(jnp.float32)  # [B S C]
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+        return {"logits": self(input_ids, segment_ids=_segments(input_ids, attention_mask),
+                               token_types=token_type_ids, deterministic=deterministic)}
+
+
+class QuestionAnswering(nn.Module):
+    """Encoder-only extractive QA: encoder -> dropout -> dense to 2, split into the start and end
+    logits of the answer span, each [B, S] float32."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, inputs, *, segment_ids=None, positions=None, token_types=None,
+                 deterministic: bool = True):
+        cfg = self.cfg
+        x = Encoder(cfg, name="encoder")(inputs, segment_ids, positions, deterministic, token_types)
+        x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        logits = dense(2, ("embed", "classes"), cfg.compute_dtype, cfg.params_dtype, "qa_outputs")(x)
+        logits = logits.astype(jnp.float32)  # [B S 2]
+        return logits[..., 0], logits[..., 1]
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+        start, end = self(input_ids, segment_ids=_segments(input_ids, attention_mask),
+                          token_types=token_type_ids, deterministic=deterministic)
+        return {"start_logits": start, "end_logits": end}
 
 
 class MaskedLM(nn.Module):
     """Encoder-only masked language model: BERT's MLM head (dense, activation, norm) on the encoder,
-    then the (tied) output logits."""
+    then the (tied) output logits. With factorised embeddings (ALBERT) the head projects to E."""
 
     cfg: TransformerConfig
 
@@ -332,9 +431,13 @@ class MaskedLM(nn.Module):
         embed = _embed(cfg, "embedding")
         x = Encoder(cfg, embed, name="encoder")(inputs, segment_ids, positions, deterministic, token_types)
         x = activation_fn(cfg.activation)(
-            dense(cfg.d_model, ("embed", "mlp"), cfg.compute_dtype, cfg.params_dtype, "transform")(x))
+            dense(cfg.resolved_embed_dim, ("embed", "mlp"), cfg.compute_dtype, cfg.params_dtype, "transform")(x))
         x = _norm(cfg, "transform_norm")(x)
         return _output_logits(self, cfg, embed, x)  # [B S V]
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+        return {"logits": self(input_ids, segment_ids=_segments(input_ids, attention_mask),
+                               token_types=token_type_ids, deterministic=deterministic)}
 
 
 class DecoderLM(nn.Module):
@@ -344,9 +447,13 @@ class DecoderLM(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, *, segment_ids=None, positions=None, deterministic: bool = True,
-                 decode: bool = False):
+                 decode: bool = False, logits_at=None):
         return Decoder(self.cfg, _embed(self.cfg, "embedding"), cross=False, name="decoder")(
-            inputs, segment_ids, positions, deterministic=deterministic, decode=decode)
+            inputs, segment_ids, positions, deterministic=deterministic, decode=decode, logits_at=logits_at)
+
+    def forward(self, input_ids, attention_mask=None, *, deterministic: bool = True):
+        return {"logits": self(input_ids, segment_ids=None if attention_mask is None else
+                               _segments(input_ids, attention_mask), deterministic=deterministic)}
 
 
 def flops_per_token(cfg: TransformerConfig, src_len: int, tgt_len: int) -> float:

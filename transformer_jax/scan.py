@@ -109,19 +109,25 @@ def apply_layers(cfg: TransformerConfig, block: type[nn.Module], kinds: tuple, s
     Call from inside a compact module (the stack): the blocks become its children, `layer_<i>`
     when unscanned or `layers/layer_<j>` (stacked) under `cfg.scan_layers`. `static_argnums` name
     the Python-valued call arguments (counting self as 0) that nn.remat must not trace; `remat=False`
-    skips rematerialisation (cached decoding has no backward pass).
+    skips rematerialisation (cached decoding has no backward pass). `cfg.share_layers` makes one
+    block, `shared_layer`, that every layer runs.
     """
     if remat and cfg.remat != "none":
         block = nn.remat(block, policy=remat_policy(cfg.remat), static_argnums=static_argnums,
                          prevent_cse=not cfg.scan_layers)  # scan already stops CSE across layers
+    if cfg.share_layers:  # ALBERT: one block, its parameters held once, run len(kinds) times
+        shared = block(cfg, *kinds[0], name="shared_layer")
+        for _ in kinds:
+            x = shared(x, *args)
+        return x
     if not cfg.scan_layers:
         for i, kind in enumerate(kinds):
             x = block(cfg, *kind, name=f"layer_{i}")(x, *args)
         return x
     p = period(kinds)
+    # "aux_loss", "moe_metrics": moe.AUX_LOSS, moe.METRICS; "attention_weights": attention.weights.COLLECTION
     scanned = nn.scan(LayerGroup, variable_axes={"params": 0, "cache": 0, "intermediates": 0, "aux_loss": 0,
-                                                 "moe_metrics": 0,
-                                                 "attention_weights": 0},  # moe.AUX_LOSS, moe.METRICS, weights.COLLECTION
+                                                 "moe_metrics": 0, "attention_weights": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
                       length=len(kinds) // p, metadata_params={nn.PARTITION_NAME: SCAN_NAME})
     x, _ = scanned(cfg, block, kinds[:p], name=SCAN_NAME)(x, *args)

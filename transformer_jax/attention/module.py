@@ -13,6 +13,7 @@ query heads. A step past a full (non-windowed) cache returns NaN, never a clampe
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -23,14 +24,15 @@ from jax import Array
 
 from transformer_jax.attention import SPECS, weights
 from transformer_jax.attention.base import RecurrentDecoding
-from transformer_jax.attention.dense import Dense, masked_softmax_attention
+from transformer_jax.attention.base import einsum_f32
+from transformer_jax.attention.dense import Dense
 from transformer_jax.layers import apply_rotary, dense
 
 Dtype = Any
 # The running-state entries of the registered recurrent specs (all batched), with their fresh values.
 _RECURRENT = {name: value for cls in SPECS for name, value in getattr(cls, "decode_fresh", {}).items()}
 # Cache entries with a leading batch axis; beam search reorders these and nothing else.
-BATCHED_CACHE = ("cached_key", "cached_value", "cross_key", "cross_value") + tuple(_RECURRENT)
+BATCHED_CACHE = ("cached_key", "cached_value", "cached_pos", "cache_index", "cross_key", "cross_value") + tuple(_RECURRENT)
 # The value of each self-attention cache entry before the first step (`decode.init_cache`).
 FRESH_CACHE = {"cached_key": 0, "cached_value": 0, "cached_pos": -1, "cache_index": 0, **_RECURRENT}
 
@@ -87,26 +89,29 @@ class MultiHeadAttention(nn.Module):
             k = apply_rotary(k, q_positions if kv_positions is None else kv_positions, self.rotary_base)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
 
+        # while decoding, row b's first `valid[b]` positions are real (right padding after them)
+        valid = (jnp.full(x.shape[:1], x.shape[1], jnp.int32) if q_segment_ids is None
+                 else jnp.sum(q_segment_ids != 0, axis=1).astype(jnp.int32))
         if decode and is_self and isinstance(self.spec, RecurrentDecoding):
             if bias is not None:
                 raise ValueError(f"MultiHeadAttention: {self.spec!r} decodes from a running state and "
                                  "cannot add a score bias")
-            out = self._recurrent_step(q, k, v)
+            out = self._recurrent_step(q, k, v, valid)
         elif decode and is_self:
-            out = self._cached_step(q, k, v, bias)
+            out = self._cached_step(q, k, v, bias, valid)
+        elif decode:  # cross-attention over the cached encoder keys
+            mask = (jnp.ones(k.shape[:2], bool) if kv_segment_ids is None else kv_segment_ids != 0)
+            out = grouped_attention(q, k, v, jnp.broadcast_to(mask[:, None, :], (q.shape[0], q.shape[1], k.shape[1])),
+                                    bias)
         else:
             k, v = self._repeat_kv(k), self._repeat_kv(v)  # [B S N H]
-            if decode:
-                mask = None if kv_segment_ids is None else (kv_segment_ids != 0)[:, None, None, :]
-                out = masked_softmax_attention(q, k, v, mask, bias)
-            else:
-                extra = {} if bias is None else {"bias": bias}
-                if weights.requested(self):  # only tj.attention_weights() asks
-                    self.sow(weights.COLLECTION, "weights", weights.probabilities(
-                        self.spec, q, k, causal=self.causal, q_segment_ids=q_segment_ids,
-                        kv_segment_ids=kv_segment_ids, bias=bias))  # [B N T S]
-                out = self.spec(q, k, v, causal=self.causal, q_segment_ids=q_segment_ids,
-                                kv_segment_ids=kv_segment_ids, **extra)  # [B T N H]
+            extra = {} if bias is None else {"bias": bias}
+            if weights.requested(self):  # only tj.attention_weights() asks
+                self.sow(weights.COLLECTION, "weights", weights.probabilities(
+                    self.spec, q, k, causal=self.causal, q_segment_ids=q_segment_ids,
+                    kv_segment_ids=kv_segment_ids, bias=bias))  # [B N T S]
+            out = self.spec(q, k, v, causal=self.causal, q_segment_ids=q_segment_ids,
+                            kv_segment_ids=kv_segment_ids, **extra)  # [B T N H]
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return dense(x.shape[-1], ("heads", "kv", "embed"), self.dtype, self.param_dtype, "out",
                      self.use_bias, in_dims=2)(out)  # [B T D]
@@ -117,47 +122,124 @@ class MultiHeadAttention(nn.Module):
         x = x if group == 1 else jnp.repeat(x, group, axis=2)
         return nn.with_logical_constraint(x, ("batch", "length", "heads", "kv"))
 
-    def _recurrent_step(self, q: Array, k: Array, v: Array) -> Array:
-        """One decoding step from the spec's running state: q [B, 1, N, H], k, v [B, 1, K, H] -> [B, 1, N, H]."""
-        if q.shape[1] != 1:
-            raise ValueError(f"decode=True takes one position at a time; got length {q.shape[1]}")
+    def _recurrent_step(self, q: Array, k: Array, v: Array, valid: Array) -> Array:
+        """Decoding from the spec's running state: q [B, T, N, H], k, v [B, T, K, H] at the next T
+        positions -> [B, T, N, H]; row b's state takes its first valid[b] keys (the rest are padding).
+        A prompt of T > 1 scans the spec's one-position step over the chunk inside this layer."""
         init = self.spec.decode_state(q.shape[0], self.num_heads, self.head_dim)
         state = {name: self.variable("cache", name, lambda a=a: a) for name, a in init.items()}
-        out, new = self.spec.decode_step({name: var.value for name, var in state.items()}, q,
-                                         self._repeat_kv(k), self._repeat_kv(v))
-        for name, var in state.items():
-            var.value = new[name]
-        return out
+        k, v = self._repeat_kv(k), self._repeat_kv(v)
 
-    def _cached_step(self, q: Array, k: Array, v: Array, bias: Array | None) -> Array:
-        """One decoding step: q [B, 1, N, H], k, v [B, 1, K, H] at the next position -> [B, 1, N, H]."""
-        if q.shape[1] != 1:
-            raise ValueError(f"decode=True takes one position at a time; got length {q.shape[1]}")
+        def one(carry, xs):
+            t, qt, kt, vt = xs  # qt [B N H]
+            out, new = self.spec.decode_step(carry, qt[:, None], kt[:, None], vt[:, None])
+            keep = (t < valid)  # [B]
+            new = {name: jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x, carry[name])
+                   for name, x in new.items()}
+            return new, out[:, 0]
+
+        xs = (jnp.arange(q.shape[1]),) + tuple(jnp.moveaxis(a, 1, 0) for a in (q, k, v))
+        final, outs = jax.lax.scan(one, {name: var.value for name, var in state.items()}, xs)
+        for name, var in state.items():
+            var.value = final[name]
+        return jnp.moveaxis(outs, 0, 1)  # [B T N H]
+
+    def _cache_length(self, name: str, fallback: int) -> int:
+        """Positions the cache holds: its own shape once it exists (`decode.init_cache` may size it
+        to the work), else `fallback`."""
+        if self.has_variable("cache", name):
+            return self.get_variable("cache", name).shape[1]
+        return fallback
+
+    def _cached_step(self, q: Array, k: Array, v: Array, bias: Array | None, valid: Array) -> Array:
+        """Decoding T >= 1 positions per row (a prompt prefill, a single step, or a chunk of draft
+        tokens): q [B, T, N, H], k, v [B, T, K, H] at positions index[b] + t -> [B, T, N, H].
+
+        Row b's first valid[b] positions are real; the rest are right padding whose outputs are
+        garbage and which later steps overwrite (a dense cache) or never write (the ring buffer).
+        The row's index then moves on by valid[b], so rows of different prompt lengths continue
+        from their own ends.
+        """
         window = self.spec.decode_window
-        length = self.cache_len if window is None else min(window + 1, self.cache_len)
+        fallback = self.cache_len if window is None else min(window + 1, self.cache_len)
+        length = self._cache_length("cached_key", fallback)
         if length <= 0:
             raise ValueError("MultiHeadAttention.cache_len must be positive to decode")
-        b = q.shape[0]
+        b, t = q.shape[:2]
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((b,), jnp.int32))
+        i = index.value  # [B] next position of each row
+        qpos = i[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B T]
         ck = self.variable("cache", "cached_key", jnp.zeros, (b, length) + k.shape[2:], k.dtype)
         cv = self.variable("cache", "cached_value", jnp.zeros, (b, length) + v.shape[2:], v.dtype)
-        cpos = self.variable("cache", "cached_pos", lambda: jnp.full((length,), -1, jnp.int32))
-        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-        i = index.value
-        slot = i % length if window is not None else i
-        ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, slot, 0, 0))
-        cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, slot, 0, 0))
-        cpos.value = cpos.value.at[slot].set(i)
-        index.value = i + 1
-        if window is not None:  # ring buffer of the last window + 1 positions
-            visible = (cpos.value >= 0) & (cpos.value <= i) & (i - cpos.value <= window)
-        else:  # the row of the spec's own causal pattern
-            pattern = jnp.asarray(self.spec.mask(length, length, True))  # [L L] static
-            visible = pattern[i] & (cpos.value >= 0)
-        out = masked_softmax_attention(q, self._repeat_kv(ck.value), self._repeat_kv(cv.value),
-                                       visible[None, None, None, :], bias)
-        if window is None:  # past a full cache there is no slot left: poison the step, don't clamp
-            out = jnp.where(i < length, out, jnp.nan)
+        index.value = i + valid
+        if window is not None:
+            return self._ring_step(q, k, v, bias, ck, cv, i, qpos, valid, length, window)
+        rows = jnp.arange(b)[:, None]
+        ck.value = ck.value.at[rows, qpos].set(k.astype(ck.value.dtype), mode="drop")
+        cv.value = cv.value.at[rows, qpos].set(v.astype(cv.value.dtype), mode="drop")
+        slots = jnp.arange(length, dtype=jnp.int32)
+        visible = slots[None, None, :] <= qpos[:, :, None]  # [B T L]
+        pattern = _causal_pattern(self.spec, self.cache_len)
+        if pattern is not None:  # the rows of the spec's own causal pattern (sized as before)
+            visible = visible & jnp.asarray(pattern[:, :length])[jnp.minimum(qpos, self.cache_len - 1)]
+        if bias is not None:
+            bias = bias[..., :length]  # the caller's bias spans cfg.max_len slots
+        out = grouped_attention(q, ck.value, cv.value, visible, bias)
+        # past a full cache there is no slot left: poison the real positions, never clamp
+        real = jnp.arange(t)[None, :] < valid[:, None]
+        return jnp.where(((qpos < length) | ~real)[:, :, None, None], out, jnp.nan)
+
+    def _ring_step(self, q, k, v, bias, ck, cv, i, qpos, valid, length: int, window: int) -> Array:
+        """The windowed cache: a ring of the last `length` (= window + 1) positions, slot p % length."""
+        if bias is not None:
+            raise ValueError(f"MultiHeadAttention: {self.spec!r} decodes from a ring buffer and cannot "
+                             "add a score bias")
+        b, t = q.shape[:2]
+        cpos = self.variable("cache", "cached_pos", lambda: jnp.full((b, length), -1, jnp.int32))
+        keys = jnp.concatenate([ck.value, k.astype(ck.value.dtype)], axis=1)  # [B L+T K H]
+        values = jnp.concatenate([cv.value, v.astype(cv.value.dtype)], axis=1)
+        kpos = jnp.concatenate([cpos.value, qpos], axis=1)  # [B L+T]
+        gap = qpos[:, :, None] - kpos[:, None, :]  # [B T L+T]
+        visible = (kpos[:, None, :] >= 0) & (gap >= 0) & (gap <= window)
+        out = grouped_attention(q, keys, values, visible, None)
+        # slot s now holds the last position p < i + valid with p % length == s
+        end = (i + valid)[:, None]  # [B 1]
+        p = end - 1 - jnp.mod(end - 1 - jnp.arange(length)[None, :], length)  # [B L]
+        fresh = p >= i[:, None]
+        pick = jnp.clip(p - i[:, None], 0, t - 1)[..., None, None]
+        ck.value = jnp.where(fresh[..., None, None], jnp.take_along_axis(k.astype(ck.value.dtype), pick, 1), ck.value)
+        cv.value = jnp.where(fresh[..., None, None], jnp.take_along_axis(v.astype(cv.value.dtype), pick, 1), cv.value)
+        cpos.value = jnp.where(fresh, p, cpos.value)
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_pattern(spec, n: int) -> np.ndarray | None:
+    """The spec's causal pattern at n positions, or None where it is the plain causal triangle
+    (Dense, Flash): then `slot <= position` says it all and no [n, n] constant is built."""
+    pattern = np.asarray(spec.mask(n, n, True), bool)
+    return None if np.array_equal(pattern, np.tril(np.ones((n, n), bool))) else pattern
+
+
+def grouped_attention(q: Array, k: Array, v: Array, visible: Array, bias: Array | None) -> Array:
+    """Softmax attention of q [B, T, N, H] over k, v [B, S, K, H] (K divides N: grouped-query heads
+    share a key/value head, Ainslie et al. 2023) under visible [B, T, S] -> [B, T, N, H].
+
+    The decode path: keys are read once per group instead of repeated to N heads. Scores and softmax
+    in float32 (as `masked_softmax_attention`); a query that sees no key gives zeros. `bias` [B|1,
+    N, T, S] is added to the scores.
+    """
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    q = (q * jnp.asarray(1.0 / np.sqrt(h), q.dtype)).reshape(b, t, kv, n // kv, h)
+    s = einsum_f32("btkgh,bskh->bkgts", q, k)  # [B K G T S]
+    if bias is not None:
+        s = s + bias.astype(jnp.float32).reshape(bias.shape[0], kv, n // kv, *bias.shape[2:])
+    s = jnp.where(visible[:, None, None], s, jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(s, axis=-1)
+    out = jnp.einsum("bkgts,bskh->btkgh", p.astype(v.dtype), v).reshape(b, t, n, h)
+    seen = jnp.any(visible, axis=-1)[:, :, None, None]  # [B T 1 1]
+    return jnp.where(seen, out, jnp.zeros((), out.dtype))
 
 
 def keys_per_query(spec, n: int, causal: bool) -> float:

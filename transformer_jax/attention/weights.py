@@ -33,6 +33,7 @@ from transformer_jax.attention import masks
 
 COLLECTION = "attention_weights"  # the Flax collection the attention modules sow into
 _LAYER = re.compile(r"layer_(\d+)$")
+SHARED = "shared_layer"  # cfg.share_layers (ALBERT): one block, every layer (scan.apply_layers)
 
 
 @runtime_checkable
@@ -108,13 +109,20 @@ def _layers(sown: dict) -> dict[str, dict[int, Array]]:
     """{"encoder"|"decoder"|"cross": {layer index: [B, N, T, S]}} from the sown collection's tree.
 
     A layer is named `layer_<i>` in its stack, or `layers/layer_<j>` with a leading axis of groups
-    under `scan_layers` (layer g * p + j, p = the blocks of one group; see scan.py). A stack outside
+    under `scan_layers` (layer g * p + j, p = the blocks of one group; see scan.py), or is the i-th
+    call of the one `shared_layer` under `share_layers` (its i-th sown value). A stack outside
     `encoder`/`decoder` (ViT's blocks sit at the top) counts as an encoder.
     """
     found = []  # (kind, block index j, scanned, path of the stack, [G,] B, N, T, S)
     for path, value in jax.tree_util.tree_flatten_with_path(sown)[0]:
         keys = [_key(p) for p in path]
         names = [k for k in keys if _LAYER.match(k)]
+        if SHARED in keys:  # one block run once per layer: its sown tuple holds the layers in order
+            at = keys.index(SHARED)
+            stack = "decoder" if "decoder" in keys[:at] else "encoder"
+            kind = "cross" if "cross_attention" in keys[at:] else stack
+            found.append((kind, int(keys[-1]), False, tuple(keys[:at]), value))
+            continue
         if not names:
             raise ValueError(f"attention weights sown outside a layer stack, at {'/'.join(keys)}; "
                              "attention_weights() reads the layers of the library's models")

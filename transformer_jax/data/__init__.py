@@ -5,7 +5,8 @@ Importing this package registers the built-in tfds builders ``tjax_numbers``
 ListOps), ``tjax_text`` (English prose that ships with Python),
 ``tjax_retrieval`` (synthetic long-range key-value retrieval), and ``tjax_digits``
 (scikit-learn's 8x8 handwritten digits, images). What a
-batch of each task holds lives in ``transformer_jax.tasks``.
+batch of each task holds lives in ``transformer_jax.tasks``, which this package never imports: the
+pipeline takes a ``Layout`` (the task, passed in).
 """
 
 from transformer_jax.data.corpus import TjaxText
@@ -17,10 +18,12 @@ from transformer_jax.data.metrics import accuracy, corpus_bleu, corpus_chrf, exa
 from transformer_jax.data.pipeline import (
     BatchIterator,
     Featurizer,
+    Layout,
     eval_pairs,
     iter_texts,
     make_iterator,
     make_task_tokenizer,
+    records,
     sentencepiece_path,
 )
 from transformer_jax.data.retrieval import TjaxRetrieval
@@ -41,6 +44,7 @@ __all__ = [
     "DataStats",
     "DatasetNotPreparedError",
     "Featurizer",
+    "Layout",
     "SentencePieceTokenizer",
     "RandomShift",
     "TjaxDigits",
@@ -62,5 +66,6 @@ __all__ = [
     "make_tokenizer",
     "open_source",
     "prepare",
+    "records",
     "sentencepiece_path",
 ]

@@ -5,11 +5,12 @@ ArrayRecord files) and every transformation is a Grain ``MapDataset`` /
 ``IterDataset`` step, so the iterator's position is a small JSON dict that the
 trainer stores in its checkpoint.
 
-    source[shard_index::shard_count] -> shuffle(seed) -> repeat -> featurize (the task's)
-      -> corrupt (the task's seeded per-example transform, e.g. BERT masking) -> drop filtered
-      -> pack (first fit) or pad (the task's layout) -> batch
+    source[shard_index::shard_count] -> shuffle(seed) -> repeat -> featurize (the layout's)
+      -> corrupt (the layout's seeded per-example transform, e.g. BERT masking) -> drop filtered
+      -> pack (first fit) or pad (the layout's rows) -> batch
 
-The batch layouts are the tasks' (transformer_jax/tasks.py). With ``repeat=False`` the last
+The batch layout is the caller's (a ``Layout``: transformer_jax/tasks/ passes its tasks, which this
+package never imports). With ``repeat=False`` the last
 batch is filled up with all-padding rows (segment ids all 0, label 0), so every batch has the
 same shape; mask such rows by ``segment_ids.any(-1)``.
 """
@@ -23,12 +24,11 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grain
 import numpy as np
 
-from transformer_jax import tasks
 from transformer_jax.data.sources import DEFAULT_TASK, open_source
 from transformer_jax.data.stats import DataStats
 from transformer_jax.data.tokenizers import UNK_ID, Tokenizer, as_text, make_tokenizer
@@ -38,20 +38,35 @@ log = logging.getLogger(__name__)
 TOO_LONG_MODES = ("truncate", "filter")
 
 
+class Layout(Protocol):
+    """What the pipeline needs to know of a batch (transformer_jax/tasks/ implements it): how a
+    record becomes arrays, how those are padded into a row or packed, and a seeded augmentation."""
+
+    name: str
+    packable: bool
+    augment_eval: bool
+
+    def featurize(self, record, fz: "Featurizer") -> dict | None: ...
+    def pad(self, ex: dict, src_len: int, tgt_len: int) -> dict: ...
+    def pack_lengths(self, src_len: int, tgt_len: int) -> dict[str, int]: ...
+    def unpack_names(self) -> dict[str, str]: ...
+    def augment(self, tokenizer): ...
+
+
 # ----------------------------------------------------------------------------
 # Example -> token arrays
 
 
 @dataclasses.dataclass(frozen=True)
 class Featurizer:
-    """Record -> the task's dict of arrays (1-D int32 tokens; uint8 pixels for images), or None when
+    """Record -> the layout's dict of arrays (1-D int32 tokens; uint8 pixels for images), or None when
     dropped. Picklable.
 
-    The task says which features become which arrays; this holds what it needs to do that (the
+    The layout says which features become which arrays; this holds what it needs to do that (the
     tokenizer, the lengths S and T, the too-long policy) and counts what happened in ``stats``.
     """
 
-    task: tasks.Task
+    layout: Layout
     tokenizer: Tokenizer
     max_src_len: int
     max_tgt_len: int
@@ -79,24 +94,24 @@ class Featurizer:
 
     def __call__(self, record) -> dict[str, np.ndarray] | None:
         self.stats.add(examples=1)
-        return self.task.featurize(record, self)
+        return self.layout.featurize(record, self)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Pad:
-    """One example per row: the task's unpacked layout."""
+    """One example per row: the layout's unpacked rows."""
 
-    task: tasks.Task
+    layout: Layout
     src_len: int
     tgt_len: int
 
     def __call__(self, ex):
-        return self.task.pad(ex, self.src_len, self.tgt_len)
+        return self.layout.pad(ex, self.src_len, self.tgt_len)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Rename:
-    """Grain's packer names segment ids ``<key>_segment_ids``; map to the task's names."""
+    """Grain's packer names segment ids ``<key>_segment_ids``; map to the layout's names."""
 
     names: tuple[tuple[str, str], ...]
 
@@ -127,18 +142,16 @@ class BatchIterator:
     """Iterator of batch dicts with a JSON-serialisable, restorable position.
 
     ``get_state()`` / ``set_state()`` wrap Grain's DatasetIterator state and
-    also record what the state belongs to (task, split, seed, sharding, batch
+    also record what the state belongs to (dataset, split, seed, sharding, batch
     layout), so restoring into a differently configured pipeline fails loudly
     instead of silently reading other examples.
     """
 
-    def __init__(
-        self, dataset: grain.IterDataset, identity: dict[str, Any], stats: DataStats, task: tasks.Task
-    ):
+    def __init__(self, dataset: grain.IterDataset, identity: dict[str, Any], stats: DataStats, layout: Layout):
         self._iterator = iter(dataset)
         self._identity = identity
         self.stats = stats
-        self.task = task
+        self.layout = layout
 
     def __iter__(self) -> BatchIterator:
         return self
@@ -173,7 +186,7 @@ def make_iterator(
     dataset: str,
     split: str,
     *,
-    task: tasks.Task | None = None,
+    layout: Layout,
     tokenizer: Tokenizer,
     batch_size: int,
     max_src_len: int,
@@ -185,18 +198,18 @@ def make_iterator(
     repeat: bool = True,
     shuffle: bool | None = None,
     data_dir: str | os.PathLike | None = None,
-    text_keys: Sequence[str] | None = None,
     too_long: str = "truncate",
     num_threads: int = 2,
+    source: Any = None,
 ) -> BatchIterator:
-    """Fixed-shape NumPy batches of ``task`` on ``dataset``/``split`` for one process.
+    """Fixed-shape NumPy batches in ``layout`` of ``dataset``/``split`` for one process.
 
     Args:
       dataset: tfds name, with config if any ("tjax_numbers", "tjax_listops/small",
-        "wmt14_translate/de-en", "imdb_reviews", "lm1b", "tjax_text").
+        "wmt14_translate/de-en", "imdb_reviews", "lm1b", "tjax_text"); with ``source``, only a
+        name recorded in the iterator state.
       split: tfds split, e.g. "train", "validation", "test[:10%]".
-      task: what to make of the records (tasks.Translation(...), ...); default: the
-        dataset's, from ``text_keys`` or the registry (``tasks.lookup``).
+      layout: what to make of the records (a task of transformer_jax/tasks/: `tasks.Translation(...)`).
       tokenizer: anything with encode/decode/vocab_size (see tokenizers.py).
       batch_size: rows per batch yielded by this process.
       max_src_len: S, the source length (classification, masked LM: the input length).
@@ -213,6 +226,8 @@ def make_iterator(
       shuffle: defaults to ``repeat``.
       too_long: "truncate" or "filter" examples longer than S or T.
       num_threads: Grain reader threads.
+      source: a random-access sequence of records (``len`` and ``[i]``, e.g. local files read by
+        ``data/files.py``) read instead of the tfds ``dataset``.
     """
     if too_long not in TOO_LONG_MODES:
         raise ValueError(f"too_long={too_long!r}; valid: {TOO_LONG_MODES}")
@@ -224,11 +239,10 @@ def make_iterator(
             "need batch_size >= 1 and lengths >= 2"
         )
     shuffle = repeat if shuffle is None else shuffle
-    source = open_source(dataset, split, data_dir=data_dir)
-    if task is None:
-        task = tasks.lookup(dataset, text_keys, source.dataset_info.features)
-    if pack and not task.packable:
-        raise ValueError(f"pack=True with {task.name} task {dataset!r}: one label per row; use pack=False")
+    if source is None:
+        source = open_source(dataset, split, data_dir=data_dir)
+    if pack and not layout.packable:
+        raise ValueError(f"pack=True with {layout.name} task {dataset!r}: one label per row; use pack=False")
     stats = DataStats()
 
     ds = grain.MapDataset.source(source)[shard_index::shard_count]
@@ -236,8 +250,8 @@ def make_iterator(
         ds = ds.shuffle(seed=seed)
     if repeat:
         ds = ds.repeat()
-    ds = ds.map(Featurizer(task, tokenizer, max_src_len, max_tgt_len, too_long, stats))
-    corrupt = task.augment(tokenizer) if repeat or task.augment_eval else None  # image shifts: training only
+    ds = ds.map(Featurizer(layout, tokenizer, max_src_len, max_tgt_len, too_long, stats))
+    corrupt = layout.augment(tokenizer) if repeat or layout.augment_eval else None  # image shifts: training only
     if corrupt is not None:  # seeded by (seed, index): the same masks after a resume
         ds = ds.random_map(corrupt, seed=seed)
     it = ds.to_iter_dataset(
@@ -245,15 +259,15 @@ def make_iterator(
     )  # filtered (None) examples are dropped here
     if pack:
         it = grain.experimental.FirstFitPackIterDataset(
-            it, length_struct=task.pack_lengths(max_src_len, max_tgt_len), num_packing_bins=batch_size, seed=seed
-        ).map(_Rename(tuple(task.unpack_names().items())))
+            it, length_struct=layout.pack_lengths(max_src_len, max_tgt_len), num_packing_bins=batch_size, seed=seed
+        ).map(_Rename(tuple(layout.unpack_names().items())))
     else:
-        it = it.map(_Pad(task, max_src_len, max_tgt_len))
+        it = it.map(_Pad(layout, max_src_len, max_tgt_len))
     it = it.batch(batch_size, drop_remainder=repeat)
     if not repeat:
         it = it.map(_FillBatch(batch_size))
     identity = {
-        "task": dataset,
+        "task": dataset,  # the dataset's name (kept under this key: saved iterator states carry it)
         "split": split,
         "seed": seed,
         "shard_index": shard_index,
@@ -265,7 +279,7 @@ def make_iterator(
     }
     if corrupt is not None:
         identity["corrupt"] = repr(corrupt)
-    return BatchIterator(it, identity, stats, task)
+    return BatchIterator(it, identity, stats, layout)
 
 
 def length_sorted(batches: Iterable[dict[str, np.ndarray]], keys: Sequence[str], *, window: int = 16,
@@ -301,42 +315,49 @@ def length_sorted(batches: Iterable[dict[str, np.ndarray]], keys: Sequence[str],
 # Text access for evaluation and tokenizer training
 
 
-def _records(dataset, split, data_dir, text_keys, max_examples):
+def records(dataset: str, split: str, *, data_dir: str | os.PathLike | None = None,
+            max_examples: int | None = None) -> Iterator[dict]:
+    """The first `max_examples` (all if None) records of a tfds split, in the stored order."""
     source = open_source(dataset, split, data_dir=data_dir)
-    task = tasks.lookup(dataset, text_keys, source.dataset_info.features)
     n = len(source) if max_examples is None else min(len(source), max_examples)
-    return task, (source[i] for i in range(n))
+    return (source[i] for i in range(n))
 
 
 def eval_pairs(
-    task: str,
+    dataset: str,
     split: str,
+    keys: Sequence[str] = ("source", "target"),
     *,
     data_dir: str | os.PathLike | None = None,
-    text_keys: Sequence[str] | None = None,
     max_examples: int | None = None,
     stats: DataStats | None = None,
 ) -> Iterator[tuple[str, str]]:
-    """(source_text, reference_text) of a translation split, in the stored order."""
-    found, records = _records(task, split, data_dir, text_keys, max_examples)
-    if not isinstance(found, tasks.Translation):
-        raise ValueError(f"eval_pairs needs a translation task; {task!r} is a {found.name} task")
-    for r in records:
-        yield as_text(r[found.source], stats), as_text(r[found.target], stats)
+    """(source_text, reference_text) of a split, from the features `keys`, in the stored order."""
+    source, target = keys
+    for r in records(dataset, split, data_dir=data_dir, max_examples=max_examples):
+        yield as_text(r[source], stats), as_text(r[target], stats)
+
+
+def text_features(dataset: str, *, data_dir: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The names of a tfds dataset's text features, in their stored order."""
+    import tensorflow_datasets as tfds
+
+    features = open_source(dataset, "train", data_dir=data_dir).dataset_info.features
+    return tuple(k for k, f in features.items() if isinstance(f, tfds.features.Text))
 
 
 def iter_texts(
-    task: str,
+    dataset: str,
     split: str = "train",
+    keys: Sequence[str] | None = None,
     *,
     data_dir: str | os.PathLike | None = None,
-    text_keys: Sequence[str] | None = None,
     max_examples: int | None = None,
 ) -> Iterator[str]:
-    """Every text field of each record (source and target for translation)."""
-    found, records = _records(task, split, data_dir, text_keys, max_examples)
-    for r in records:
-        for k in found.text_features():
+    """Every text feature in `keys` (default: all, `text_features`) of each record."""
+    keys = text_features(dataset, data_dir=data_dir) if keys is None else tuple(keys)
+    for r in records(dataset, split, data_dir=data_dir, max_examples=max_examples):
+        for k in keys:
             yield as_text(r[k])
 
 
@@ -358,7 +379,8 @@ def make_task_tokenizer(
     max_train_examples: int | None = 1_000_000,
     symbols: Sequence[str] = (),
 ) -> Tokenizer:
-    """The tokenizer for ``task``; SentencePiece trains on its train split once.
+    """The tokenizer for dataset ``task``; SentencePiece trains once on the features ``text_keys``
+    (default: every text feature) of its train split.
 
     The SentencePiece model is ``<workdir>/<task>.spm<vocab_size>.model``; later
     runs with the same workdir load it instead of training. ``symbols`` are extra
@@ -370,7 +392,5 @@ def make_task_tokenizer(
     if workdir is None or vocab_size is None:
         raise ValueError("make_task_tokenizer('sentencepiece', ...) needs workdir and vocab_size")
     path = sentencepiece_path(workdir, task, vocab_size, symbols)
-    texts = lambda: iter_texts(
-        task, "train", data_dir=data_dir, text_keys=text_keys, max_examples=max_train_examples
-    )
+    texts = lambda: iter_texts(task, "train", text_keys, data_dir=data_dir, max_examples=max_train_examples)
     return make_tokenizer("sentencepiece", vocab_size=vocab_size, model_path=path, texts=texts, symbols=symbols)

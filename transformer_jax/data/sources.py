@@ -10,7 +10,6 @@ import re
 import tensorflow_datasets as tfds
 
 from transformer_jax.data import corpus, default_task, images, listops, retrieval  # noqa: F401  (registers the builders)
-from transformer_jax.tasks import base_name as _base_name
 
 # Prepared locally on first use.
 BUILT_IN = ("tjax_numbers", "tjax_listops", "tjax_text", "tjax_digits", "tjax_retrieval")
@@ -21,11 +20,14 @@ class DatasetNotPreparedError(FileNotFoundError):
     """A tfds dataset is not in ``data_dir`` as ArrayRecord files."""
 
 
+def base_name(dataset: str) -> str:
+    """'tjax_listops/small:1.0.0' -> 'tjax_listops'."""
+    return dataset.split("/")[0].split(":")[0]
 
 
 def _register(task: str) -> None:
     """tfds registers WMT builders only when their module is imported."""
-    base = _base_name(task)
+    base = base_name(task)
     m = re.fullmatch(r"wmt(\d+)_translate", base)
     if m:
         try:
@@ -41,7 +43,7 @@ def prepare(task: str = DEFAULT_TASK, *, data_dir: str | os.PathLike | None = No
     multi-process job, call it on process 0 before a barrier; concurrent calls
     are tolerated but do the work several times.
     """
-    if _base_name(task) not in BUILT_IN:
+    if base_name(task) not in BUILT_IN:
         raise ValueError(f"prepare() builds only the built-in tasks {BUILT_IN}, got task={task!r}")
     data_dir = os.fspath(data_dir) if data_dir is not None else None
     builder = tfds.builder(task, data_dir=data_dir, file_format="array_record")
@@ -80,7 +82,7 @@ def open_source(task: str, split: str, *, data_dir: str | os.PathLike | None = N
     prepared (as ArrayRecord) in ``data_dir``, else DatasetNotPreparedError.
     """
     data_dir = os.fspath(data_dir) if data_dir is not None else None
-    if _base_name(task) in BUILT_IN:
+    if base_name(task) in BUILT_IN:
         prepare(task, data_dir=data_dir)
     _register(task)
     try:

@@ -29,9 +29,12 @@ its defaults are this library's ids: start 2, EOS 1, padding 0 (`generate` pads 
 `cfg.pad_id` when no config is given).
 """
 
-from transformer_jax.decode.adapters import ADAPTERS, Adapter, generate, init_cache, sequence_logprob
+from transformer_jax.decode.adapters import (ADAPTERS, Adapter, GenerateOutput, Prepared, cache_bucket, generate,
+                                             init_cache, sequence_logprob)
 from transformer_jax.decode.config import GenerationConfig
-from transformer_jax.decode.core import NEG_INF, Step, batched_by_name, beam_search, filter_logits, sample
+from transformer_jax.decode.core import BEAM_SCORING, NEG_INF, Step, batched_by_name, beam_search, filter_logits, sample
+from transformer_jax.decode.processors import Processing
 
-__all__ = ["ADAPTERS", "Adapter", "GenerationConfig", "NEG_INF", "Step", "batched_by_name", "beam_search",
-           "filter_logits", "generate", "init_cache", "sample", "sequence_logprob"]
+__all__ = ["ADAPTERS", "Adapter", "BEAM_SCORING", "GenerateOutput", "GenerationConfig", "NEG_INF", "Prepared",
+           "Processing", "Step", "batched_by_name", "beam_search", "cache_bucket", "filter_logits", "generate",
+           "init_cache", "sample", "sequence_logprob"]

@@ -5,27 +5,34 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from jax import Array
 
 from transformer_jax.attention.module import BATCHED_CACHE, FRESH_CACHE
 from transformer_jax.decode.config import GenerationConfig
-from transformer_jax.decode.core import _is_any, _leaf_name, batched_by_name, beam_search, sample
+from transformer_jax.decode.core import BEAM_SCORING, _is_any, _leaf_name, batched_by_name, beam_search, sample
+from transformer_jax.decode.processors import Processing, new_lengths
 from transformer_jax.model import DecoderLM, Transformer
+from transformer_jax.scan import SCAN_NAME
 
 # ---- adapters: (step, cache, prompt) for each model kind ----------------------------------------
 
 _FRESH = {**FRESH_CACHE, "decode_index": 0}  # attention caches (the module knows its own), the decoder's index
 _FIRST_STEP = ("cross_key", "cross_value")  # projected from the encoder output on the first step
+_SLOTS = ("cached_key", "cached_value", "cached_pos")  # one entry per cached position (axis after the batch)
+_DECODER_BATCHED = ("decode_index",)  # the decoder's per-row position
 
 
-def _fresh_cache(shapes) -> dict:
-    """Shapes of a decode cache -> the cache before any step (indices 0, empty slots)."""
+def _fresh_cache(shapes, length: int | None = None) -> dict:
+    """Shapes of a decode cache -> the cache before any step (indices 0, empty slots), its key/value
+    slots cut to `length` positions where given (a ring buffer that is shorter stays as it is)."""
     out = {}
     for path, leaf in traverse_util.flatten_dict(shapes).items():
         name = path[-1]
@@ -34,61 +41,103 @@ def _fresh_cache(shapes) -> dict:
         if name not in _FRESH:
             raise ValueError(f"init_cache: no fresh value known for cache entry {'/'.join(path)}; "
                              f"known: {', '.join(_FRESH)} (extend decode.adapters._FRESH)")
-        out[path] = jnp.full(leaf.shape, _FRESH[name], leaf.dtype)
+        shape = list(leaf.shape)
+        if length is not None and name in _SLOTS:
+            axis = (1 if SCAN_NAME in path else 0) + 1  # after the batch axis
+            shape[axis] = min(shape[axis], length)
+        out[path] = jnp.full(shape, _FRESH[name], leaf.dtype)
     return traverse_util.unflatten_dict(out)
 
 
-def _encdec_cache(model: Transformer, batch_size: int) -> dict:
+def _encdec_cache(model: Transformer, batch_size: int, length: int | None = None) -> dict:
     cfg, tok = model.cfg, jnp.ones((batch_size, 1), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.zeros((batch_size, 1, cfg.d_model), cfg.compute_dtype), tok, tok,
         decode=True, method=Transformer.decode)["cache"])
-    return _fresh_cache(shapes)
+    return _fresh_cache(shapes, length)
 
 
-def _decoder_lm_cache(model: DecoderLM, batch_size: int) -> dict:
+def _decoder_lm_cache(model: DecoderLM, batch_size: int, length: int | None = None) -> dict:
     shapes = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.ones((batch_size, 1), jnp.int32), decode=True)["cache"])
-    return _fresh_cache(shapes)
+    return _fresh_cache(shapes, length)
 
 
-def _encdec_prepare(model: Transformer, variables, src: Array, src_segment_ids, config):
-    """Encode once; the step feeds the decoder one token, with the encoder output on the first step
-    only (it creates the cross-attention cache). src and its segment ids ride in the cache so that
+class Prepared(NamedTuple):
+    """A model ready for the core: `step(cache, tokens [B]) -> (logits [B, V], cache)`;
+    `prefill(cache, prompt [B, P], lengths [B]) -> (logits [B, V] after each row's prompt, cache)`;
+    `chunk(cache, tokens [B, T]) -> (logits [B, T, V], cache)` (T positions per row at once, for
+    speculative decoding); the initial cache; the prompt the core continues; which cache leaves
+    carry the batch (`core.batched_by_name`)."""
+
+    step: Callable
+    prefill: Callable
+    chunk: Callable
+    cache: Any
+    prompt: Array
+    batched: Callable
+
+
+def _encdec_prepare(model: Transformer, variables, src: Array, src_segment_ids, config,
+                    cache_length: int | None = None) -> Prepared:
+    """Encode once; the decoder's first call gets the encoder output (it creates the cross-attention
+    cache, once per source), later calls None. src and its segment ids ride in the cache so that
     beam search tiles them with the rest."""
     encoded = model.apply(variables, src, src_segment_ids=src_segment_ids, method=Transformer.encode)
-    cache = {"model": init_cache(model, src.shape[0]), "src": src, "src_segment_ids": src_segment_ids}
+    cache = {"model": init_cache(model, src.shape[0], cache_length), "src": src,
+             "src_segment_ids": src_segment_ids}
 
-    def step(cache, tokens):
+    def chunk(cache, tokens, segment_ids=None, logits_at=None):
         first = not any(_leaf_name(path) == "cross_key"
                         for path, _ in jax.tree_util.tree_leaves_with_path(cache["model"]))
         logits, state = model.apply(
             {**variables, "cache": cache["model"]}, encoded if first else None, cache["src"],
-            tokens[:, None], src_segment_ids=cache["src_segment_ids"], decode=True, mutable=["cache"],
-            method=Transformer.decode)
-        return logits[:, 0], {**cache, "model": state["cache"]}
+            tokens, src_segment_ids=cache["src_segment_ids"], tgt_segment_ids=segment_ids, decode=True,
+            logits_at=logits_at, mutable=["cache"], method=Transformer.decode)
+        return logits, {**cache, "model": state["cache"]}
+
+    def step(cache, tokens):
+        logits, cache = chunk(cache, tokens[:, None])
+        return logits[:, 0], cache
+
+    def prefill(cache, prompt, lengths):
+        segment_ids = (jnp.arange(prompt.shape[1])[None, :] < lengths[:, None]).astype(jnp.int32)
+        logits, cache = chunk(cache, prompt, segment_ids, (lengths - 1)[:, None])
+        return logits[:, 0], cache
 
     prompt = jnp.full((src.shape[0], 1), config.decoder_start_id, jnp.int32)
-    return step, cache, prompt, batched_by_name(BATCHED_CACHE + ("src", "src_segment_ids"))
+    return Prepared(step, prefill, chunk, cache, prompt,
+                    batched_by_name(BATCHED_CACHE + _DECODER_BATCHED + ("src", "src_segment_ids")))
 
 
-def _decoder_lm_prepare(model: DecoderLM, variables, prompt: Array, src_segment_ids, config):
+def _decoder_lm_prepare(model: DecoderLM, variables, prompt: Array, src_segment_ids, config,
+                        cache_length: int | None = None) -> Prepared:
+    def chunk(cache, tokens, segment_ids=None, logits_at=None):
+        logits, state = model.apply({**variables, "cache": cache}, tokens, segment_ids=segment_ids,
+                                    decode=True, logits_at=logits_at, mutable=["cache"])
+        return logits, state["cache"]
+
     def step(cache, tokens):
-        logits, state = model.apply({**variables, "cache": cache}, tokens[:, None], decode=True,
-                                    mutable=["cache"])
-        return logits[:, 0], state["cache"]
+        logits, cache = chunk(cache, tokens[:, None])
+        return logits[:, 0], cache
 
-    return step, init_cache(model, prompt.shape[0]), prompt, batched_by_name()
+    def prefill(cache, prompt, lengths):
+        segment_ids = (jnp.arange(prompt.shape[1])[None, :] < lengths[:, None]).astype(jnp.int32)
+        logits, cache = chunk(cache, prompt, segment_ids, (lengths - 1)[:, None])
+        return logits[:, 0], cache
+
+    return Prepared(step, prefill, chunk, init_cache(model, prompt.shape[0], cache_length), prompt,
+                    batched_by_name(BATCHED_CACHE + _DECODER_BATCHED))
 
 
 @dataclasses.dataclass(frozen=True)
 class Adapter:
     """How a model class plugs into the core: prepare(model, variables, inputs, src_segment_ids,
-    config) -> (step, cache, prompt, batched); its fresh cache; its prompt length; whether the
-    output keeps the prompt (decoder-only) or starts after it (encoder-decoder)."""
+    config, cache_length) -> `Prepared`; its fresh cache (model, batch, length); its prompt
+    length; whether the output keeps the prompt (decoder-only) or starts after it (encoder-decoder)."""
 
     prepare: Callable
-    init_cache: Callable[[Any, int], Any]
+    init_cache: Callable[..., Any]
     prompt_length: Callable[[Array], int]
     keeps_prompt: bool
 
@@ -108,35 +157,84 @@ def _adapter(model) -> Adapter:
                     "function and call transformer_jax.decode.sample or beam_search)")
 
 
-def init_cache(model, batch_size: int):
-    """A fresh decode cache for `batch_size` rows: every index 0, nothing stored.
+def init_cache(model, batch_size: int, length: int | None = None):
+    """A fresh decode cache for `batch_size` rows: every index 0, nothing stored; `length`
+    positions (default `cfg.max_len`; `generate` sizes it to the prompt and the new tokens).
 
-    Step it with `model.apply({"params": p, "cache": cache}, tokens[:, None], decode=True,
-    mutable=["cache"])`, one position per call. For the encoder-decoder `Transformer`, the
-    cross-attention entries are not in it: pass the encoder output to `Transformer.decode` on the
-    first step (which creates them) and None afterwards. (`model.init(..., decode=True)["cache"]`
-    is not fresh: init runs a step, so its indices are already 1.)
+    Step it with `model.apply({"params": p, "cache": cache}, tokens, decode=True,
+    mutable=["cache"])`: tokens [B, T], T >= 1 positions per call (a prompt in one parallel pass,
+    then one token at a time), with `segment_ids` [B, T] marking right padding when rows advance by
+    different amounts. For the encoder-decoder `Transformer`, the cross-attention entries are not
+    in it: pass the encoder output to `Transformer.decode` on the first step (which creates them)
+    and None afterwards. (`model.init(..., decode=True)["cache"]` is not fresh: init runs a step,
+    so its indices are already 1.)
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"init_cache: batch_size must be a positive int; got {batch_size!r}")
-    return _adapter(model).init_cache(model, batch_size)
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        raise ValueError(f"init_cache: length must be a positive int or None; got {length!r}")
+    return _adapter(model).init_cache(model, batch_size, length)
+
+
+def cache_bucket(positions: int, max_len: int) -> int:
+    """Cache positions for a generation that needs `positions`: the next of 16, 24, 32, 48, 64, 96,
+    ... (powers of two and 1.5x them, so new lengths rarely recompile and at most a third is
+    spare), capped at the model's `max_len`."""
+    size = 16
+    while size < positions:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return min(size, max_len)
 
 
 # ---- the public entry ----------------------------------------------------------------------------
 
+class GenerateOutput(NamedTuple):
+    """`generate(..., return_dict=True)`: sequences int32 (the array `generate` returns by default);
+    lengths int32 [rows]: the real tokens of each row (decoder-only: prompt + new tokens up to and
+    including EOS; encoder-decoder: the new tokens up to and including EOS), so EOS and padding can
+    be told apart; scores float32 [rows]: beam search's normalised score of the returned beam, else
+    the sum of the log-probabilities of the new tokens under the processed distribution."""
+
+    sequences: Array
+    lengths: Array
+    scores: Array
+
+
 @functools.partial(jax.jit, static_argnames=("model", "config", "n", "beam_size", "temperature",
-                                             "top_k", "top_p", "length_penalty"))
+                                             "top_k", "top_p", "length_penalty", "processing",
+                                             "num_return_sequences", "beam_scoring", "on_token"))
 def _generate(model, config, variables, inputs, src_segment_ids, prompt_lengths, rng, *, n,
-              beam_size, temperature, top_k, top_p, length_penalty):
+              beam_size, temperature, top_k, top_p, length_penalty, processing=Processing(),
+              num_return_sequences=1, beam_scoring="gnmt", on_token=None):
     adapter = _adapter(model)
-    step, cache, prompt, batched = adapter.prepare(model, variables, inputs, src_segment_ids, config)
+    r = num_return_sequences
+    if r > 1 and beam_size == 1:  # sampling: each row r times (the reference library's layout)
+        inputs = jnp.repeat(inputs, r, axis=0)
+        src_segment_ids = None if src_segment_ids is None else jnp.repeat(src_segment_ids, r, axis=0)
+        prompt_lengths = None if prompt_lengths is None else jnp.repeat(prompt_lengths, r)
+    p = adapter.prompt_length(inputs)
+    prepared = adapter.prepare(model, variables, inputs, src_segment_ids, config,
+                               cache_bucket(p + n - 1, model.cfg.max_len))
+    prompt = prepared.prompt
+    lengths = (jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32) if prompt_lengths is None
+               else prompt_lengths)
     if beam_size > 1:
-        out = beam_search(step, cache, prompt, max_new_tokens=n, beam_size=beam_size,
-                          length_penalty=length_penalty, config=config, batched=batched)
+        out, scores = beam_search(prepared.step, prepared.cache, prompt, max_new_tokens=n, beam_size=beam_size,
+                                  length_penalty=length_penalty, config=config, batched=prepared.batched,
+                                  prefill=prepared.prefill, prompt_lengths=lengths, processing=processing,
+                                  num_return_sequences=r, scoring=beam_scoring, return_scores=True)
+        lengths = jnp.repeat(lengths, r)
     else:
-        out = sample(step, cache, prompt, max_new_tokens=n, config=config, prompt_lengths=prompt_lengths,
-                     temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
-    return out if adapter.keeps_prompt else out[:, prompt.shape[1]:]
+        out, scores = sample(prepared.step, prepared.cache, prompt, max_new_tokens=n, config=config,
+                             prompt_lengths=lengths, temperature=temperature, top_k=top_k, top_p=top_p,
+                             rng=rng, prefill=prepared.prefill, processing=processing, on_token=on_token,
+                             return_scores=True)
+    rows = jnp.arange(out.shape[0])[:, None]
+    new = out[rows, lengths[:, None] + jnp.arange(n)[None, :]]  # [rows N]
+    generated = new_lengths(new, config.eos_ids)
+    if adapter.keeps_prompt:
+        return GenerateOutput(out, lengths + generated, scores)
+    return GenerateOutput(out[:, prompt.shape[1]:], generated, scores)
 
 
 def _new_tokens(max_len, max_new_tokens, config: GenerationConfig, p: int, keeps_prompt: bool) -> int:
@@ -158,23 +256,57 @@ def _new_tokens(max_len, max_new_tokens, config: GenerationConfig, p: int, keeps
     return n
 
 
-def _check_prompt_lengths(prompt_lengths, batch: int, p: int, beam_size: int):
+def _check_prompt_lengths(prompt_lengths, batch: int, p: int):
     if prompt_lengths is None:
         return None
-    lengths = jnp.asarray(prompt_lengths, jnp.int32)
+    lengths = jnp.asarray(prompt_lengths)
     if lengths.shape != (batch,):
         raise ValueError(f"generate: prompt_lengths must have shape ({batch},); got {lengths.shape}")
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"generate: prompt_lengths must be ints; got dtype {lengths.dtype}")
+    lengths = lengths.astype(jnp.int32)
     if isinstance(lengths, jax.core.Tracer):
-        if beam_size > 1:
-            raise ValueError("generate: beam search needs equal-length prompts; pass prompt_lengths=None")
         return lengths
     low, high = int(lengths.min()), int(lengths.max())
     if low < 1 or high > p:
         raise ValueError(f"generate: prompt_lengths must be in [1, {p}] (the prompt width); got {low}..{high}")
-    if beam_size > 1 and low != p:
-        raise ValueError(f"generate: beam search needs equal-length prompts (all {p}); got lengths "
-                         f"{low}..{high}; use beam_size=1 or group prompts by length")
     return lengths
+
+
+def _positive_int(name: str, value, allow_none: bool = True):
+    """An int >= 1 (not a bool), or None where allowed; a ValueError naming the argument otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"generate: {name} must be an int >= 1{' or None' if allow_none else ''}; got {value!r}")
+    return int(value)
+
+
+def _finite(name: str, value, low: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or (
+            low is not None and value < low):
+        raise ValueError(f"generate: {name} must be a finite number{'' if low is None else f' >= {low}'}; "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _check_tokens(inputs, vocab: int):
+    """int tokens [B, L >= 1] in [0, vocab): float, bool and negative ids are named errors."""
+    dtype = getattr(inputs, "dtype", None)
+    if dtype is None:
+        array = np.asarray(inputs)
+        dtype = array.dtype
+    if dtype == np.bool_ or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"generate: inputs must be int token ids; got dtype {dtype}")
+    tokens = jnp.asarray(inputs, jnp.int32)
+    if tokens.ndim != 2 or tokens.shape[1] < 1:
+        raise ValueError(f"generate: inputs must be int tokens [B, length >= 1]; got shape {tokens.shape}")
+    if not isinstance(tokens, jax.core.Tracer):
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= vocab:
+            raise ValueError(f"generate: token ids must be in [0, {vocab}) (the model's vocab_size); "
+                             f"got {low}..{high}")
+    return tokens
 
 
 def _default_config(model) -> GenerationConfig:
@@ -187,47 +319,72 @@ def generate(model, variables, inputs: Array, *, max_len: int | None = None,
              max_new_tokens: int | None = None, beam_size: int = 1, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, rng: Array | None = None, length_penalty: float = 0.6,
              src_segment_ids: Array | None = None, prompt_lengths: Array | None = None,
-             generation_config: GenerationConfig | None = None) -> Array:
+             generation_config: GenerationConfig | None = None, num_return_sequences: int = 1,
+             repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_new_tokens: int = 0,
+             beam_scoring: str = "gnmt", on_token: Callable | None = None, return_dict: bool = False):
     """Generate int32 tokens with any model in `ADAPTERS` (see the module docstring for layouts).
 
     Transformer: inputs = source [B, S]; output [B, N], the tokens after the start token.
     DecoderLM: inputs = right-padded prompts [B, P] with `prompt_lengths` [B] (default P);
-    output [B, P + N]. `max_len` is the output width (N for the encoder-decoder, P + N for the
-    decoder-only model); `max_new_tokens` is N. beam_size 1 with temperature 0 is greedy;
-    temperature > 0 samples (top-k, top-p); beam_size > 1 is beam search with GNMT
-    `length_penalty`. Special tokens and lengths come from `generation_config` (default: start 2,
-    EOS 1, padding `model.cfg.pad_id`, else 0). Every error is raised here, before compiling.
+    output [B, P + N]. The prompt goes through the model in one parallel pass (the prefill) into
+    a cache of P + N positions rounded up to a few sizes (`cache_bucket`); then one token per step.
+    `max_len` is the output width (N for the encoder-decoder, P + N for the decoder-only model);
+    `max_new_tokens` is N. beam_size 1 with temperature 0 is greedy; temperature > 0 samples
+    (top-k, top-p); beam_size > 1 is beam search with `length_penalty` normalised as
+    `beam_scoring` says ("gnmt", the default, or "hf", the reference library's; see
+    `core.beam_search`). `num_return_sequences` r: r samples per row (rows repeated in order) or
+    the r best beams; [B * r, ...]. `repetition_penalty`, `no_repeat_ngram_size` and
+    `min_new_tokens` act as in the reference library (`decode.processors`). `on_token(i, tokens
+    [rows], done [rows])` is called on the host as each token is made (not with beam search).
+    `return_dict=True` returns a `GenerateOutput` (sequences, lengths, scores). Special tokens and
+    lengths come from `generation_config` (default: start 2, EOS 1, padding `model.cfg.pad_id`,
+    else 0). Every error is raised here, before compiling.
     """
     config = _default_config(model) if generation_config is None else generation_config
     if not isinstance(config, GenerationConfig):
         raise TypeError(f"generate: generation_config must be a GenerationConfig; got {type(config).__name__}")
     adapter = _adapter(model)
-    inputs = jnp.asarray(inputs, jnp.int32)
-    if inputs.ndim != 2 or inputs.shape[1] < 1:
-        raise ValueError(f"generate: inputs must be int tokens [B, length >= 1]; got shape {inputs.shape}")
+    vocab = model.cfg.vocab_size
+    inputs = _check_tokens(inputs, vocab)
     if prompt_lengths is not None and not adapter.keeps_prompt:
         raise ValueError(f"generate: prompt_lengths is for decoder-only models; {type(model).__name__} "
                          "starts from the start token (use src_segment_ids or padding for the source)")
+    max_len = _positive_int("max_len", max_len)
+    max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+    beam_size = _positive_int("beam_size", beam_size, allow_none=False)
+    r = _positive_int("num_return_sequences", num_return_sequences, allow_none=False)
     p = adapter.prompt_length(inputs)
     n = _new_tokens(max_len, max_new_tokens, config, p, adapter.keeps_prompt)
     if p + n - 1 > model.cfg.max_len:  # positions the cache must hold: prompt, then all but the last
         raise ValueError(f"generate: a prompt of {p} plus {n} new tokens needs {p + n - 1} cache positions "
                          f"but the model's cfg.max_len is {model.cfg.max_len}")
-    if not isinstance(beam_size, numbers.Integral) or beam_size < 1:
-        raise ValueError(f"generate: beam_size must be an int >= 1; got {beam_size!r}")
-    vocab = model.cfg.vocab_size
-    if (temperature < 0 or not isinstance(top_k, numbers.Integral) or not 0 <= top_k <= vocab
-            or not 0.0 < top_p <= 1.0):
+    temperature = _finite("temperature", temperature, 0.0)
+    length_penalty = _finite("length_penalty", length_penalty)
+    top_p = _finite("top_p", top_p)
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or not 0 <= top_k <= vocab or not 0.0 < top_p <= 1.0:
         raise ValueError(f"generate: need temperature >= 0, top_k an int in [0, {vocab}], 0 < top_p <= 1; "
                          f"got temperature={temperature}, top_k={top_k!r}, top_p={top_p}")
     if beam_size > 1 and temperature > 0:
         raise ValueError("generate: beam search is deterministic; use temperature=0 with beam_size > 1")
     if temperature > 0 and rng is None:
         raise ValueError("generate: sampling (temperature > 0) needs rng")
-    lengths = _check_prompt_lengths(prompt_lengths, inputs.shape[0], p, beam_size)
-    return _generate(model, config, variables, inputs, src_segment_ids, lengths, rng, n=n,
-                     beam_size=int(beam_size), temperature=float(temperature), top_k=int(top_k),
-                     top_p=float(top_p), length_penalty=float(length_penalty))
+    if r > 1 and beam_size == 1 and temperature == 0:
+        raise ValueError(f"generate: num_return_sequences={r} needs sampling (temperature > 0) or beam search "
+                         "(beam_size >= num_return_sequences); greedy gives one sequence per row")
+    if r > beam_size > 1:
+        raise ValueError(f"generate: num_return_sequences={r} must be <= beam_size={beam_size}")
+    if beam_scoring not in BEAM_SCORING:
+        raise ValueError(f"generate: beam_scoring must be one of {', '.join(BEAM_SCORING)}; got {beam_scoring!r}")
+    if on_token is not None and (beam_size > 1 or not callable(on_token)):
+        raise ValueError("generate: on_token must be a callable, and streams greedy or sampled tokens "
+                         "(beam search settles its tokens only at the end)")
+    processing = Processing(repetition_penalty, no_repeat_ngram_size, min_new_tokens)
+    lengths = _check_prompt_lengths(prompt_lengths, inputs.shape[0], p)
+    out = _generate(model, config, variables, inputs, src_segment_ids, lengths, rng, n=n,
+                    beam_size=beam_size, temperature=temperature, top_k=int(top_k), top_p=top_p,
+                    length_penalty=length_penalty, processing=processing, num_return_sequences=r,
+                    beam_scoring=beam_scoring, on_token=on_token)
+    return out if return_dict else out.sequences
 
 
 def sequence_logprob(model: Transformer, variables, src: Array, tokens: Array, *,

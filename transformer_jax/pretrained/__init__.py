@@ -1,14 +1,17 @@
-"""Pretrained checkpoints in the Hugging Face layout: BERT, GPT-2, T5, BART, Marian, Llama, Mistral.
+"""Pretrained checkpoints in the Hugging Face layout, under any head of their family.
 
-    model, variables = tj.from_pretrained("path/to/dir")
-    tj.save_pretrained(model, variables, "path/to/out")
+    model, variables = tj.from_pretrained("path/to/dir", head="sequence_classification", num_labels=3)
+    tj.save_pretrained(model, variables, "path/to/out", tokenizer=tok)
+
+Families (one file each in `families/`): BERT, GPT-2, T5, BART, Marian, Llama, Mistral.
 """
 
 from transformer_jax.pretrained.convert import from_pretrained, load_generation_config, save_pretrained
-from transformer_jax.pretrained.families import ARCHITECTURES, FAMILIES
+from transformer_jax.pretrained.families import ARCHITECTURES, FAMILIES, HEADS, family
+from transformer_jax.pretrained.match import LoadReport
 from transformer_jax.pretrained.tokenizer import load_tokenizer
 
 SUPPORTED = tuple(sorted(ARCHITECTURES))
 
-__all__ = ["ARCHITECTURES", "FAMILIES", "SUPPORTED", "from_pretrained", "load_generation_config",
-           "load_tokenizer", "save_pretrained"]
+__all__ = ["ARCHITECTURES", "FAMILIES", "HEADS", "LoadReport", "SUPPORTED", "family", "from_pretrained",
+           "load_generation_config", "load_tokenizer", "save_pretrained"]

@@ -21,8 +21,9 @@ import numpy as np
 
 from transformer_jax import sharding as shd
 from transformer_jax import tasks
-from transformer_jax.train import adapters, optim
-from transformer_jax.train.experiment import SYNTHETIC, build_model, check_batch_fits, config_task, validate_config
+from transformer_jax.train import adapters, checkpoint_source, optim
+from transformer_jax.train.experiment import (SYNTHETIC, build_model_and_source, check_batch_fits, config_task,
+                                              validate_config)
 from transformer_jax.train.state import TrainState, abstract_state, create_train_state
 from transformer_jax.train.step import StepConfig
 from transformer_jax.train.warm_start import check_freeze, freeze, summarize, warm_start
@@ -52,18 +53,28 @@ def make_optimizer(config, model) -> tuple[Any, Callable]:
 
 
 def make_tokenizer(config, workdir: str, task: tasks.Task | None = None):
-    if config.data.task == SYNTHETIC:
+    """The run's tokenizer: a Hugging Face `init_from`'s own (copied into the workdir; the checkpoint
+    decides), else the one `config.data.tokenizer` names (SentencePiece trained on the dataset once)."""
+    if config.data.dataset == SYNTHETIC and not config.get("task", ""):
         return None
     from transformer_jax import data
 
     task = config_task(config) if task is None else task
     if not task.uses_tokenizer:  # images
         return None
+    source = config.get("init_from", "")
+    if source and checkpoint_source.is_pretrained_dir(source):
+        from transformer_jax.pretrained import load_tokenizer
+
+        return load_tokenizer(checkpoint_source.copy_tokenizer(source, workdir))
+    if config.get("task", ""):
+        raise ValueError(f"config.task={config.task!r} fine-tunes a pretrained checkpoint with its own tokenizer; "
+                         "set config.init_from to a Hugging Face model directory")
     if config.data.tokenizer == "sentencepiece" and config.get("init_from", ""):
-        _tokenizer_from(config.init_from, data.sentencepiece_path(workdir, config.data.task, config.data.vocab_size,
+        _tokenizer_from(config.init_from, data.sentencepiece_path(workdir, config.data.dataset, config.data.vocab_size,
                                                                   task.symbols))
-    return data.make_task_tokenizer(config.data.tokenizer, config.data.task, workdir=workdir,
-                                    vocab_size=config.data.vocab_size or None, text_keys=text_keys(config),
+    return data.make_task_tokenizer(config.data.tokenizer, config.data.dataset, workdir=workdir,
+                                    vocab_size=config.data.vocab_size or None, text_keys=task.text_features(),
                                     data_dir=config.data.data_dir or None, symbols=task.symbols)
 
 
@@ -77,7 +88,7 @@ def _tokenizer_from(source: str, path: str) -> None:
     cfg = load_config(source)
     if cfg.data.tokenizer != "sentencepiece":
         return
-    src = data.sentencepiece_path(source, cfg.data.task, cfg.data.vocab_size, config_task(cfg).symbols)
+    src = data.sentencepiece_path(source, cfg.data.dataset, cfg.data.vocab_size, config_task(cfg).symbols)
     if os.path.exists(src):
         tmp = f"{path}.tmp{os.getpid()}"  # every process copies; the rename is atomic
         shutil.copyfile(src, tmp)
@@ -91,7 +102,7 @@ def make_data_iterator(config, split: str, tokenizer, *, repeat: bool, batch_siz
     batch_size = config.batch_size if batch_size is None else batch_size
     local = batch_size // jax.process_count()
     seed = config.seed if seed is None else seed
-    if config.data.task == SYNTHETIC:
+    if config.data.dataset == SYNTHETIC:
         from transformer_jax.train.synthetic import SyntheticIterator
 
         return SyntheticIterator(global_batch_size=batch_size, max_len=config.data.max_src_len,
@@ -100,11 +111,44 @@ def make_data_iterator(config, split: str, tokenizer, *, repeat: bool, batch_siz
     from transformer_jax import data
 
     task = config_task(config) if task is None else task
-    return data.make_iterator(config.data.task, split, task=task, tokenizer=tokenizer, batch_size=local,
+    source = file_source(config, split, task) if config.get("task", "") else None
+    return data.make_iterator(config.data.dataset if source is None else f"files:{split}", split, layout=task,
+                              source=source, tokenizer=tokenizer, batch_size=local,
                               max_src_len=config.data.max_src_len, max_tgt_len=config.data.max_tgt_len,
                               pack=config.data.pack if repeat else False, seed=seed,
                               shard_index=jax.process_index(), shard_count=jax.process_count(),
                               repeat=repeat, data_dir=config.data.data_dir or None)
+
+
+SPLIT_FILES = {"train": "train_files", "validation": "validation_files", "test": "test_files"}
+
+
+def file_source(config, split: str, task, *, roles=None, optional=None):
+    """The user's files of `split` (`config.data.<split>_files`) as a random-access source of the
+    task's records (data/files.py: every row checked up front, errors name the file and line)."""
+    from transformer_jax.data.files import open_files
+
+    key = SPLIT_FILES.get(split, f"{split}_files")
+    files = config.data.get(key, "")
+    if not files:
+        raise ValueError(f"config.data.{key} is empty; a {task.name} task reads the {split} split from files "
+                         "(JSONL, JSON, CSV, TSV or text; paths or globs, comma-separated)")
+    labels = getattr(task, "labels", None) if getattr(task, "label_role", "label") is not None else None
+    return open_files(files, task.roles if roles is None else roles,
+                      optional=task.optional_roles if optional is None else optional,
+                      columns=dict(config.data.get("columns", {}) or {}), labels=labels)
+
+
+def split_records(config, split: str, task, max_examples: int | None = None) -> list[dict]:
+    """The records of `split` (the user's files, or the tfds dataset), in order, up to `max_examples`."""
+    from transformer_jax import data
+
+    if config.get("task", ""):
+        source = file_source(config, split, task)
+        n = len(source) if not max_examples else min(len(source), max_examples)
+        return [source[i] for i in range(n)]
+    return list(data.records(config.data.dataset, split, data_dir=config.data.data_dir or None,
+                             max_examples=max_examples))
 
 
 def text_keys(config):
@@ -123,12 +167,17 @@ def _peek(iterator) -> dict[str, np.ndarray]:
 def check_data(config, splits: tuple[str, ...] = ("train",)) -> None:
     """Open the data task's splits (cheap; prepares built-in tasks) so a missing dataset fails before
     anything is written to the workdir. DatasetNotPreparedError (a FileNotFoundError) says how."""
-    if config.data.task == SYNTHETIC:
+    if config.get("task", ""):  # the user's files: every row checked (named errors) before anything is built
+        task = config_task(config)
+        for split in splits:
+            file_source(config, split, task)
+        return
+    if config.data.dataset == SYNTHETIC:
         return
     from transformer_jax import data
 
     for split in splits:
-        data.open_source(config.data.task, split, data_dir=config.data.data_dir or None)
+        data.open_source(config.data.dataset, split, data_dir=config.data.data_dir or None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,7 +200,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"--workdir={workdir!r} has no config.pkl; pass --config (the one used to train)")
     with open(path, "rb") as f:
-        return pickle.load(f)
+        return upgrade_config(pickle.load(f))
+
+
+def upgrade_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A config saved by an older version: the dataset's name was `data.task` (now `data.dataset`;
+    the task is what is learned, the dataset which data)."""
+    if "dataset" not in config.data and "task" in config.data:
+        with config.unlocked():
+            config.data.dataset = config.data.task
+            del config.data["task"]
+    return config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,6 +252,7 @@ def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Set
     sizes = validate_config(config, workdir)
     if train_iter is None:
         check_data(config)
+    epochs_to_steps(config)
     fresh = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
     try:
@@ -203,10 +263,28 @@ def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Set
         raise
 
 
+def epochs_to_steps(config) -> None:
+    """`config.num_epochs` > 0 sets `num_train_steps` to that many passes over the train files (the
+    last partial batch of each pass dropped) and records the labels the run derived, so the saved
+    config reproduces the run (eval, predict and export read them)."""
+    if not config.get("task", ""):
+        return
+    task = config_task(config)
+    with config.unlocked():
+        if getattr(task, "labels", None) is not None:
+            config.data.labels = tuple(task.labels)
+        elif getattr(task, "label_role", None) == "label":
+            config.data.labels = ("<regression>",)
+        epochs = config.get("num_epochs", 0) or 0
+        if epochs > 0:
+            n = len(file_source(config, "train", task))
+            config.num_train_steps = max(1, int(epochs * n) // config.batch_size)
+
+
 def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -> tuple[Setup, Any]:
     task = config_task(config)
     mesh = shd.make_mesh(sizes)
-    model = build_model(config, task)
+    model, source_variables = build_model_and_source(config, task)
     tx, schedule = make_optimizer(config, model)
     if tokenizer is None:
         tokenizer = make_tokenizer(config, workdir, task)
@@ -231,7 +309,8 @@ def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -
         if frozen:
             log(f"freeze: {len(frozen)} parameters get no updates: {summarize(frozen)}")
         if config.get("init_from", "") and not resuming:  # a resumed run restores its own state
-            state = warm_start(state, shardings, config.init_from, mesh, workdir, log, getattr(model, "cfg", None))
+            state = warm_start(state, shardings, config.init_from, mesh, workdir, log, getattr(model, "cfg", None),
+                               variables=source_variables)
     return Setup(config, workdir, task, mesh, model, tx, schedule, state, shardings, tokenizer, shapes,
                  lora), train_iter
 

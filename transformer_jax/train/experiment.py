@@ -7,8 +7,8 @@ an attention spec are untyped placeholders, so `--config.model.head_dim=64` and
 `--config.model.encoder_attention='Windowed(128)'` parse. Spec strings are read with `ast`: only
 calls of the spec classes `transformer_jax.attention` exports, with literal arguments.
 
-The task (`config_task`) comes from `config.data.task` through the registry in
-transformer_jax/tasks.py; the model class follows from it (`build_model`). `config.model_type` is
+The task (`config_task`, what is learned) comes from the dataset (`config.data.dataset`, which data)
+through the registry in transformer_jax/tasks/registry.py; the model class follows from it (`build_model`). `config.model_type` is
 '' (the task's model) or is checked against the task, picking among the tasks a dataset offers.
 """
 
@@ -25,7 +25,7 @@ from ml_collections.config_dict import FieldReference
 
 from transformer_jax import attention, tasks
 from transformer_jax.config import TransformerConfig, preset
-from transformer_jax.tasks import MODEL_TYPES
+from transformer_jax.tasks.registry import MODEL_TYPES
 from transformer_jax.train.adapters import check_config as check_lora
 from transformer_jax.train.budget import check_minutes
 from transformer_jax.train.profile import parse_profile_steps
@@ -144,43 +144,99 @@ def model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
 
     A `preset` key (configs saved by older versions) is applied first, the other keys over it.
     """
-    fields = dict(config.model)
+    fields = model_fields(config)
     name = fields.pop("preset", "") or ""
     valid = [f.name for f in dataclasses.fields(TransformerConfig)]
     unknown = sorted(set(fields) - set(valid))
     if unknown:
         raise ValueError(f"config.model.{unknown[0]} is not a TransformerConfig field; valid: {', '.join(valid)}")
-    for field in attention_fields():
-        if field in fields:
-            fields[field] = _attention_value(fields[field], field)
     try:
         return preset(name, **fields) if name else TransformerConfig(**fields)
     except (ValueError, TypeError) as err:
         raise ValueError(f"config.model: {err}") from None
 
 
+def model_fields(config) -> dict:
+    """The fields `config.model` sets, attention specs parsed; a None where the field's default is
+    not None means "not set" (fine-tuning configs leave the architecture to the checkpoint)."""
+    defaults = {f.name: _default(f) for f in dataclasses.fields(TransformerConfig)}
+    fields = {k: v for k, v in dict(config.get("model", None) or {}).items()
+              if not (v is None and defaults.get(k, 0) is not None)}
+    for field in attention_fields():
+        if field in fields:
+            fields[field] = _attention_value(fields[field], field)
+    return fields
+
+
+def files_task(config) -> tasks.Task:
+    """The fine-tuning task `config.task` names (tasks.FINETUNE) on the user's files: its labels from
+    `config.data.labels`, else from the train files (sorted; numbers that are not all integers:
+    regression); its options from `config.data` (prefix, doc_stride) and the checkpoint's generation
+    settings (`init_from`'s generation_config.json)."""
+    name = config.task
+    if name not in tasks.FINETUNE:
+        raise ValueError(f"config.task={name!r} is not a task; valid: {', '.join(tasks.FINETUNE)}")
+    cls = tasks.FINETUNE[name]
+    options = {}
+    role = getattr(cls, "label_role", "label")
+    if role is not None:
+        labels = tuple(config.data.get("labels", ()) or ())
+        if not labels:
+            from transformer_jax.data.files import derive_labels
+
+            if not config.data.get("train_files", ""):
+                raise ValueError(f"config.task={name!r} needs config.data.train_files (or config.data.labels)")
+            labels = derive_labels(config.data.train_files, role, columns=dict(config.data.get("columns", {}) or {}))
+        options["labels"] = None if labels is None or tuple(labels) == ("<regression>",) else tuple(labels)
+    for key in ("prefix", "doc_stride"):
+        if key in config.data and key in {f.name for f in dataclasses.fields(cls)}:
+            options[key] = config.data[key]
+    if "generation" in {f.name for f in dataclasses.fields(cls)} and config.get("init_from", ""):
+        from transformer_jax.pretrained import load_generation_config
+
+        options["generation"] = load_generation_config(config.init_from)
+    if "max_new_tokens" in {f.name for f in dataclasses.fields(cls)}:
+        options["max_new_tokens"] = config.decode.max_len
+    return cls(**options)
+
+
 def config_task(config) -> tasks.Task:
-    """The task the experiment trains: `config.data.task`'s (the registry, or `config.data.text_keys`),
+    """The task the experiment trains: `config.data.dataset`'s (the registry, or `config.data.text_keys`),
     switched by `config.model_type` where the dataset allows (a text corpus trains either language
     model); an impossible pairing is a named error. The synthetic task follows `model_type`."""
+    if config.get("task", ""):
+        return files_task(config)
     model_type = config.get("model_type", "") or ""
-    if config.data.task == SYNTHETIC:
+    if config.data.dataset == SYNTHETIC:
         return tasks.synthetic(model_type)
     keys = tuple(config.data.get("text_keys", ())) or None
     features = None
     if keys is not None and len(keys) == 2:  # text or label second: the stored features say
-        from transformer_jax import data
+        from transformer_jax.data.sources import open_source
 
-        features = data.open_source(config.data.task, "train", data_dir=config.data.data_dir or None
-                                    ).dataset_info.features
-    task = tasks.resolve(config.data.task, model_type, keys, features)
+        features = open_source(config.data.dataset, "train", data_dir=config.data.data_dir or None
+                               ).dataset_info.features
+    task = tasks.resolve(config.data.dataset, model_type, keys, features)
     return task.with_options(**dict(config.get("vit", None) or {}))  # image tasks: patch size, shift
 
 
 def build_model(config: ml_collections.ConfigDict, task: tasks.Task | None = None):
-    """The model class follows from the task."""
+    """The model class follows from the task; with `config.init_from` the architecture follows from
+    that checkpoint (train/checkpoint_source.py)."""
+    return build_model_and_source(config, task)[0]
+
+
+def build_model_and_source(config: ml_collections.ConfigDict, task: tasks.Task | None = None):
+    """(model, the init_from checkpoint's variables when it was read whole here, else None)."""
     task = config_task(config) if task is None else task
-    return task.make_model(model_config(config))
+    if not config.get("init_from", ""):
+        return task.make_model(model_config(config)), None
+    from transformer_jax.train import checkpoint_source
+
+    model_class = task.model_class().__name__
+    cfg, variables = checkpoint_source.decided_config(config, model_fields(config), model_class,
+                                                      getattr(task, "num_labels", None))
+    return task.make_model(cfg), variables
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,7 +289,7 @@ def check_batch_fits(config, task: tasks.Task, batch_keys) -> None:
     missing = [k for k in task.needs if k not in batch_keys]
     if missing:
         raise ValueError(f"a {task.name} task ({task.model_type}) needs batches with {', '.join(task.needs)}; "
-                         f"config.data.task={config.data.task!r} yields {', '.join(sorted(batch_keys))}")
+                         f"config.data.dataset={config.data.dataset!r} yields {', '.join(sorted(batch_keys))}")
 
 
 def _check_init_from(config) -> None:
@@ -320,7 +376,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
         check_workdir(workdir)
     _check_choice(config, "model_type", ("", *MODEL_TYPES))
     vocab = model_config(config).vocab_size
-    spm = config.data.task != SYNTHETIC and config.data.tokenizer == "sentencepiece"
+    spm = config.data.dataset != SYNTHETIC and config.data.tokenizer == "sentencepiece"
     if spm and (config.data.vocab_size or 0) > vocab:
         raise ValueError(f"config.model.vocab_size={vocab} is smaller than config.data.vocab_size="
                          f"{config.data.vocab_size} (the SentencePiece vocabulary); set it to at least "

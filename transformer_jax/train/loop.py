@@ -24,15 +24,16 @@ import jax
 import ml_collections
 import numpy as np
 
-import transformer_jax as tj
 from transformer_jax import sharding as shd
+from transformer_jax.model import param_count
 from transformer_jax.train import adapters, budget
 from transformer_jax.train.build import (Setup, checkpointer, has_checkpoint, load_config,  # noqa: F401
                                          make_data_iterator, make_tokenizer, restore_for_eval, save_config, setup,
                                          step_config)
 from transformer_jax.train.build import log as _log
-from transformer_jax.train.evaluate import evaluate_bleu, evaluate_loss, summary_line, translate  # noqa: F401
+from transformer_jax.train.evaluate import evaluate_bleu, evaluate_loss, final_eval, summary_line  # noqa: F401
 from transformer_jax.train.experiment import validate_config  # noqa: F401
+from transformer_jax.train.lock import workdir_lock
 from transformer_jax.train.logs import MetricsWriter, Progress, read_metrics, write_json_atomic  # noqa: F401
 from transformer_jax.train.profile import StepProfiler, parse_profile_steps
 from transformer_jax.train.state import abstract_state
@@ -123,10 +124,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
     `summary["preempted"]` and `summary["signal"]` set.
     """
     s, train_iter = setup(config, workdir, train_iter=train_iter)
+    with workdir_lock(workdir):  # before anything is written there: one trainer per workdir (train/lock.py)
+        return _train(s, config, workdir, train_iter, eval_iter_fn, progress)
+
+
+def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter: Iterator,
+           eval_iter_fn: Callable[[], Iterator] | None, progress: bool | None) -> dict[str, Any]:
     save_config(config, workdir)
     mesh, state = s.mesh, s.state
     _log(shd.mesh_summary(mesh))
-    count = tj.param_count(state.frozen if s.lora else state.params)  # with LoRA: the model's, not the adapters'
+    count = param_count(state.frozen if s.lora else state.params)  # with LoRA: the model's, not the adapters'
     _log(f"{s.task.name} task, model {type(s.model).__name__}: {count:,} parameters")
 
     ckpt = checkpointer(config, workdir, base=state.frozen)  # with LoRA: the base stays out of checkpoints
@@ -230,9 +237,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
         finished = step >= total_steps or out_of_time
         if finished and s.lora is not None:
             adapters.export(s.lora, state, workdir, _log)  # <workdir>/adapters: what serving needs beside the base
-        if finished and config.get("test_at_end", True) and eval_iter_fn is None and config.data.task != "synthetic":
+        if finished and config.get("test_at_end", True) and eval_iter_fn is None and config.data.dataset != "synthetic":
             params, chosen = budget.best_params(s, ckpt, state, step)
-            result = s.task.final_eval(s, s.eval_params(state.replace(params=params)), config.data.test_split)
+            result = final_eval(s, s.eval_params(state.replace(params=params)), config.data.test_split)
             result.update(step=step, checkpoint_step=chosen, train_seconds=summary["train_seconds"])
             _log(summary_line(result))
             if jax.process_index() == 0:

@@ -44,9 +44,14 @@ def _loss_sums(model: nn.Module, params, batch, rng, *, deterministic: bool, cfg
     rngs = None if deterministic else {"dropout": rng}
     logits, sown = model.apply({"params": params}, *args, **kwargs, deterministic=deterministic, rngs=rngs,
                                mutable=[] if deterministic else [AUX_LOSS, METRICS])
+    def cross_entropy(logits, targets, weights):
+        return cross_entropy_sums(logits, targets, weights, label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
+
+    loss_sums = getattr(task, "loss_sums", None)  # a task with its own loss (regression, QA spans)
+    if loss_sums is not None:
+        return _with_aux(loss_sums(logits, batch, cross_entropy), sown)
     targets, weights = task.targets_and_weights(batch)
-    sums = cross_entropy_sums(logits, targets, weights, label_smoothing=cfg.label_smoothing, z_loss=cfg.z_loss)
-    return _with_aux(sums, sown)
+    return _with_aux(cross_entropy(logits, targets, weights), sown)
 
 
 def _with_aux(sums: dict, sown: dict) -> dict:

@@ -75,7 +75,7 @@ def check_freeze(params, patterns: tuple[str, ...]) -> list[str]:
 # Source parameters
 
 
-def source_params(path: str, mesh, cfg=None) -> tuple[dict[str, Any], str]:
+def source_params(path: str, mesh, cfg=None, variables=None) -> tuple[dict[str, Any], str]:
     """('/'-joined path -> array, description) of `path`: our workdir or a Hugging Face directory,
     in the layout of a model with config `cfg` (stacked layers if `cfg.scan_layers`; per layer
     otherwise or without `cfg`), whatever layout the source was saved in."""
@@ -84,9 +84,10 @@ def source_params(path: str, mesh, cfg=None) -> tuple[dict[str, Any], str]:
     if committed_steps(os.path.join(path, "checkpoints")):
         source, where = _workdir_params(path, mesh)
     else:
-        import transformer_jax as tj
+        from transformer_jax.pretrained import from_pretrained
 
-        _, variables = tj.from_pretrained(path)
+        if variables is None:  # not read already (train/checkpoint_source.py reads it once)
+            _, variables = from_pretrained(path)
         source, where = flatten_dict(dict(variables["params"]), sep="/"), "a Hugging Face checkpoint"
     return _in_layout(source, cfg, where), where
 
@@ -194,10 +195,11 @@ def summarize(names: list[str]) -> str:
     return ", ".join(folded) if folded else "none"
 
 
-def warm_start(state, shardings, path: str, mesh, workdir: str, log, cfg=None) -> Any:
+def warm_start(state, shardings, path: str, mesh, workdir: str, log, cfg=None, variables=None) -> Any:
     """`state` with `path`'s matching parameters loaded (in the layout of a model with config `cfg`);
-    the loaded and fresh sets are logged and written to `<workdir>/init_from.json`."""
-    source, where = source_params(path, mesh, cfg)
+    the loaded and fresh sets are logged and written to `<workdir>/init_from.json`. `variables`:
+    a Hugging Face source already loaded."""
+    source, where = source_params(path, mesh, cfg, variables)
     params, loaded, fresh = load_matching(state.params, shardings.params, source, where)
     record_init_from(path, where, loaded, fresh, workdir, log)
     return state.replace(params=params)

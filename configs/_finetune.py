@@ -1,0 +1,51 @@
+"""Shared settings of the fine-tuning configs (configs/finetune_*.py): a pretrained checkpoint
+(`init_from`, a Hugging Face directory) decides the architecture and the tokenizer; the user's own
+files hold the data. The brief's recipe: AdamW with weight decay 0.01, a small learning rate, linear
+warmup then decay, a few epochs, sequences truncated and padded to max_length.
+
+    transformer-jax train --config configs/finetune_classification.py --workdir W \\
+        --config.init_from=DIR --config.data.train_files=train.jsonl --config.data.validation_files=dev.jsonl
+
+Used through `finetune(task, **data)` by the task configs; not a config of its own.
+"""
+
+import os
+import runpy
+
+import ml_collections
+from ml_collections.config_dict import FieldReference
+
+
+def _sibling(name: str):
+    return runpy.run_path(os.path.join(os.path.dirname(__file__), name))["get_config"]()
+
+
+def finetune(task: str, **data) -> ml_collections.ConfigDict:
+    c = _sibling("default.py")
+    c.task = task  # transformer_jax/tasks/registry.py FINETUNE: what is learned
+    c.init_from = ""  # the pretrained directory: architecture, weights, tokenizer, generation settings
+    # Only the run's own settings; the architecture is the checkpoint's (a field set here that
+    # contradicts it is an error). None: the checkpoint's value.
+    c.model = ml_collections.ConfigDict({k: FieldReference(None, field_type=object)
+                                         for k in ("dropout_rate", "dtype", "scan_layers", "remat")})
+    c.data = ml_collections.ConfigDict(dict(
+        dataset="files",  # which data: the files below (JSONL, JSON, CSV, TSV, text; paths or globs)
+        train_files="", validation_files="", test_files="",
+        columns=ml_collections.ConfigDict(),  # role -> column, e.g. {"text": "sentence"}; else the defaults
+        labels=(),  # label names in id order; () = the sorted set of the train files' labels
+        tokenizer="pretrained", vocab_size=0, max_src_len=128, max_tgt_len=64, pack=False, data_dir="",
+        text_keys=(), eval_split="validation", test_split="test"))
+    c.data.update(**data)
+    c.num_epochs = 3  # sets num_train_steps: epochs x train records / batch_size
+    c.batch_size = 16
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=5e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, clip_norm=1.0))
+    c.schedule = ml_collections.ConfigDict(dict(name="linear", warmup_steps=10, end_learning_rate=0.0))
+    c.label_smoothing = 0.0
+    c.log_every = 10
+    c.eval_every = 0  # the task's metrics run at the end, on data.test_split (or set eval_every)
+    c.checkpoint_every = 500
+    c.best_metric = ""
+    c.decode = ml_collections.ConfigDict(dict(
+        beam_size=1, length_penalty=1.0, max_len=64, batch_size=32, max_examples=0))
+    return c
