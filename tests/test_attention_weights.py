@@ -139,6 +139,17 @@ def test_bert_matches_reference_output_attentions():
     assert (~real).any()
 
 
+def test_forward_method_takes_the_reference_names():
+    """`method="forward"` with the tokenizer's output names (attention_mask marks the padding)."""
+    ref = dict(np.load(FIXTURES / "attention" / "bert.npz"))
+    model, variables = tj.from_pretrained(PRETRAINED / "bert")
+    weights = tj.attention_weights(model, variables, method="forward", input_ids=ref["input_ids"],
+                                   attention_mask=ref["attention_mask"], token_type_ids=ref["token_type_ids"])
+    real = ref["attention_mask"].astype(bool)
+    ours = np.stack([np.asarray(w) for w in weights])  # [L B N T S]
+    assert np.abs(ours - ref["attentions"]).transpose(1, 3, 0, 2, 4)[real].max() <= 1e-4
+
+
 def test_t5_matches_reference_with_relative_bias():
     ref = dict(np.load(PRETRAINED / "t5" / "reference.npz"))
     expected = dict(np.load(FIXTURES / "attention" / "t5.npz"))
@@ -194,7 +205,8 @@ def test_scanned_layers_give_the_same_weights_in_layer_order():
     assert np.asarray(got["encoder"][3])[..., ~window].any()  # layer 3 is dense
 
 
-@pytest.mark.parametrize("name", ["EncoderClassifier", "MaskedLM", "DecoderLM"])
+@pytest.mark.parametrize("name", ["EncoderClassifier", "TokenClassifier", "QuestionAnswering", "MaskedLM",
+                                  "DecoderLM"])
 def test_single_stack_models_return_a_tuple_of_layers(name):
     cfg = tiny(num_encoder_layers=2, num_decoder_layers=2, num_classes=3)
     model = getattr(tj, name)(cfg)
