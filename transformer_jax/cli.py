@@ -11,6 +11,9 @@
                            answer span, generated text)
     transformer-jax export --workdir DIR --output OUT [--adapters] [--family bert] [--tokenizer DIR]
                            (a Hugging Face model directory, LoRA merged; --adapters: PEFT adapters)
+    transformer-jax attention --pretrained DIR | --workdir DIR --text "..." [--target "..."]
+                           [--output attn.png] [--json attn.json] [--layer 0,1] [--head 2]
+                           (a layers x heads grid of attention weights; transformer_jax/attention_view.py)
 
 Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field
 (`transformer-jax train --help [--config FILE]` lists them all). Attention specs are strings:
@@ -26,7 +29,7 @@ import os
 import sys
 
 USAGE = __doc__
-COMMANDS = ("train", "eval", "decode", "predict", "export")
+COMMANDS = ("train", "eval", "decode", "predict", "export", "attention")
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 EXIT_TERMINATED = 143  # 128 + SIGTERM: a preempted job (checkpoint saved), never mistaken for a finished one
@@ -391,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     command, argv = argv[0], argv[1:]
     if command not in COMMANDS:
         raise SystemExit(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}\n{USAGE}")
+    if command == "attention":  # its own flags and logic
+        from transformer_jax import attention_view
+
+        return attention_view.main(argv)
     if any(a in ("-h", "--help", "-help") for a in argv):
         _help(command, argv)
         return 0
