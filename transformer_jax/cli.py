@@ -214,16 +214,21 @@ def _eval(fv) -> int:
 
     from transformer_jax.train import loop
 
+    from transformer_jax.train import experiment
+
     _check_quantize(fv)
     config = _trained_config(fv)
     s, state, step = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
     params, sizes = _run_params(fv, s, state)
     result = {"step": step, **sizes}
     iterator = loop.make_data_iterator(config, config.data.eval_split, s.tokenizer, repeat=False, task=s.task)
-    result.update(loop.evaluate_loss(s, params, iterator, config.eval_batches))
-    final = loop.final_eval(s, params, config.data.test_split)  # BLEU, accuracy or perplexity
-    print(loop.summary_line(final))
-    result["test"] = final
+    synthetic = config.data.dataset == experiment.SYNTHETIC and not config.get("task", "")
+    # the synthetic stream never ends: score config.eval_batches of it (10 when 0 = "all")
+    result.update(loop.evaluate_loss(s, params, iterator, config.eval_batches or (10 if synthetic else 0)))
+    if not synthetic:  # (no test split to score: as train does, the synthetic task ends at the loss)
+        final = loop.final_eval(s, params, config.data.test_split)  # BLEU, accuracy or perplexity
+        print(loop.summary_line(final))
+        result["test"] = final
     print({k: v for k, v in result.items() if k != "test"})
     if jax.process_index() == 0:
         name = f"eval_{fv.quantize}.json" if fv.quantize else "eval.json"
@@ -283,6 +288,10 @@ def _decode(fv) -> int:
             raise ValueError("--quantize applies to --workdir; with --pretrained use tj.quantize from Python")
         return _decode_pretrained(fv, _read_lines(fv.input))
     config = _trained_config(fv)
+    if config.data.dataset == experiment.SYNTHETIC and not config.get("task", ""):
+        raise ValueError(f"decode reads and writes text, but --workdir={fv.workdir!r} was trained on "
+                         f"config.data.dataset='synthetic' (token ids, no tokenizer); use `eval` there, or "
+                         "decode a workdir trained on a text dataset")
     task = experiment.config_task(config)
     if not isinstance(task, (tasks.Translation, tasks.CausalLM)) or isinstance(task, tasks.MaskedLM):
         raise ValueError(f"decode translates (a translation task) or continues prompts (a causal LM); "
