@@ -102,3 +102,14 @@ def np_isfinite(x) -> bool:
     import math
 
     return isinstance(x, float) and math.isfinite(x)
+
+
+def test_translation_input_longer_than_max_src_len_is_said(capsys):
+    class Chars:
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+    cli._warn_cut_lines(["short", "a much longer line", "ok"], Chars(), src_len=8)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: --input line 2 has 18 tokens; the model reads 7 (config.data.max_src_len=8 with EOS): "
+                   "the rest is cut"], err

@@ -255,6 +255,17 @@ def _read_lines(path: str) -> list[str]:
     return [line.decode("utf-8") for line in lines]
 
 
+def _warn_cut_lines(lines: list[str], tokenizer, src_len: int, shown: int = 5) -> None:
+    """Say which source lines are longer than the model reads (translation cuts them to
+    max_src_len - 1 tokens and EOS, as in training), instead of cutting in silence."""
+    long = [(i, n) for i, line in enumerate(lines, 1) if (n := len(tokenizer.encode(line))) > src_len - 1]
+    for i, n in long[:shown]:
+        print(f"warning: --input line {i} has {n} tokens; the model reads {src_len - 1} "
+              f"(config.data.max_src_len={src_len} with EOS): the rest is cut", file=sys.stderr)
+    if len(long) > shown:
+        print(f"warning: {len(long) - shown} more --input lines are cut to {src_len - 1} tokens", file=sys.stderr)
+
+
 def _decode_pretrained(fv, lines: list[str]) -> int:
     """Translate or continue each input line with a Hugging Face model directory."""
     import transformer_jax as tj
@@ -302,6 +313,7 @@ def _decode(fv) -> int:
     dc = config.decode
     predictor = evaluate.predictor(s, params)
     if isinstance(task, tasks.Translation):
+        _warn_cut_lines(lines, s.tokenizer, config.data.max_src_len)
         outputs = tasks.translate(predictor, lines, beam_size=fv.beam_size or dc.beam_size,
                                   max_len=min(dc.max_len, s.model.cfg.max_len), length_penalty=dc.length_penalty,
                                   batch_size=dc.batch_size, src_len=config.data.max_src_len)
