@@ -137,8 +137,9 @@ def apply_layers(cfg: TransformerConfig, block: type[nn.Module], kinds: tuple, s
             x = block(cfg, *kind, name=f"layer_{i}")(x, *args)
         return x
     p = period(kinds)
+    # "aux_loss", "moe_metrics": moe.AUX_LOSS, moe.METRICS; "attention_weights": attention.weights.COLLECTION
     scanned = nn.scan(LayerGroup, variable_axes={"params": 0, "cache": 0, "intermediates": 0, "aux_loss": 0,
-                                                 "moe_metrics": 0},  # moe.AUX_LOSS, moe.METRICS
+                                                 "moe_metrics": 0, "attention_weights": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
                       length=len(kinds) // p, metadata_params={nn.PARTITION_NAME: SCAN_NAME})
     x, _ = scanned(cfg, block, kinds[:p], name=SCAN_NAME)(x, *args)

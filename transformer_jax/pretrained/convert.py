@@ -40,7 +40,8 @@ log = logging.getLogger("transformer_jax.pretrained")
 
 # Fields that do not change what a model computes at inference, or that its class never reads.
 _IRRELEVANT = {"dtype", "param_dtype", "dropout_rate", "scan_layers", "remat", "family", "hf_config"}
-_ROOTS = {"Encoder": "encoder", "Decoder": "decoder"}  # bare stacks: their own parameters hold the layers
+# bare stacks: their own parameters hold the layers (a ViT's encoder layers sit at its root)
+_ROOTS = {"Encoder": "encoder", "Decoder": "decoder", "ViT": "encoder", "ViTEncoder": "encoder"}
 _ENCODER_ONLY_UNUSED = {"num_decoder_layers", "decoder_attention", "cross_attention", "share_embeddings"}
 _UNUSED_BY = {
     "Encoder": _ENCODER_ONLY_UNUSED | {"tie_output", "logits_bias", "logits_scale", "num_classes", "pooling"},
@@ -54,6 +55,10 @@ _UNUSED_BY = {
                   "num_classes", "pooling", "pooler_activation", "pad_id", "type_vocab_size"},
     "Transformer": {"num_classes", "pooling", "pooler_activation", "type_vocab_size"},
 }
+_IMAGE_UNUSED = _ENCODER_ONLY_UNUSED | {"vocab_size", "max_len", "pad_id", "tie_output", "logits_bias", "logits_scale",
+                                        "type_vocab_size", "embed_scale", "embed_norm", "position_offset",
+                                        "pooler_activation"}
+_UNUSED_BY.update(ViT=_IMAGE_UNUSED, ViTEncoder=_IMAGE_UNUSED | {"num_classes"})
 # config.json fields that say nothing about the model (not kept in TransformerConfig.hf_config)
 _NOT_KEPT = {"architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path"}
 
@@ -136,6 +141,8 @@ def _check_overrides(stored: TransformerConfig, cfg: TransformerConfig, override
 
 
 def _example_inputs(model) -> tuple:
+    if hasattr(model, "example_inputs"):  # a model of other inputs than token ids (ViT: images)
+        return model.example_inputs()
     ids = jnp.ones((1, 1), jnp.int32)
     return (ids, ids) if isinstance(model, Transformer) else (ids,)
 
@@ -215,6 +222,9 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     hf = read_json(directory / "config.json")
     arch, family = _architecture(hf, directory / "config.json")
     head = _resolve_head(head, arch, family, directory / "config.json")
+    reader = TensorReader(files)
+    if family.resolve is not None:
+        hf = family.resolve(hf, reader)
     target = family.architecture(head)
     relabelled = num_labels is not None or id2label is not None
     hf = _hf_with_labels(hf, head, num_labels, id2label)
@@ -235,7 +245,6 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     assert sorted(covered) == sorted(shapes), (  # a bug in a tensor table, never the user's input
         f"{family.name} table vs model: {sorted(set(covered) ^ set(shapes))}")
 
-    reader = TensorReader(files)
     stored, fresh, dropped = match(table, reader.names(), family, cfg, directory, strict=target == arch)
     backbone = backbone_names(family, cfg)
     for row in table:
@@ -258,8 +267,7 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     np_dtype = jnp.dtype(param_dtype)
     params = {}
     if fresh:  # initialise the head's new weights as the model itself would
-        init = flatten_dict(nn.unbox(jax.jit(lambda: model.init(jax.random.key(seed),
-                                                                *_example_inputs(model)))()["params"]))
+        init = flatten_dict(nn.unbox(model.init(jax.random.key(seed), *_example_inputs(model))["params"]))
     for row in table:
         values = ([init[p] for p in row.paths] if row.name not in stored
                   else row.load(_finite(reader.read(stored[row.name]), stored[row.name], directory)))
@@ -308,24 +316,31 @@ def head_of(model) -> str:
     for head, cls in HEADS.items():
         if type(model) is cls:
             return head
+    if isinstance(getattr(type(model), "head_name", None), str):  # a model a family builds (ViT)
+        return type(model).head_name
     raise ValueError(f"{type(model).__name__} has no Hugging Face equivalent; savable models: "
                      f"{', '.join(sorted({c.__name__ for c in HEADS.values()}))}")
 
 
 def _family_of(model, head: str, family) -> Family:
-    """The family to save as: `family` (a name or Family), else the one the model was loaded from;
-    a model trained from scratch must name it unless only one family has its head."""
+    """The family to save as: `family` (a name or Family), else the one the model was loaded from
+    (`TransformerConfig.family`), else, for a model built from scratch, the one family whose
+    config.json holds its configuration exactly; never a nearest match."""
     if isinstance(family, Family):
         return family
     name = family or model.cfg.family
     if name is not None:
         return family_named(name)
     candidates = [f for f in FAMILIES.values() if head in f.heads]
-    if len(candidates) == 1:
-        return candidates[0]
-    raise ValueError(f"save_pretrained: name the family to save {type(model).__name__} as, e.g. "
-                     f"save_pretrained(..., family={candidates[0].name!r}); valid for head {head!r}: "
-                     f"{', '.join(f.name for f in candidates)}")
+    exact = [f for f in candidates if not _config_differences(model, f, None)[2]]
+    if len(exact) == 1:
+        return exact[0]
+    if not exact:
+        why = "; ".join(f"{f.name}: {_config_differences(model, f, None)[2][0]}" for f in candidates)
+        raise ValueError(f"save_pretrained: no family holds this {type(model).__name__} configuration exactly "
+                         f"({why}); name one with family=... to see every field it lacks")
+    raise ValueError(f"save_pretrained: the {type(model).__name__} configuration fits several families "
+                     f"({', '.join(f.name for f in exact)}); name one, e.g. family={exact[0].name!r}")
 
 
 def _labels(hf: dict, num_classes: int, id2label) -> dict:
@@ -345,25 +360,32 @@ def _labels(hf: dict, num_classes: int, id2label) -> dict:
                 label2id={labels[i]: i for i in sorted(labels)})
 
 
+def _config_differences(model, family: Family, id2label) -> tuple[dict, str, list[str]]:
+    """(config.json, architecture, the TransformerConfig fields it would not reproduce)."""
+    head, cfg = head_of(model), model.cfg
+    arch = family.architecture(head)
+    kept = {k: json.loads(v) for k, v in cfg.hf_config}
+    hf = dict(kept, **family.to_hf(cfg), **family.model_fields(model), architectures=[arch])
+    if head in ("sequence_classification", "token_classification"):
+        hf.update(_labels(kept, cfg.num_classes, id2label))
+        hf["num_labels"] = cfg.num_classes
+    try:
+        diffs = _differences(cfg, family.to_config(hf), type(model).__name__)
+    except ValueError as e:  # the exported config is itself unsupported
+        diffs = [str(e)]
+    return hf, arch, diffs
+
+
 def hf_config_of(model, family=None, id2label=None) -> tuple[dict, Family, str]:
     """The config.json a model would be saved with; raises naming a field with no equivalent."""
     head = head_of(model)
     cls, cfg = type(model), model.cfg
     family = _family_of(model, head, family)
-    arch = family.architecture(head)
-    kept = {k: json.loads(v) for k, v in cfg.hf_config}
-    hf = dict(kept, **family.to_hf(cfg), architectures=[arch])
-    if head in ("sequence_classification", "token_classification"):
-        hf.update(_labels(kept, cfg.num_classes, id2label))
-        hf["num_labels"] = cfg.num_classes
-        if head == "sequence_classification" and cfg.num_classes == 1:
-            hf.setdefault("problem_type", "regression")
-    try:
-        diffs = _differences(cfg, family.to_config(hf), cls.__name__)
-    except ValueError as e:  # the exported config is itself unsupported
-        raise ValueError(f"{cls.__name__} cannot be saved as {family.name}: {e}") from None
+    hf, arch, diffs = _config_differences(model, family, id2label)
     if diffs:
         field = diffs[0]
+        if not hasattr(cfg, field):
+            raise ValueError(f"{cls.__name__} cannot be saved as {family.name}: {field}")
         expected = getattr(family.to_config(hf), field)
         raise ValueError(
             f"TransformerConfig.{field}={getattr(cfg, field)!r} has no Hugging Face equivalent for "
@@ -447,8 +469,9 @@ def save_pretrained(model, variables, path, *, family=None, tokenizer=None, id2l
         raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
     params = flatten_dict(nn.unbox(unstack_layers(variables["params"], model.cfg,
                                                   _ROOTS.get(type(model).__name__))))
-    table = family.tensors(model.cfg, arch)
-    backbone = backbone_names(family, model.cfg)
+    cfg = model.cfg.replace(hf_config=_kept_fields(hf, family, model.cfg))  # as written (a ViT's geometry)
+    table = family.tensors(cfg, arch)
+    backbone = backbone_names(family, cfg)
     # a bare Encoder built without its pooler saves without it (the reference initialises one)
     table = [row for row in table if family.canonical(row.name) in backbone
              or any(p in params for p in row.paths)]

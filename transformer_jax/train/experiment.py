@@ -234,8 +234,12 @@ def build_model_and_source(config: ml_collections.ConfigDict, task: tasks.Task |
     from transformer_jax.train import checkpoint_source
 
     model_class = task.model_class().__name__
-    cfg, variables = checkpoint_source.decided_config(config, model_fields(config), model_class,
-                                                      getattr(task, "num_labels", None))
+    given = model_fields(config)
+    num_classes = getattr(task, "num_labels", None)
+    if num_classes is None and model_class == "EncoderClassifier":
+        num_classes = given.get("num_classes")
+    cfg, variables = checkpoint_source.decided_config(config, given, model_class, num_classes,
+                                                      getattr(task, "labels", None))
     return task.make_model(cfg), variables
 
 
