@@ -295,7 +295,7 @@ def _warn_cut_lines(lines: list[str], tokenizer, src_len: int, shown: int = 5) -
         print(f"warning: {len(long) - shown} more --input lines are cut to {src_len - 1} tokens", file=sys.stderr)
 
 
-def _decode_pretrained(fv, lines: list[str]) -> int:
+def _decode_pretrained(fv) -> int:
     """Translate or continue each input line with a Hugging Face model directory."""
     import transformer_jax as tj
     from transformer_jax.pretrained.text import generate_text
@@ -310,6 +310,7 @@ def _decode_pretrained(fv, lines: list[str]) -> int:
                     repetition_penalty=fv.repetition_penalty, no_repeat_ngram_size=fv.no_repeat_ngram_size,
                     min_new_tokens=fv.min_new_tokens, num_return_sequences=fv.num_return_sequences,
                     stop_strings=tuple(fv.stop))
+    lines = _read_lines(fv.input)  # after the directory loaded (its errors first), before any compile
     for line in generate_text(model, variables, tokenizer, lines, generation_config=config,
                               max_new_tokens=n, beam_size=fv.beam_size or 1, **sampling):
         print(line)
@@ -330,7 +331,7 @@ def _decode(fv) -> int:
     if fv.pretrained:
         if fv.quantize:
             raise ValueError("--quantize applies to --workdir; with --pretrained use tj.quantize from Python")
-        return _decode_pretrained(fv, _read_lines(fv.input))
+        return _decode_pretrained(fv)
     config = _trained_config(fv)
     if config.data.dataset == experiment.SYNTHETIC and not config.get("task", ""):
         raise ValueError(f"decode reads and writes text, but --workdir={fv.workdir!r} was trained on "
