@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from transformer_jax.attention import SPECS
+from transformer_jax.attention import SPECS, weights
 from transformer_jax.attention.base import RecurrentDecoding
 from transformer_jax.attention.base import einsum_f32
 from transformer_jax.attention.dense import Dense
@@ -115,6 +115,10 @@ class MultiHeadAttention(nn.Module):
         else:
             k, v = self._repeat_kv(k), self._repeat_kv(v)  # [B S N H]
             extra = {} if bias is None else {"bias": bias}
+            if weights.requested(self):  # only tj.attention_weights() asks
+                self.sow(weights.COLLECTION, "weights", weights.probabilities(
+                    self.spec, q, k, causal=self.causal, q_segment_ids=q_segment_ids,
+                    kv_segment_ids=kv_segment_ids, bias=bias))  # [B N T S]
             out = self.spec(q, k, v, causal=self.causal, q_segment_ids=q_segment_ids,
                             kv_segment_ids=kv_segment_ids, **extra)  # [B T N H]
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
@@ -187,8 +191,9 @@ class MultiHeadAttention(nn.Module):
         pattern = _causal_pattern(self.spec, self.cache_len)
         if pattern is not None:  # the rows of the spec's own causal pattern (sized as before)
             visible = visible & jnp.asarray(pattern[:, :length])[jnp.minimum(qpos, self.cache_len - 1)]
-        if bias is not None:
-            bias = bias[..., :length]  # the caller's bias spans cfg.max_len slots
+        if bias is not None:  # the caller's bias spans cfg.max_len slots; a longer cache gets zeros past them
+            bias = bias[..., :length]
+            bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(0, length - bias.shape[-1])])
         out = grouped_attention(q, ck.value, cv.value, visible, bias)
         # past a full cache there is no slot left: poison the real positions, never clamp
         real = jnp.arange(t)[None, :] < valid[:, None]
