@@ -89,6 +89,10 @@ def test_sequence_classification_of_pairs_trains_evaluates_and_predicts(tmp_path
     assert len(lines) == 32 and set(lines[0]["scores"]) == {"negative", "positive"}
     assert lines[0]["label"] == max(lines[0]["scores"], key=lines[0]["scores"].get)
     np.testing.assert_allclose(sum(lines[0]["scores"].values()), 1.0, rtol=1e-5)
+    _run("export", "--workdir", work, "--output", str(tmp_path / "export"))  # the string labels kept
+    exported = json.load(open(tmp_path / "export" / "config.json"))
+    assert exported["id2label"] == {"0": "negative", "1": "positive"}
+    assert exported["architectures"] == ["BertForSequenceClassification"]
 
 
 def test_an_experiment_config_contradicting_the_checkpoint_is_a_named_error(tmp_path):

@@ -54,4 +54,6 @@ def export_workdir(workdir: str, output: str, *, adapters: bool = False, family:
 
             _write_tokenizer(source, out)
         return out
-    return save_pretrained(s.model, {"params": s.eval_params(state)}, output, family=family, tokenizer=source)
+    labels = getattr(s.task, "labels", None)  # a fine-tuned task's label names (config.data.labels): id2label
+    return save_pretrained(s.model, {"params": s.eval_params(state)}, output, family=family, tokenizer=source,
+                           id2label=list(labels) if labels else None)
