@@ -186,7 +186,8 @@ def files_task(config) -> tasks.Task:
 
             if not config.data.get("train_files", ""):
                 raise ValueError(f"config.task={name!r} needs config.data.train_files (or config.data.labels)")
-            labels = derive_labels(config.data.train_files, role, columns=dict(config.data.get("columns", {}) or {}))
+            columns = {k: v for k, v in dict(config.data.get("columns", {}) or {}).items() if v}
+            labels = derive_labels(config.data.train_files, role, columns=columns)
         options["labels"] = None if labels is None or tuple(labels) == ("<regression>",) else tuple(labels)
     for key in ("prefix", "doc_stride"):
         if key in config.data and key in {f.name for f in dataclasses.fields(cls)}:
