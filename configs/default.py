@@ -15,7 +15,7 @@ from transformer_jax.train.experiment import model_section
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # The model follows from the task (transformer_jax/tasks.py: tjax_numbers is translation, so a
+    # The model follows from the task (transformer_jax/tasks/registry.py: tjax_numbers is translation, so a
     # Transformer). "" = the task's; else checked against it, or it picks the task where a dataset
     # offers several (a text corpus: decoder_lm | masked_lm | encoder_classifier).
     c.model_type = ""

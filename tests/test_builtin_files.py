@@ -136,3 +136,29 @@ def test_pairs_labels_follow_from_the_two_texts():
         by_shape[shape][r["label"]] += 1
     assert len(by_shape) == 5 and sum(len(c) == 3 for c in by_shape.values()) == 3
     assert all(min(c.values()) > 0.2 * sum(c.values()) for c in by_shape.values())
+
+
+def test_entities_evaluation_names_partly_unseen_in_train():
+    from transformer_jax.data import words as W
+
+    g = B.generate("tjax_entities/tiny")
+    unseen = set(W.UNSEEN_FIRST) | set(W.UNSEEN_LAST) | {w for n in W.UNSEEN_CITIES + W.UNSEEN_ORGS for w in n.split()}
+    train_words = {w for r in g["train"] for w in r["tokens"]}
+    assert not train_words & unseen
+    names = [w for r in g["validation"] for w, t in zip(r["tokens"], r["ner_tags"]) if t[2:] in ("PER", "LOC", "ORG")]
+    share = sum(w in unseen for w in names) / len(names)
+    assert 0.35 < share < 0.65
+
+
+def test_a_builtin_split_is_named_like_a_file(data_dir, tmp_path):
+    got = F.expand(["tjax_entities/tiny:validation", "tjax_pairs/tiny:test"], data_dir)
+    assert got == [B.builtin_file("tjax_entities/tiny", "validation", data_dir),
+                   B.builtin_file("tjax_pairs/tiny", "test", data_dir)]
+    labels = F.derive_labels("tjax_pairs/tiny:train", data_dir=data_dir)
+    assert labels == ("contradiction", "entailment", "neutral")
+    src = F.open_files("tjax_pairs/tiny:validation", ("text", "text_pair", "label"), labels=labels, data_dir=data_dir)
+    assert len(src) == 200
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        F.expand("tjax_pairs/tiny:dev", data_dir)
+    with pytest.raises(ValueError, match="no such file"):
+        F.expand("tjax_nothing:train", data_dir)

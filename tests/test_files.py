@@ -233,5 +233,8 @@ def test_source_is_picklable_and_random_access_matches_a_full_read(tmp_path):
     rows = [{"text": f"row {i} " + "x" * (i % 5), "label": i % 2} for i in range(50)]
     path = _jsonl(tmp_path / "r.jsonl", rows)
     src = pickle.loads(pickle.dumps(F.open_files(path, ("text", "label"), labels=("0", "1"))))
+    import grain
+
+    assert isinstance(src, grain.sources.RandomAccessDataSource)
     order = np.random.default_rng(0).permutation(50)
     assert [src[int(i)]["text"] for i in order] == [rows[i]["text"] for i in order]

@@ -178,3 +178,57 @@ def test_entity_spans_character_offsets():
     spans = ner.entity_spans(tags, offsets, text)
     assert [(s["entity"], s["text"], s["start"], s["end"]) for s in spans] == [
         ("PER", "Ann  Lee", 0, 8), ("LOC", "New York", 17, 25), ("DATE", "3 May", 29, 34)]
+
+
+# ---------------------------------------------------------------------------- a real tokenizer's outputs
+
+REAL_CONTEXT = "Anna Smith was born in Rio de Janeiro in 1984. She works for Vertex Labs as an engineer."
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])  # WordPiece with token types; byte-level BPE without
+def test_train_positions_and_best_spans_on_a_real_tokenizer(kind):
+    import pathlib
+
+    import transformer_jax as tj
+
+    tok = tj.load_tokenizer(pathlib.Path(__file__).parent / "fixtures" / "tokenizers" / kind)
+    answers = ["Rio de Janeiro", "1984", "Vertex Labs", "Anna Smith", "engineer"]
+    enc = tok(["Where was Anna Smith born?"] * len(answers), [REAL_CONTEXT] * len(answers),
+              truncation="only_second", max_length=40, stride=6, return_overflowing_tokens=True,
+              return_offsets_mapping=True, padding="max_length")
+    sm, off = enc["overflow_to_sample_mapping"], enc["offset_mapping"]
+    gold = [{"text": [a], "answer_start": [REAL_CONTEXT.index(a)]} for a in answers]
+    s, e = qa.train_positions(off, enc["sequence_ids"], sm, gold)
+    found = set()
+    for k in range(len(sm)):
+        if s[k] == 0:
+            continue
+        found.add(int(sm[k]))
+        assert REAL_CONTEXT[off[k, s[k], 0]:off[k, e[k], 1]] == answers[sm[k]]
+    assert found == set(range(len(answers)))  # every answer lies wholly inside some window
+    start = np.full(off.shape[:2], -10.0)
+    end = np.full(off.shape[:2], -10.0)
+    start[np.arange(len(sm)), s] = np.where(s > 0, 5.0, -10.0)
+    end[np.arange(len(sm)), e] = np.where(e > 0, 5.0, -10.0)
+    best = qa.best_spans(start, end, off, enc["sequence_ids"], sm, [REAL_CONTEXT] * len(answers))
+    assert [b["text"] for b in best] == answers
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_align_labels_and_word_predictions_on_a_real_tokenizer(kind):
+    import pathlib
+
+    import transformer_jax as tj
+
+    tok = tj.load_tokenizer(pathlib.Path(__file__).parent / "fixtures" / "tokenizers" / kind)
+    words = [["Anna", "Smith", "flew", "to", "Rio", "de", "Janeiro"], ["Vertex", "Labs", "hired", "Bo"]]
+    labels = [[1, 2, 0, 0, 3, 4, 4], [5, 6, 0, 1]]
+    enc = tok(words, is_split_into_words=True, padding=True)
+    aligned = ner.align_labels(enc["word_ids"], labels, length=enc["input_ids"].shape[1])
+    for row, ids, want in zip(aligned, enc["word_ids"], labels):
+        firsts = [t for t, w in enumerate(ids) if w is not None and (t == 0 or ids[t - 1] != w)]
+        assert row[firsts].tolist() == want  # each word's first piece carries its label
+        assert (np.delete(row, firsts) == ner.IGNORE).all()  # nothing else does
+        assert len(ids) > len(want) + 2  # the words really were split into pieces
+    back = ner.word_predictions(enc["word_ids"], np.where(aligned == ner.IGNORE, 9, aligned))
+    assert [list(b.values()) for b in back] == labels

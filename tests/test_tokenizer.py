@@ -75,6 +75,8 @@ def test_outputs_are_model_ready_arrays():
         assert out[key].dtype == np.int32 and out[key].shape == (n, 20), key
     assert out["offset_mapping"].shape == (n, 20, 2) and out["offset_mapping"].dtype == np.int32
     assert len(out["word_ids"]) == n and all(len(w) == 20 for w in out["word_ids"])
+    assert set(out.model_inputs()) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert set(tj.load_tokenizer(FIXTURES / "roberta")(TEXTS).model_inputs()) == {"input_ids", "attention_mask"}
     # a single string is a batch of one; unpadded rows of different lengths stay lists
     single = tok(TEXTS[0])
     assert single["input_ids"].shape == (1, len(tok.encode(TEXTS[0])))
@@ -156,6 +158,10 @@ def test_broken_marian_and_missing_files_are_named(tmp_path):
     (d / "vocab.json").write_bytes(b'{"\xff": 1}')
     with pytest.raises(ValueError, match=r"vocab.json: not UTF-8 text"):
         tj.load_tokenizer(d)
+    (d / "vocab.json").write_text('{"<pad>": 0}')
+    cut(d / "source.spm", 0.4)
+    with pytest.raises(ValueError, match=r"marian/source.spm: not a SentencePiece model"):
+        tj.load_tokenizer(d)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match=r"empty: no tokenizer files; expected one of: tokenizer.json; vocab.txt"):
@@ -191,3 +197,13 @@ def test_stride_longer_than_the_window_is_named():
     assert len(windows["input_ids"]) > 2
     with pytest.raises(ValueError, match=r"text 0 \(\d+ tokens\) is cut into windows of 4 tokens.*stride must be < 4"):
         tok(TEXTS[6:7], truncation=True, max_length=6, stride=4, return_overflowing_tokens=True)
+
+
+def test_cli_names_a_broken_tokenizer_file(tmp_path):
+    from transformer_jax import cli
+
+    d = Path(shutil.copytree(Path(__file__).parent / "fixtures" / "pretrained" / "gpt2", tmp_path / "gpt2"))
+    cut(d / "tokenizer.json", 0.5)
+    (tmp_path / "in.txt").write_text("The quick brown fox\n")
+    with pytest.raises(SystemExit, match=r"error: .*gpt2/tokenizer.json: not valid JSON"):
+        cli.main(["decode", "--pretrained", str(d), "--input", str(tmp_path / "in.txt"), "--max_new_tokens", "2"])

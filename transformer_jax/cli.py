@@ -9,6 +9,11 @@
     transformer-jax predict --workdir DIR --input FILE --output OUT.jsonl   (a fine-tuned task's
                            predictions, one JSON line per input record: label and scores, entities,
                            answer span, generated text)
+    transformer-jax export --workdir DIR --output OUT [--adapters] [--family bert] [--tokenizer DIR]
+                           (a Hugging Face model directory, LoRA merged; --adapters: PEFT adapters)
+    transformer-jax attention --pretrained DIR | --workdir DIR --text "..." [--target "..."]
+                           [--output attn.png] [--json attn.json] [--layer 0,1] [--head 2]
+                           (a layers x heads grid of attention weights; transformer_jax/attention_view.py)
 
 Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field
 (`transformer-jax train --help [--config FILE]` lists them all). Attention specs are strings:
@@ -24,7 +29,7 @@ import os
 import sys
 
 USAGE = __doc__
-COMMANDS = ("train", "eval", "decode", "predict")
+COMMANDS = ("train", "eval", "decode", "predict", "export", "attention")
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 EXIT_TERMINATED = 143  # 128 + SIGTERM: a preempted job (checkpoint saved), never mistaken for a finished one
@@ -47,15 +52,39 @@ def _parse(argv: list[str]):
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard, eval.json", flag_values=fv)
     flags.DEFINE_string("input", "-", "decode: file of source lines ('-': stdin)", flag_values=fv)
-    flags.DEFINE_string("output", "", "predict: the JSON Lines file to write", flag_values=fv)
+    flags.DEFINE_string("output", "", "predict: the JSON Lines file to write; export: the directory to write",
+                        flag_values=fv)
     flags.DEFINE_integer("beam_size", 0, "decode: beam size (0: config.decode.beam_size)", flag_values=fv)
     flags.DEFINE_string("pretrained", None, "decode: a Hugging Face model directory (translate or continue)",
                         flag_values=fv)
     flags.DEFINE_integer("max_new_tokens", 0, "decode a causal LM or --pretrained: tokens to generate (0: "
                          "the model's generation_config, else 64)", flag_values=fv)
+    flags.DEFINE_float("temperature", 0.0, "decode --pretrained: sampling temperature (0: greedy)", flag_values=fv)
+    flags.DEFINE_integer("top_k", 0, "decode --pretrained: sample among the k most likely tokens (0: all)",
+                         flag_values=fv)
+    flags.DEFINE_float("top_p", 1.0, "decode --pretrained: nucleus sampling mass (1: all)", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "decode --pretrained: sampling seed", flag_values=fv)
+    flags.DEFINE_float("repetition_penalty", 1.0, "decode --pretrained: penalty on tokens already present "
+                       "(1: off)", flag_values=fv)
+    flags.DEFINE_integer("no_repeat_ngram_size", 0, "decode --pretrained: ban repeated n-grams of this size "
+                         "(0: off)", flag_values=fv)
+    flags.DEFINE_integer("min_new_tokens", 0, "decode --pretrained: no EOS before this many tokens", flag_values=fv)
+    flags.DEFINE_integer("num_return_sequences", 1, "decode --pretrained: outputs per input line (sampling or "
+                         "beams), printed one per line", flag_values=fv)
+    flags.DEFINE_multi_string("stop", [], "decode --pretrained: stop string (repeatable): the output ends "
+                              "before its first occurrence", flag_values=fv)
+    flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache directory (default "
+                        "$TRANSFORMER_JAX_COMPILATION_CACHE or ~/.cache/transformer_jax/xla; '' turns it off)",
+                        flag_values=fv)
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval/decode: which checkpoint", flag_values=fv)
     flags.DEFINE_string("quantize", "", "eval/decode: run on weight-only quantized parameters (int8 per output "
                         "channel, or bfloat16 / float16 casts; transformer_jax/quantization.py)", flag_values=fv)
+    flags.DEFINE_bool("adapters", False, "export: LoRA adapters in PEFT's layout instead of the merged model",
+                      flag_values=fv)
+    flags.DEFINE_string("family", None, "export: the family to save as (default: the one init_from loaded)",
+                        flag_values=fv)
+    flags.DEFINE_string("tokenizer", None, "export: the directory to copy tokenizer files from (default: "
+                        "<workdir>/tokenizer, else init_from)", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "multi-host: coordinator address host:port", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "multi-host: this process's index", flag_values=fv)
@@ -99,6 +128,9 @@ def _flags(argv: list[str]):
         raise SystemExit(f"error: --config={config_path!r}: no such file")
     try:
         return _parse(argv)
+    except SyntaxError as err:  # the config file is not Python (IndentationError included)
+        raise SystemExit(f"error: --config={config_path!r}: {err.filename}:{err.lineno}: {err.msg} "
+                         f"({type(err).__name__})") from None
     except (AttributeError, KeyError) as err:  # ml_collections: unknown override key (or a config bug)
         try:
             message = unknown_key_message(argv, config_path)
@@ -229,13 +261,25 @@ def _eval(fv) -> int:
 
 
 def _read_lines(path: str) -> list[str]:
+    """The input's lines (without line ends: "\r\n" too); bytes that are not UTF-8 are a named error
+    giving the file (or stdin) and the line."""
+    name = "stdin" if path == "-" else path
     if path == "-":
-        return [line.rstrip("\n") for line in sys.stdin]
-    with open(path) as f:
-        return [line.rstrip("\n") for line in f]
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    lines = data.splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--input={name}: line {number} is not UTF-8 text (byte {err.start + 1}: "
+                             f"{line[err.start:err.start + 1]!r}); decode reads UTF-8") from None
+    return [line.decode("utf-8") for line in lines]
 
 
-def _decode_pretrained(fv) -> int:
+def _decode_pretrained(fv, lines: list[str]) -> int:
     """Translate or continue each input line with a Hugging Face model directory."""
     import transformer_jax as tj
     from transformer_jax.pretrained.text import generate_text
@@ -246,8 +290,12 @@ def _decode_pretrained(fv) -> int:
     tokenizer = tj.load_tokenizer(fv.pretrained)
     config = tj.load_generation_config(fv.pretrained)
     n = fv.max_new_tokens or config.max_new_tokens or 64
-    for line in generate_text(model, variables, tokenizer, _read_lines(fv.input), generation_config=config,
-                              max_new_tokens=n, beam_size=fv.beam_size or 1):
+    sampling = dict(temperature=fv.temperature, top_k=fv.top_k, top_p=fv.top_p, seed=fv.seed,
+                    repetition_penalty=fv.repetition_penalty, no_repeat_ngram_size=fv.no_repeat_ngram_size,
+                    min_new_tokens=fv.min_new_tokens, num_return_sequences=fv.num_return_sequences,
+                    stop_strings=tuple(fv.stop))
+    for line in generate_text(model, variables, tokenizer, lines, generation_config=config,
+                              max_new_tokens=n, beam_size=fv.beam_size or 1, **sampling):
         print(line)
     return 0
 
@@ -266,15 +314,15 @@ def _decode(fv) -> int:
     if fv.pretrained:
         if fv.quantize:
             raise ValueError("--quantize applies to --workdir; with --pretrained use tj.quantize from Python")
-        return _decode_pretrained(fv)
+        return _decode_pretrained(fv, _read_lines(fv.input))
     config = _trained_config(fv)
     task = experiment.config_task(config)
     if not isinstance(task, (tasks.Translation, tasks.CausalLM)) or isinstance(task, tasks.MaskedLM):
         raise ValueError(f"decode translates (a translation task) or continues prompts (a causal LM); "
                          f"config.data.dataset={config.data.dataset!r} is a {task.name} task")
+    lines = _read_lines(fv.input)  # before restoring: bad input is named first
     s, state, _ = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
     params, _ = _run_params(fv, s, state)
-    lines = _read_lines(fv.input)
     dc = config.decode
     predictor = evaluate.predictor(s, params)
     if isinstance(task, tasks.Translation):
@@ -327,6 +375,17 @@ def _predict(fv) -> int:
     return 0
 
 
+def _export(fv) -> int:
+    from transformer_jax.train.export import export_workdir
+
+    if not fv.output:
+        raise ValueError("export needs --output DIR (the Hugging Face directory to write)")
+    out = export_workdir(fv.workdir, fv.output, adapters=fv.adapters, family=fv.family, tokenizer=fv.tokenizer,
+                         which=fv.checkpoint)
+    print(f"exported {fv.workdir} -> {out}" + (" (PEFT adapters)" if fv.adapters else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -335,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     command, argv = argv[0], argv[1:]
     if command not in COMMANDS:
         raise SystemExit(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}\n{USAGE}")
+    if command == "attention":  # its own flags and logic
+        from transformer_jax import attention_view
+
+        return attention_view.main(argv)
     if any(a in ("-h", "--help", "-help") for a in argv):
         _help(command, argv)
         return 0
@@ -346,10 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     if not fv.workdir and not (command == "decode" and fv.pretrained):
         raise SystemExit("error: --workdir is required" + (" (or --pretrained DIR)" if command == "decode" else ""))
     _maybe_distributed(fv)
+    if fv.compilation_cache != "":
+        from transformer_jax.compilation_cache import enable_compilation_cache
+
+        enable_compilation_cache(fv.compilation_cache)
 
     from transformer_jax.train import loop
 
-    run = {"train": _train, "eval": _eval, "decode": _decode, "predict": _predict}[command]
+    run = {"train": _train, "eval": _eval, "decode": _decode, "predict": _predict, "export": _export}[command]
     try:
         return run(fv)
     except (ValueError, FileNotFoundError, loop.NonFiniteError) as err:

@@ -80,6 +80,20 @@ class TransformerConfig:
     logits_scale: float = 1.0  # multiplies the final hidden state before the output head (T5: D^-0.5)
     pad_id: int | None = 0  # encoder-input padding token; None = no padding token
     pooling: str = "mean"  # EncoderClassifier: mean over tokens, or the first token ("cls", BERT)
+    # Qwen3 and Gemma 3. `qk_norm`: an RMSNorm over each head's H features of q and k, after the
+    # projection and before rotary positions (Dehghani et al. 2023, "Scaling Vision Transformers to
+    # 22B Parameters"). `norm_scale_offset`: every norm multiplies by (offset + scale); Gemma stores
+    # scale - 1, i.e. (1 + w) (offset 1.0). `sandwich_norm`: with pre-LN, a second norm on each
+    # sublayer's output before the residual add, x + norm2(f(norm1(x))) (Sandwich-LN, Ding et al.
+    # 2021; Gemma 2/3's post-attention and post-feedforward norms). `rotary_local_base`: the rotary
+    # base of local layers, those whose spec reads a bounded window (`spec.decode_window` is set,
+    # i.e. `Windowed`); None = `rotary_base` (Gemma 3: 10k local, 1M global). `logits_softcap` c:
+    # logits = c * tanh(logits / c) (Gemma 2's final_logit_softcapping); None = no cap.
+    qk_norm: bool = False
+    norm_scale_offset: float = 0.0
+    sandwich_norm: bool = False
+    rotary_local_base: float | None = None
+    logits_softcap: float | None = None
     pooler_activation: str = "tanh"  # the pooler's activation (BERT tanh; DistilBERT's pre_classifier relu)
     # ALBERT (Lan et al. 2020): factorised embeddings of width embed_dim (< d_model) projected up
     # to d_model, and one block whose parameters every layer of a stack reuses (held once).
@@ -145,6 +159,7 @@ class TransformerConfig:
                                                      and self.attention_scale > 0):
             raise ValueError(f"TransformerConfig.attention_scale must be a positive number or None; "
                              f"got {self.attention_scale!r}")
+        self._check_decoder_options()
         if self.head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"TransformerConfig.num_heads={self.num_heads} must divide d_model={self.d_model} "
@@ -197,6 +212,37 @@ class TransformerConfig:
                         "relative position bias needs a spec that takes a score bias, i.e. Dense()")
         self._check_albert()
 
+    def _check_decoder_options(self) -> None:
+        """The Qwen3 / Gemma options (see the field comments)."""
+        for name in ("qk_norm", "sandwich_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TransformerConfig.{name} must be True or False; got {getattr(self, name)!r}")
+        offset = self.norm_scale_offset
+        if isinstance(offset, bool) or not isinstance(offset, numbers.Real) or not abs(offset) < float("inf"):
+            raise ValueError(f"TransformerConfig.norm_scale_offset must be a finite number (0.0: norms multiply "
+                             f"by their scale; 1.0: by 1 + scale, as Gemma); got {offset!r}")
+        if offset and self.norm != "rmsnorm":
+            raise ValueError(f"TransformerConfig.norm_scale_offset={offset!r} needs norm='rmsnorm' (the (offset + "
+                             f"scale) RMSNorm of Gemma); got norm={self.norm!r}")
+        if self.sandwich_norm and self.norm_position != "pre":
+            raise ValueError(f"TransformerConfig.sandwich_norm=True adds a norm after each pre-LN sublayer; it "
+                             f"needs norm_position='pre', got {self.norm_position!r}")
+        for name in ("rotary_local_base", "logits_softcap"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                      or not 0 < value < float("inf")):
+                raise ValueError(f"TransformerConfig.{name} must be a positive number or None; got {value!r}")
+        if self.rotary_local_base is not None and self.position != "rotary":
+            raise ValueError(f"TransformerConfig.rotary_local_base={self.rotary_local_base!r} needs "
+                             f"position='rotary'; got position={self.position!r}")
+
+    def rotary_base_of(self, spec) -> float:
+        """The rotary base of a layer with attention `spec`: `rotary_local_base` for a local layer
+        (one whose spec reads a bounded window, `spec.decode_window` set), else `rotary_base`."""
+        if self.rotary_local_base is not None and getattr(spec, "decode_window", None) is not None:
+            return self.rotary_local_base
+        return self.rotary_base
+
     def _check_moe(self) -> None:
         if not _is_int(self.num_experts) or self.num_experts < 0:
             raise ValueError(f"TransformerConfig.num_experts must be a non-negative integer (0 = dense); "
@@ -226,6 +272,11 @@ class TransformerConfig:
         elif not _is_int(layers) or layers < 1:
             raise ValueError(f"TransformerConfig.moe_layers must be a positive int n (every n-th layer is MoE; "
                              f"2 = every other) or a tuple of layer indices; got {layers!r}")
+        if self.num_experts and not any(self.encoder_moe + self.decoder_moe):
+            raise ValueError(f"TransformerConfig.num_experts={self.num_experts} with moe_layers={self.moe_layers!r} "
+                             f"selects no layer of the {self.num_encoder_layers}-layer encoder or the "
+                             f"{self.num_decoder_layers}-layer decoder, so no expert would be built; use "
+                             "moe_layers=1 (every layer), a tuple of layer indices, or num_experts=0 (dense)")
 
     def _check_albert(self) -> None:
         if self.embed_dim is not None and (not _is_int(self.embed_dim) or self.embed_dim <= 0):

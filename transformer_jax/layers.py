@@ -264,13 +264,40 @@ class Dropout(nn.Module):
         return jnp.where(draws < keep, x * (256.0 / keep), 0.0).astype(x.dtype)
 
 
-def norm(kind: str, dtype, param_dtype, name: str, eps: float = 1e-6) -> nn.Module:
-    """LayerNorm (Ba et al. 2016) or RMSNorm (Zhang & Sennrich 2019), statistics in float32."""
-    scale = partitioned(nn.initializers.ones_init(), "embed")
+class OffsetRMSNorm(nn.Module):
+    """RMSNorm that multiplies by (offset + scale): Gemma's `x / rms(x) * (1 + w)` with offset 1.
+
+    Computed in float32 and cast back, as the reference does; `scale` starts at 1 - offset, so a
+    fresh norm multiplies by 1. [..., F] -> [..., F], normalised over the last axis.
+    """
+
+    epsilon: float
+    offset: float
+    axis_name: str = "embed"  # the logical name of the normalised axis
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        init = partitioned(nn.initializers.constant(1.0 - self.offset), self.axis_name)
+        scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+        return (y * (self.offset + jnp.asarray(scale, jnp.float32))).astype(self.dtype)
+
+
+def norm(kind: str, dtype, param_dtype, name: str, eps: float = 1e-6, offset: float = 0.0,
+         axis_name: str = "embed") -> nn.Module:
+    """LayerNorm (Ba et al. 2016) or RMSNorm (Zhang & Sennrich 2019), statistics in float32.
+
+    `offset` (RMSNorm only): multiply by (offset + scale) instead of scale (Gemma: 1.0)."""
+    if kind == "rmsnorm" and offset:
+        return OffsetRMSNorm(eps, offset, axis_name, dtype, param_dtype, name=name)
+    scale = partitioned(nn.initializers.ones_init(), axis_name)
     if kind == "rmsnorm":
         return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, scale_init=scale, name=name)
     return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, scale_init=scale,
-                        bias_init=partitioned(nn.initializers.zeros_init(), "embed"), name=name)
+                        bias_init=partitioned(nn.initializers.zeros_init(), axis_name), name=name)
 
 
 def positions_from_segments(segment_ids: Array) -> Array:

@@ -46,11 +46,12 @@ def _segments_and_positions(tokens, segment_ids, positions, pad_id: int | None):
 
 
 def _norm(cfg: TransformerConfig, name: str):
-    return norm(cfg.norm, cfg.compute_dtype, cfg.params_dtype, name, cfg.norm_eps)
+    return norm(cfg.norm, cfg.compute_dtype, cfg.params_dtype, name, cfg.norm_eps, cfg.norm_scale_offset)
 
 
 class Residual(nn.Module):
-    """Post-LN `norm(x + dropout(f(x)))` (the paper) or pre-LN `x + dropout(f(norm(x)))`."""
+    """Post-LN `norm(x + dropout(f(x)))` (the paper) or pre-LN `x + dropout(f(norm(x)))`, with
+    `sandwich_norm` `x + dropout(post_norm(f(norm(x))))` (Gemma 2/3)."""
 
     cfg: TransformerConfig
 
@@ -60,6 +61,8 @@ class Residual(nn.Module):
         layer_norm = _norm(cfg, "norm")
         if cfg.norm_position == "pre":
             y = sublayer(layer_norm(x))
+            if cfg.sandwich_norm:
+                y = _norm(cfg, "post_norm")(y)
             return x + Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         y = sublayer(x)
         return layer_norm(x + Dropout(cfg.dropout_rate)(y, deterministic=deterministic))
@@ -68,9 +71,10 @@ class Residual(nn.Module):
 def _attention(cfg: TransformerConfig, spec, causal: bool, name: str, cross: bool = False):
     return MultiHeadAttention(
         num_heads=cfg.num_heads, head_dim=cfg.resolved_head_dim, spec=spec, causal=causal, cross=cross,
-        rotary_base=cfg.rotary_base if cfg.position == "rotary" and not cross else None,
+        rotary_base=cfg.rotary_base_of(spec) if cfg.position == "rotary" and not cross else None,
         cache_len=cfg.max_len, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-        num_kv_heads=cfg.num_kv_heads, use_bias=cfg.use_bias, scale=cfg.attention_scale, name=name)
+        num_kv_heads=cfg.num_kv_heads, use_bias=cfg.use_bias, scale=cfg.attention_scale,
+        qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, norm_offset=cfg.norm_scale_offset, name=name)
 
 
 def _mlp(cfg: TransformerConfig, moe: bool, segment_ids):
@@ -238,7 +242,7 @@ def _segments(input_ids, attention_mask):
 
 def _output_logits(module: nn.Module, cfg: TransformerConfig, embed: Embed, x):
     """[B, T, D] -> float32 logits [B, T, V]: the tied table or an untied `logits` projection,
-    after `logits_scale`, plus the optional `logits_bias`."""
+    after `logits_scale`, plus the optional `logits_bias`, then the optional `logits_softcap`."""
     if cfg.logits_scale != 1.0:
         x = x * jnp.asarray(cfg.logits_scale, x.dtype)
     if cfg.tie_output:
@@ -250,6 +254,8 @@ def _output_logits(module: nn.Module, cfg: TransformerConfig, embed: Embed, x):
     if cfg.logits_bias:
         logits = logits + module.param("logits_bias", partitioned(nn.initializers.zeros_init(), "vocab"),
                                        (cfg.vocab_size,), cfg.params_dtype).astype(jnp.float32)
+    if cfg.logits_softcap is not None:  # c * tanh(logits / c) (Gemma 2's final_logit_softcapping)
+        logits = cfg.logits_softcap * jnp.tanh(logits / cfg.logits_softcap)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

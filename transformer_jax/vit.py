@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -109,6 +110,41 @@ def patchify(images: Array, patch_size: tuple[int, int]) -> Array:
     return x.reshape(b, (h // ph) * (w // pw), ph * pw * c)
 
 
+def _encode(module: nn.Module, cfg: TransformerConfig, vit: ViTConfig, images: Array, deterministic: bool) -> Array:
+    """The ViT backbone, its parameters created in `module`'s scope: images [B, H, W, C] ->
+    final hidden states [B, n, D] (n = P, + 1 with a CLS token)."""
+    vit.check_images(images)
+    dt = cfg.compute_dtype
+    patches = patchify(images.astype(dt), vit.patch_size)  # [B P p*p*C]
+    x = dense(cfg.d_model, (None, "embed"), dt, cfg.params_dtype, "patch_embedding")(patches)  # [B P D]
+    if cfg.pooling == "cls":
+        cls = module.param("cls", partitioned(nn.initializers.zeros_init(), None, None, "embed"),
+                           (1, 1, cfg.d_model), cfg.params_dtype)
+        x = jnp.concatenate([jnp.broadcast_to(jnp.asarray(cls, dt), (x.shape[0], 1, cfg.d_model)), x], axis=1)
+    b, n = x.shape[:2]  # n = P (+1 with CLS)
+    positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+    if cfg.position == "learned":
+        table = module.param("pos_embedding", partitioned(nn.initializers.normal(0.02), None, "embed"),
+                             (n, cfg.d_model), cfg.params_dtype)
+        x = x + jnp.asarray(table, dt)[None]
+    elif cfg.position in ("sinusoidal", "sinusoidal_paper"):
+        x = x + sinusoidal(positions, cfg.d_model, dt, cfg.position == "sinusoidal_paper")
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    bias = _relative_bias(cfg, True)(positions, positions) if cfg.position == "relative" else None
+    # the Encoder's layers (scan_layers, remat, MoE included); no padding: every patch is real.
+    # EncoderBlock(x, segment_ids, positions, deterministic, bias): deterministic (4) is static
+    x = apply_layers(cfg, EncoderBlock, encoder_kinds(cfg), (4,), x, None, positions, deterministic, bias)
+    return _final_norm(cfg, x)  # [B n D]
+
+
+def _channels_last(pixel_values: Array) -> Array:
+    """The reference's pixel_values [B, C, H, W] -> our images [B, H, W, C]."""
+    if np.ndim(pixel_values) != 4:
+        raise ValueError(f"pixel_values must be [batch, channels, height, width]; got shape {np.shape(pixel_values)}")
+    return jnp.transpose(jnp.asarray(pixel_values), (0, 2, 3, 1))
+
+
 class ViT(nn.Module):
     """Image classifier: `ViT(cfg, vit)(images [B, H, W, C] float) -> logits [B, cfg.num_classes]`.
 
@@ -127,33 +163,53 @@ class ViT(nn.Module):
 
     cfg: TransformerConfig
     vit: ViTConfig
+    head_name: ClassVar[str] = "image_classification"  # its head among the pretrained heads
 
     @nn.compact
     def __call__(self, images: Array, *, deterministic: bool = True) -> Array:
-        cfg, vit = self.cfg, self.vit
-        vit.check_images(images)
-        dt = cfg.compute_dtype
-        patches = patchify(images.astype(dt), vit.patch_size)  # [B P p*p*C]
-        x = dense(cfg.d_model, (None, "embed"), dt, cfg.params_dtype, "patch_embedding")(patches)  # [B P D]
-        if cfg.pooling == "cls":
-            cls = self.param("cls", partitioned(nn.initializers.zeros_init(), None, None, "embed"),
-                             (1, 1, cfg.d_model), cfg.params_dtype)
-            x = jnp.concatenate([jnp.broadcast_to(jnp.asarray(cls, dt), (x.shape[0], 1, cfg.d_model)), x], axis=1)
-        b, n = x.shape[:2]  # n = P (+1 with CLS)
-        positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-        if cfg.position == "learned":
-            table = self.param("pos_embedding", partitioned(nn.initializers.normal(0.02), None, "embed"),
-                               (n, cfg.d_model), cfg.params_dtype)
-            x = x + jnp.asarray(table, dt)[None]
-        elif cfg.position in ("sinusoidal", "sinusoidal_paper"):
-            x = x + sinusoidal(positions, cfg.d_model, dt, cfg.position == "sinusoidal_paper")
-        x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        bias = _relative_bias(cfg, True)(positions, positions) if cfg.position == "relative" else None
-        # the Encoder's layers (scan_layers, remat, MoE included); no padding: every patch is real.
-        # EncoderBlock(x, segment_ids, positions, deterministic, bias): deterministic (4) is static
-        x = apply_layers(cfg, EncoderBlock, encoder_kinds(cfg), (4,), x, None, positions, deterministic, bias)
-        x = _final_norm(cfg, x)  # [B n D]
+        cfg = self.cfg
+        x = _encode(self, cfg, self.vit, images, deterministic)  # [B n D]
         pooled = x[:, 0] if cfg.pooling == "cls" else jnp.mean(x, axis=1)  # [B D]
-        logits = dense(cfg.num_classes, ("embed", "classes"), dt, cfg.params_dtype, "head")(pooled)
+        logits = dense(cfg.num_classes, ("embed", "classes"), cfg.compute_dtype, cfg.params_dtype, "head")(pooled)
         return logits.astype(jnp.float32)  # [B K]
+
+    def forward(self, pixel_values: Array, *, deterministic: bool = True) -> dict:
+        """The reference's call (`ViTForImageClassification`): pixel_values [B, C, H, W] -> {"logits" [B, K]}."""
+        return {"logits": self(_channels_last(pixel_values), deterministic=deterministic)}
+
+    def example_inputs(self) -> tuple:
+        return (jnp.zeros((1, *self.vit.image_size, self.vit.num_channels), jnp.float32),)
+
+
+class ViTEncoder(nn.Module):
+    """The ViT without its classifier (`ViTModel`): images [B, H, W, C] -> final hidden states
+    [B, n, D] (the CLS token first with pooling="cls"); its parameters are `ViT`'s but `head`.
+
+    With `pooler`, also the pooled CLS token tanh(dense(x[:, 0])) [B, D] (the reference's
+    `ViTModel` pooler): `__call__` returns (hidden states, pooled).
+    """
+
+    cfg: TransformerConfig
+    vit: ViTConfig
+    pooler: bool = False
+    head_name: ClassVar[str] = "encoder"
+
+    @nn.compact
+    def __call__(self, images: Array, *, deterministic: bool = True):
+        cfg = self.cfg
+        x = _encode(self, cfg, self.vit, images, deterministic)  # [B n D]
+        if not self.pooler:
+            return x
+        pooled = dense(cfg.d_model, ("embed", "mlp"), cfg.compute_dtype, cfg.params_dtype, "pooler")(x[:, 0])
+        return x, jnp.tanh(pooled)  # [B n D], [B D]
+
+    def forward(self, pixel_values: Array, *, deterministic: bool = True) -> dict:
+        """The reference's call (`ViTModel`): pixel_values [B, C, H, W] -> {"last_hidden_state"
+        [B, n, D], and "pooler_output" [B, D] with `pooler`}."""
+        out = self(_channels_last(pixel_values), deterministic=deterministic)
+        if not self.pooler:
+            return {"last_hidden_state": out}
+        return {"last_hidden_state": out[0], "pooler_output": out[1]}
+
+    def example_inputs(self) -> tuple:
+        return (jnp.zeros((1, *self.vit.image_size, self.vit.num_channels), jnp.float32),)

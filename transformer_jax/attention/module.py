@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from transformer_jax.attention import SPECS
+from transformer_jax.attention import SPECS, weights
 from transformer_jax.attention.base import RecurrentDecoding
 from transformer_jax.attention.base import einsum_f32
 from transformer_jax.attention.dense import Dense
-from transformer_jax.layers import apply_rotary, dense
+from transformer_jax.layers import apply_rotary, dense, norm
 
 Dtype = Any
 # The running-state entries of the registered recurrent specs (all batched), with their fresh values.
@@ -56,10 +56,19 @@ class MultiHeadAttention(nn.Module):
     num_kv_heads: int | None = None  # grouped-query attention; default num_heads
     use_bias: bool = True
     scale: float | None = None  # scores = scale * q.k; default 1 / sqrt(head_dim)
+    qk_norm: bool = False  # RMSNorm over each head of q and k before rotary (Qwen3, Gemma 3)
+    norm_eps: float = 1e-6  # the q/k norms' epsilon
+    norm_offset: float = 0.0  # the q/k norms multiply by (offset + scale) (Gemma: 1.0)
 
     def _proj(self, name: str, heads: int):
-        return dense((heads, self.head_dim), ("embed", "heads", "kv"), self.dtype, self.param_dtype, name,
+        """x [B, S, D] -> [B, S, heads, H], then the per-head RMSNorm `<name>_norm` with `qk_norm`
+        (query and key only)."""
+        proj = dense((heads, self.head_dim), ("embed", "heads", "kv"), self.dtype, self.param_dtype, name,
                      self.use_bias)
+        if not self.qk_norm or name == "value":
+            return proj
+        qk = norm("rmsnorm", self.dtype, self.param_dtype, f"{name}_norm", self.norm_eps, self.norm_offset, "kv")
+        return lambda x: qk(proj(x))
 
     @nn.compact
     def __call__(self, x: Array, kv: Array | None = None, *, q_segment_ids=None, kv_segment_ids=None,
@@ -106,6 +115,10 @@ class MultiHeadAttention(nn.Module):
         else:
             k, v = self._repeat_kv(k), self._repeat_kv(v)  # [B S N H]
             extra = {} if bias is None else {"bias": bias}
+            if weights.requested(self):  # only tj.attention_weights() asks
+                self.sow(weights.COLLECTION, "weights", weights.probabilities(
+                    self.spec, q, k, causal=self.causal, q_segment_ids=q_segment_ids,
+                    kv_segment_ids=kv_segment_ids, bias=bias))  # [B N T S]
             out = self.spec(q, k, v, causal=self.causal, q_segment_ids=q_segment_ids,
                             kv_segment_ids=kv_segment_ids, **extra)  # [B T N H]
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
@@ -178,8 +191,9 @@ class MultiHeadAttention(nn.Module):
         pattern = _causal_pattern(self.spec, self.cache_len)
         if pattern is not None:  # the rows of the spec's own causal pattern (sized as before)
             visible = visible & jnp.asarray(pattern[:, :length])[jnp.minimum(qpos, self.cache_len - 1)]
-        if bias is not None:
-            bias = bias[..., :length]  # the caller's bias spans cfg.max_len slots
+        if bias is not None:  # the caller's bias spans cfg.max_len slots; a longer cache gets zeros past them
+            bias = bias[..., :length]
+            bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(0, length - bias.shape[-1])])
         out = grouped_attention(q, ck.value, cv.value, visible, bias)
         # past a full cache there is no slot left: poison the real positions, never clamp
         real = jnp.arange(t)[None, :] < valid[:, None]

@@ -7,7 +7,9 @@ Sentences come from about twenty templates ("{PER} moved to {LOC} in {DATE} .", 
 {PER} met {PER} at {ORG} .") filled from `words`. It is not a lookup task: Jordan, Florence,
 Sydney, Lincoln and Washington are people, places or part of a company depending on the sentence;
 numbers are dates in some places and counts (O) in others; multi-word names ("Rio de Janeiro",
-"Blue River Bank") need I- tags; a word that starts a sentence is not thereby a name.
+"Blue River Bank") need I- tags; a word that starts a sentence is not thereby a name. In the
+validation and test splits (``make(rng, unseen=0.5)``) half the names come from lists that the
+train split never uses, so a tagger must recognise them from their context.
 """
 
 from __future__ import annotations
@@ -40,14 +42,16 @@ TEMPLATES = (
 )
 
 
-def _fill(slot: str, rng: random.Random) -> tuple[list[str], str | None]:
+def _fill(slot: str, rng: random.Random, unseen: float) -> tuple[list[str], str | None]:
+    new = rng.random() < unseen
     if slot == "PER":
-        name = W.person(rng) if rng.random() < 0.8 else rng.choice(W.FIRST)
+        first, last = (W.UNSEEN_FIRST, W.UNSEEN_LAST) if new else (W.FIRST, W.LAST)
+        name = W.person(rng, first, last) if rng.random() < 0.8 else rng.choice(first)
         return name.split(), "PER"
     if slot == "LOC":
-        return rng.choice(W.CITIES).split(), "LOC"
+        return rng.choice(W.UNSEEN_CITIES if new else W.CITIES).split(), "LOC"
     if slot == "ORG":
-        return rng.choice(W.ORGS).split(), "ORG"
+        return rng.choice(W.UNSEEN_ORGS if new else W.ORGS).split(), "ORG"
     if slot == "DATE":
         return W.date_words(rng), "DATE"
     if slot == "NUM":
@@ -57,18 +61,22 @@ def _fill(slot: str, rng: random.Random) -> tuple[list[str], str | None]:
     raise ValueError(f"unknown slot {slot!r}")
 
 
-def make(rng: random.Random) -> dict[str, list[str]]:
-    """One tagged sentence."""
+def make(rng: random.Random, unseen: float = 0.0) -> dict[str, list[str]]:
+    """One tagged sentence; each name is drawn from the unseen lists with probability ``unseen``."""
     tokens, tags = [], []
     for piece in rng.choice(TEMPLATES).split():
         if piece.startswith("{"):
-            words, kind = _fill(piece[1:-1], rng)
+            words, kind = _fill(piece[1:-1], rng, unseen)
             tokens += words
             tags += ["O"] * len(words) if kind is None else [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
         else:
             tokens.append(piece)
             tags.append("O")
     return {"tokens": tokens, "ner_tags": tags}
+
+
+def make_eval(rng: random.Random) -> dict[str, list[str]]:
+    return make(rng, unseen=0.5)
 
 
 def key(record) -> str:

@@ -3,9 +3,10 @@
 A caller (a task) names the *roles* it reads -- ``text``, ``text_pair``, ``label``, ``tokens``,
 ``tags``, ``question``, ``context``, ``answers``, ``id``, ``title``, ``source``, ``target``,
 ``prompt``, ``response`` -- and this module finds each role's column (``columns`` or the defaults
-below, which follow the reference library's datasets), checks every row of every file once, up
+in ``data.records``, which follow the reference library's datasets), checks every row of every file once, up
 front, and then reads rows at random through a byte-offset index (JSON Lines, CSV, TSV, text; a
-JSON document has no line structure, so it is parsed whole).
+JSON document has no line structure, so it is parsed whole). A built-in dataset's split,
+``"tjax_pairs:train"``, stands for its generated JSON Lines file (``data.builtin_files``).
 
 Returns:
   ``open_files(files, roles, ...) -> FileSource``; ``FileSource[i]`` is a dict keyed by role:
@@ -54,6 +55,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from transformer_jax.data import builtin_files
 from transformer_jax.data.records import DEFAULT_COLUMNS, ROLES, RowError, RowReader, check_roles, resolve_columns
 
 __all__ = ["DEFAULT_COLUMNS", "ROLES", "FileSource", "derive_labels", "expand", "file_format", "grain_dataset",
@@ -65,13 +67,20 @@ FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".t
 # Finding files and their format
 
 
-def expand(files: str | Sequence[str]) -> list[str]:
-    """Paths or globs (a string may hold several, comma-separated) -> existing files, in order."""
+def expand(files: str | Sequence[str], data_dir: str | os.PathLike | None = None) -> list[str]:
+    """Paths or globs (a string may hold several, comma-separated) -> existing files, in order.
+
+    A built-in dataset's split, ``"tjax_pairs:train"`` or ``"tjax_entities/tiny:validation"``, names
+    its JSON Lines file (``builtin_files.builtin_file``, written under ``data_dir`` on first use).
+    """
     patterns = [p.strip() for p in files.split(",")] if isinstance(files, str) else list(files)
     out: list[str] = []
     for pattern in filter(None, patterns):
         pattern = os.path.expanduser(os.fspath(pattern))
-        if glob.has_magic(pattern):
+        dataset, colon, split = pattern.rpartition(":")
+        if colon and builtin_files.is_builtin(dataset) and not os.path.exists(pattern):
+            out.append(builtin_files.builtin_file(dataset, split, data_dir))
+        elif glob.has_magic(pattern):
             found = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
             if not found:
                 raise ValueError(f"no file matches {pattern!r}")
@@ -339,11 +348,13 @@ def open_files(
     optional: Sequence[str] = (),
     columns: Mapping[str, str] | None = None,
     labels: Sequence[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> FileSource:
     """Every row of ``files`` (paths or globs), checked, as a random-access source of role records.
 
     Args:
-      files: paths or globs (a list, or one comma-separated string).
+      files: paths or globs (a list, or one comma-separated string), or built-in splits
+        (``"tjax_questions:train"``, see ``expand``; ``data_dir`` is where they are written).
       roles: the roles every row must have (``("text", "label")``).
       optional: roles read when their column is present (``("text_pair",)``); a column found in a
         file's first row must then be in every row.
@@ -357,7 +368,7 @@ def open_files(
     if "tags" in (*roles, *optional) and labels is None:
         raise ValueError("the 'tags' role needs labels=(the tag set); derive it with derive_labels(train_files, 'tags')")
     labels = tuple(str(x) for x in labels) if labels is not None else None
-    return _open(expand(files), roles, optional, columns, labels, raw_labels=False)
+    return _open(expand(files, data_dir), roles, optional, columns, labels, raw_labels=False)
 
 
 def _open(paths, roles, optional, columns, labels, raw_labels) -> FileSource:
@@ -428,8 +439,8 @@ def _index_lines(buf, path, fmt, roles, reader_for):
 # Labels
 
 
-def derive_labels(files: str | Sequence[str], role: str = "label", *,
-                  columns: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
+def derive_labels(files: str | Sequence[str], role: str = "label", *, columns: Mapping[str, str] | None = None,
+                  data_dir: str | os.PathLike | None = None) -> tuple[str, ...] | None:
     """The sorted set of ``role``'s values (``label``, or ``tags`` flattened) over ``files``: the
     label names in id order (``id2label = dict(enumerate(names))``), as the reference library's
     ``run_glue``/``run_ner`` build them. Integers sort as numbers and are named by their digits.
@@ -438,7 +449,7 @@ def derive_labels(files: str | Sequence[str], role: str = "label", *,
     if role not in ("label", "tags"):
         raise ValueError(f"derive_labels reads the role 'label' or 'tags', got {role!r}")
     columns = {k: v for k, v in (columns or {}).items() if k == role}
-    src = _open(expand(files), (role,), (), columns, None, raw_labels=True)
+    src = _open(expand(files, data_dir), (role,), (), columns, None, raw_labels=True)
     values: set = set()
     for i in range(len(src)):
         v = src[i][role]

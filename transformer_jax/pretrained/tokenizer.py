@@ -86,8 +86,9 @@ def _is_words(x) -> bool:
     return isinstance(x, (list, tuple)) and all(isinstance(w, str) for w in x)
 
 
-def _batch(text, text_pair, is_split_into_words: bool) -> tuple[list, bool]:
-    """The inputs as the backend's batch, and whether the caller gave a batch."""
+def _batch(text, text_pair, is_split_into_words: bool) -> list:
+    """The inputs as the backend's batch (texts, word lists, or pairs of them); a single input is a
+    batch of one. Which inputs count as one follows the reference's `_encode_plus`."""
     if is_split_into_words:
         ok = _is_words(text) or (isinstance(text, (list, tuple)) and all(_is_words(t) for t in text))
         batched = isinstance(text, (list, tuple)) and len(text) > 0 and isinstance(text[0], (list, tuple))
@@ -99,13 +100,13 @@ def _batch(text, text_pair, is_split_into_words: bool) -> tuple[list, bool]:
     if not ok:
         raise ValueError(f"text={str(text)[:60]!r}: expected {what}")
     if not batched:
-        return ([(text, text_pair)] if text_pair else [text]), False
+        return [(text, text_pair)] if text_pair else [text]
     if text_pair is None:
-        return list(text), True
+        return list(text)
     if isinstance(text_pair, str) or len(text_pair) != len(text):
         raise ValueError(f"text_pair: expected a list as long as text ({len(text)}), got "
                          f"{type(text_pair).__name__}{'' if isinstance(text_pair, str) else f' of {len(text_pair)}'}")
-    return list(zip(text, text_pair)), True
+    return list(zip(text, text_pair))
 
 
 def _rectangle(rows: list):
@@ -113,6 +114,19 @@ def _rectangle(rows: list):
     if rows and len({len(r) for r in rows}) == 1:
         return np.asarray(rows, np.int32).reshape(len(rows), len(rows[0]))
     return [list(r) for r in rows]
+
+
+class Encoding(dict):
+    """The outputs of a tokenizer call: a dict under the reference's key names. `model_inputs()` keeps
+    only the model's inputs (`model_input_names`), for `model.apply(variables, **enc.model_inputs(),
+    method="forward")`; the other keys (offsets, word and sequence ids) are for the caller."""
+
+    def __init__(self, values: dict, model_input_names: list[str]):
+        super().__init__(values)
+        self.model_input_names = list(model_input_names)
+
+    def model_inputs(self) -> dict:
+        return {k: self[k] for k in self.model_input_names if k in self}
 
 
 class PretrainedTokenizer:
@@ -131,7 +145,7 @@ class PretrainedTokenizer:
         self.padding_side = s.get("padding_side", "right")
         self.truncation_side = s.get("truncation_side", "right")
         self.clean_up_tokenization_spaces = bool(s.get("clean_up_tokenization_spaces", False))
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)  # the reference's len(tok)
 
     # ---- ids of the special tokens ----
     def token_to_id(self, token: str | None) -> int | None:
@@ -160,11 +174,12 @@ class PretrainedTokenizer:
     def __call__(self, text, text_pair=None, *, add_special_tokens: bool = True, padding=False, truncation=None,
                  max_length: int | None = None, stride: int = 0, is_split_into_words: bool = False,
                  return_overflowing_tokens: bool = False, return_offsets_mapping: bool = False,
-                 padding_side: str | None = None, pad_to_multiple_of: int | None = None) -> dict:
+                 padding_side: str | None = None, pad_to_multiple_of: int | None = None) -> Encoding:
         """Encode a text, a batch of texts or of (text, text_pair) pairs. Returns `input_ids`,
         `token_type_ids` (when in `model_input_names`), `attention_mask`, `offset_mapping` [.., 2] (on
         request, character spans into each text), `overflow_to_sample_mapping` (with overflow: the input
-        each row came from), `word_ids` and `sequence_ids` (lists per row, None at special tokens)."""
+        each row came from), `word_ids` and `sequence_ids` (lists per row, None at special tokens); an
+        `Encoding` (a dict) whose `model_inputs()` holds only the first three."""
         pad, trunc, max_length = _strategies(padding, truncation, max_length, self.model_max_length)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
             raise ValueError(f"stride={stride!r}: expected an integer >= 0")
@@ -177,7 +192,7 @@ class PretrainedTokenizer:
         if (trunc != "do_not_truncate" and pad != "do_not_pad" and pad_to_multiple_of and max_length
                 and max_length % pad_to_multiple_of):
             raise ValueError(f"max_length={max_length} is not a multiple of pad_to_multiple_of={pad_to_multiple_of}")
-        batch, batched = _batch(text, text_pair, is_split_into_words)
+        batch = _batch(text, text_pair, is_split_into_words)  # a single input is a batch of one: [1, T]
         encodings = self._encode(batch, pad, trunc, max_length, stride, side, pad_to_multiple_of,
                                  add_special_tokens, is_split_into_words)
         rows, sample = [], []
@@ -190,15 +205,16 @@ class PretrainedTokenizer:
             out["token_type_ids"] = _rectangle([e.type_ids for e in rows])
         out["attention_mask"] = _rectangle([e.attention_mask for e in rows])
         if return_offsets_mapping:
-            offsets = [[list(o) for o in e.offsets] for e in rows]
-            out["offset_mapping"] = (np.asarray(offsets, np.int32).reshape(len(rows), -1, 2)
-                                     if rows and len({len(o) for o in offsets}) == 1 else offsets)
+            offsets = [e.offsets for e in rows]  # (start, end) tuples
+            if rows and len({len(o) for o in offsets}) == 1:
+                out["offset_mapping"] = np.asarray(offsets, np.int32).reshape(len(rows), -1, 2)
+            else:
+                out["offset_mapping"] = [[list(o) for o in row] for row in offsets]
         if return_overflowing_tokens:
             out["overflow_to_sample_mapping"] = np.asarray(sample, np.int32)
         out["word_ids"] = [list(e.word_ids) for e in rows]
         out["sequence_ids"] = [list(e.sequence_ids) for e in rows]
-        del batched  # a single input is a batch of one: arrays stay [1, T], ready for a model
-        return out
+        return Encoding(out, self.model_input_names)
 
     def _check_stride(self, batch, trunc, max_length, stride, add_special_tokens, pretokenized) -> None:
         """The windows of a truncated sequence must advance: stride < the tokens left for it. The
@@ -332,15 +348,18 @@ class MarianTokenizer:
     def __call__(self, text, *, padding=False, truncation=None, max_length: int | None = None) -> dict:
         """input_ids and attention_mask (pairs, offsets and overflow are not supported for Marian)."""
         pad, trunc, max_length = _strategies(padding, truncation, max_length, int(1e30))
-        batch, _ = _batch(text, None, False)
+        batch = _batch(text, None, False)
         rows = [self.encode(t) for t in batch]
         if trunc != "do_not_truncate":
             rows = [r[: max_length - 1] + [self.eos_id] if len(r) > max_length else r for r in rows]
+        if pad != "do_not_pad" and self.pad_token_id is None:
+            raise ValueError(f"padding={padding!r}: {self._directory / 'vocab.json'} has no <pad> piece")
         width = max_length if pad == "max_length" else max(map(len, rows)) if pad == "longest" else None
+        lengths = [len(r) for r in rows]
         if width is not None:
             rows = [r + [self.pad_token_id] * (width - len(r)) for r in rows]
-        masks = [[int(i != self.pad_token_id or pad == "do_not_pad") for i in r] for r in rows]
-        return {"input_ids": _rectangle(rows), "attention_mask": _rectangle(masks)}
+        masks = [[1] * n + [0] * (len(r) - n) for r, n in zip(rows, lengths)]
+        return Encoding({"input_ids": _rectangle(rows), "attention_mask": _rectangle(masks)}, self.model_input_names)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         keep = [i for i in _ids(ids) if i in self._pieces and not (skip_special_tokens and i in self._special)]

@@ -42,14 +42,18 @@ def token_content(value):
     return value
 
 
-def read_settings(directory: Path) -> dict:
+def read_settings(directory: Path, tokenizer_json: dict | None = None) -> dict:
     """tokenizer_config.json, completed as the reference's `from_pretrained` completes it: without an
     `added_tokens_decoder` there, special_tokens_map.json overrides the named tokens and the added
-    tokens (with their lstrip/rstrip/normalized flags) come from added_tokens.json and tokenizer.json."""
+    tokens (with their lstrip/rstrip/normalized flags) come from added_tokens.json and tokenizer.json
+    (`tokenizer_json`, already read); a pad token set in tokenizer.json's padding is the default."""
     config = read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
     settings = dict(config)
     if "additional_special_tokens" in settings and not settings.get("extra_special_tokens"):
         settings["extra_special_tokens"] = settings.pop("additional_special_tokens")
+    padding = (tokenizer_json or {}).get("padding") or {}
+    if padding.get("pad_token") and not settings.get("pad_token"):
+        settings["pad_token"] = padding["pad_token"]
     if "added_tokens_decoder" in config:
         return settings
     if (directory / "special_tokens_map.json").is_file():
@@ -65,9 +69,8 @@ def read_settings(directory: Path) -> dict:
         for content, index in read_json(directory / "added_tokens.json").items():
             special = content in named
             decoder[str(index)] = {"content": content, "normalized": not special, "special": special}
-    if (directory / "tokenizer.json").is_file():
-        added = read_json(directory / "tokenizer.json").get("added_tokens") or []
-        for t in added:
+    if tokenizer_json is not None:
+        for t in tokenizer_json.get("added_tokens") or []:
             if isinstance(t, dict) and "id" in t and "content" in t:
                 decoder[str(t["id"])] = {k: v for k, v in t.items() if k != "id"}
     if decoder:
@@ -139,11 +142,11 @@ def read_spiece(path: Path):
     return proto
 
 
-def json_model(path: Path) -> tuple[dict, bytes | None]:
-    """The `model` section of a tokenizer.json and its Precompiled charsmap (if any)."""
+def json_model(data: dict, path: Path) -> tuple[dict, bytes | None]:
+    """The `model` section of a tokenizer.json (`data`, read from `path`) and its Precompiled
+    charsmap (if any)."""
     import base64
 
-    data = read_json(path)
     model = data.get("model")
     if not isinstance(model, dict) or "vocab" not in model:
         raise ValueError(f"{path}: no 'model' with a 'vocab'; not a tokenizers file")

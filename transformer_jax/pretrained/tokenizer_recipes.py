@@ -129,7 +129,7 @@ def albert_post(tok: Tokenizer, s: dict) -> processors.PostProcessor:
                         ("[SEP]", tok.token_to_id(str(s["sep_token"])))])
 
 
-# Each known class: its special-token defaults, and whether its template replaces the file's.
+# Each known class's special-token defaults (its __init__ arguments in the reference).
 DEFAULTS = {
     "BertTokenizer": dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
                           mask_token="[MASK]"),
@@ -161,7 +161,8 @@ def _extra_tokens(settings: dict) -> list:
 
 def build(directory: Path) -> Loaded:
     """Read a tokenizer directory (see `ACCEPTED`) into a pipeline."""
-    settings = read_settings(directory)
+    data = read_json(directory / "tokenizer.json") if (directory / "tokenizer.json").is_file() else None
+    settings = read_settings(directory, data)
     files = {n for n in ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model")
              if (directory / n).is_file()}
     layout = ("tokenizer.json" if "tokenizer.json" in files else "spiece.model" if "spiece.model" in files
@@ -174,11 +175,12 @@ def build(directory: Path) -> Loaded:
     extra = _extra_tokens(settings)
     path = directory / layout
     if name in ("BertTokenizer", "DistilBertTokenizer"):
-        vocab = json_model(path)[0]["vocab"] if layout == "tokenizer.json" else read_vocab_txt(directory / "vocab.txt")
+        vocab = (json_model(data, path)[0]["vocab"] if layout == "tokenizer.json"
+                 else read_vocab_txt(directory / "vocab.txt"))
         tok = wordpiece_pipeline(vocab, s)
     elif name in ("RobertaTokenizer", "GPT2Tokenizer"):
         if layout == "tokenizer.json":
-            model = json_model(path)[0]
+            model = json_model(data, path)[0]
             vocab = model["vocab"]
             merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
         else:
@@ -186,7 +188,7 @@ def build(directory: Path) -> Loaded:
         tok = byte_bpe_pipeline(vocab, merges, s)
     elif name in ("T5Tokenizer", "AlbertTokenizer"):
         if layout == "tokenizer.json":
-            model, charsmap = json_model(path)
+            model, charsmap = json_model(data, path)
             pieces = [tuple(p) for p in model["vocab"]]
             control = []
         else:
@@ -205,36 +207,37 @@ def build(directory: Path) -> Loaded:
             tok = albert_pipeline(pieces, charsmap, s)
         extra = control + [t for t in extra if t not in control]
     elif layout == "tokenizer.json":
-        tok = _tokenizer_from_file(path)
+        try:
+            tok = Tokenizer.from_str(json.dumps(data))
+        except Exception as e:
+            raise ValueError(f"{path}: not a tokenizers file ({e})") from None
     else:
         raise ValueError(f"{directory}: tokenizer_class {name!r} with {layout} is not supported; with "
                          f"{layout}, use BertTokenizer, DistilBertTokenizer, RobertaTokenizer, GPT2Tokenizer, "
                          "T5Tokenizer or AlbertTokenizer, or give a tokenizer.json")
     _add_special_tokens(tok, settings, s, extra)
-    tok.post_processor = _post_processor(name, tok, s, path if layout == "tokenizer.json" else None)
+    tok.post_processor = _post_processor(name, tok, s, data if layout == "tokenizer.json" else None)
+    tok.no_truncation()  # a tokenizer.json may carry them; each call sets its own (as the reference)
+    tok.no_padding()
     specials = {k: s[k] for k in SPECIAL_KEYS if s.get(k) is not None}
     return Loaded(tok, name, s, specials, tuple(dict.fromkeys(str(t) for t in extra if t)))
 
 
-def _tokenizer_from_file(path: Path) -> Tokenizer:
-    read_json(path)  # named errors for empty, truncated or non-UTF-8 files
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as e:
-        raise ValueError(f"{path}: not a tokenizers file ({e})") from None
+def _file_post_processor(data: dict):
+    """tokenizer.json's post-processor, parsed beside an empty model (the vocabulary is not needed)."""
+    empty = {**data, "added_tokens": [], "model": {"type": "WordLevel", "vocab": {}, "unk_token": "<unk>"}}
+    return Tokenizer.from_str(json.dumps(empty)).post_processor
 
 
-def _post_processor(name: str, tok: Tokenizer, s: dict, json_path: Path | None):
+def _post_processor(name: str, tok: Tokenizer, s: dict, tokenizer_json: dict | None):
     """The class's template where its recipe sets one after loading (BERT, RoBERTa, T5), else the
     file's post-processor (ALBERT, GPT-2 with a tokenizer.json), else the class's default."""
     recipes = {"BertTokenizer": bert_post, "DistilBertTokenizer": bert_post, "RobertaTokenizer": roberta_post,
                "T5Tokenizer": t5_post}
     if name in recipes:
         return recipes[name](tok, s)
-    if json_path is not None:
-        data = read_json(json_path)
-        if data.get("post_processor") is not None:
-            return Tokenizer.from_str(json.dumps({**data, "added_tokens": []})).post_processor
+    if tokenizer_json is not None and tokenizer_json.get("post_processor") is not None:
+        return _file_post_processor(tokenizer_json)
     if name == "AlbertTokenizer":
         return albert_post(tok, s)
     return bos_eos_post(tok, s)

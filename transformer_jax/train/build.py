@@ -137,7 +137,12 @@ def file_source(config, split: str, task, *, roles=None, optional=None):
     labels = getattr(task, "labels", None) if getattr(task, "label_role", "label") is not None else None
     return open_files(files, task.roles if roles is None else roles,
                       optional=task.optional_roles if optional is None else optional,
-                      columns=dict(config.data.get("columns", {}) or {}), labels=labels)
+                      columns=columns(config), labels=labels)
+
+
+def columns(config) -> dict[str, str]:
+    """`config.data.columns` without the roles left "" (their default columns)."""
+    return {k: v for k, v in dict(config.data.get("columns", {}) or {}).items() if v}
 
 
 def split_records(config, split: str, task, max_examples: int | None = None) -> list[dict]:

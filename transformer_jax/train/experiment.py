@@ -187,7 +187,8 @@ def files_task(config) -> tasks.Task:
 
             if not config.data.get("train_files", ""):
                 raise ValueError(f"config.task={name!r} needs config.data.train_files (or config.data.labels)")
-            labels = derive_labels(config.data.train_files, role, columns=dict(config.data.get("columns", {}) or {}))
+            columns = {k: v for k, v in dict(config.data.get("columns", {}) or {}).items() if v}
+            labels = derive_labels(config.data.train_files, role, columns=columns)
         options["labels"] = None if labels is None or tuple(labels) == ("<regression>",) else tuple(labels)
     for key in ("prefix", "doc_stride"):
         if key in config.data and key in {f.name for f in dataclasses.fields(cls)}:
@@ -235,8 +236,12 @@ def build_model_and_source(config: ml_collections.ConfigDict, task: tasks.Task |
     from transformer_jax.train import checkpoint_source
 
     model_class = task.model_class().__name__
-    cfg, variables = checkpoint_source.decided_config(config, model_fields(config), model_class,
-                                                      getattr(task, "num_labels", None))
+    given = model_fields(config)
+    num_classes = getattr(task, "num_labels", None)
+    if num_classes is None and model_class == "EncoderClassifier":
+        num_classes = given.get("num_classes")
+    cfg, variables = checkpoint_source.decided_config(config, given, model_class, num_classes,
+                                                      getattr(task, "labels", None))
     return task.make_model(cfg), variables
 
 

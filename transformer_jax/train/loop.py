@@ -135,6 +135,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
 
 def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter: Iterator,
            eval_iter_fn: Callable[[], Iterator] | None, progress: bool | None) -> dict[str, Any]:
+    budget.check_file(workdir)  # a corrupt budget.json: named before anything is written or compiled
     save_config(config, workdir)
     mesh, state = s.mesh, s.state
     _log(shd.mesh_summary(mesh))
@@ -148,6 +149,9 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
         if data_state is not None:
             train_iter.set_state(data_state)
         _log(f"resumed from checkpoint at step {step}")
+    pruned = ckpt.prune()  # a lower keep_checkpoints frees its space before the next save
+    if pruned:
+        _log(f"keep_checkpoints={config.keep_checkpoints}: deleted the checkpoints of steps {pruned}")
     teacher = distill.load_teacher(config, mesh, s.task, s.example, s.model, _log)  # reloaded on every start
     layer_map = distill.parse_layer_map(config.distill.get("init_from_teacher", "")) if teacher else None
     if restored is None and layer_map is not None:  # a fresh student: layers copied from the teacher
@@ -161,7 +165,7 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
     writer = MetricsWriter(workdir)
     profiler = StepProfiler(parse_profile_steps(config.get("profile_steps", "")), workdir)
     total_steps = config.num_train_steps
-    bar = Progress(start, total_steps, s.task.unit, progress)
+    bar = Progress(start, total_steps, s.task.unit, progress, budget_left=clock.remaining)
     pending: list[tuple[int, dict]] = []  # device metrics since the last log (async dispatch)
     last: dict[str, Any] = {}
     summary: dict[str, Any] = {"start_step": start}
@@ -242,6 +246,9 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
                     break
             flush_metrics()
         ckpt.wait()
+        if out_of_time and step < total_steps:
+            _log(f"budget: stopped at step {step} of {total_steps} after {clock.elapsed() / 60:.2f} minutes of "
+                 f"training (config.budget_minutes={config.budget_minutes})")
         summary.update(step=step, last=last, train_seconds=clock.elapsed(), out_of_time=out_of_time)
         finished = step >= total_steps or out_of_time
         if finished and s.lora is not None:
