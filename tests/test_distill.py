@@ -158,3 +158,33 @@ def test_student_distilled_from_the_command_line_resumes_exactly(tmp_path, capsy
         cli.main(_train_args(tmp_path / "bad", *student[:2], f"--config.distill.teacher={teacher}",
                              "--config.model.vocab_size=80"))
     assert not os.path.exists(tmp_path / "bad")  # refused before the workdir was made
+
+
+def test_a_hugging_face_teacher_is_loaded_onto_the_mesh_and_a_vocabulary_mismatch_names_both(tmp_path):
+    """A masked-LM teacher directory (save_pretrained): loaded with its parameters placed on the mesh,
+    its forward matching the saved model's; a student with another vocabulary is refused."""
+    import transformer_jax as tj
+    from transformer_jax import sharding as shd
+    from transformer_jax import tasks
+
+    cfg = tj.TransformerConfig(vocab_size=64, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=2,
+                               num_decoder_layers=0, max_len=16, dropout_rate=0.0, position="learned",
+                               activation="gelu", embed_scale=False, embed_norm=True, logits_bias=True,
+                               type_vocab_size=2, norm_eps=1e-12, pooling="cls")
+    mlm = tj.MaskedLM(cfg)
+    variables = mlm.init(jax.random.PRNGKey(3), np.ones((1, 8), np.int32))
+    tj.save_pretrained(mlm, variables, tmp_path / "hf")
+    student = tj.MaskedLM(cfg.replace(num_encoder_layers=1))
+    task = tasks.for_model(student)
+    example = task.batch_shapes(8, 8, 8)
+    mesh = shd.make_mesh(shd.resolve_mesh_shape({"data": -1, "fsdp": 1, "tensor": 1}, jax.device_count()))
+    model, params, shardings, where = distill._teacher_model_and_params(str(tmp_path / "hf"), mesh, task, example,
+                                                                       student)
+    assert type(model) is tj.MaskedLM and "Hugging Face" in where
+    tokens = np.arange(16, dtype=np.int32).reshape(2, 8) + 5
+    np.testing.assert_allclose(np.asarray(model.apply({"params": params}, tokens)),
+                               np.asarray(mlm.apply(variables, tokens)), atol=1e-5)
+    with pytest.raises(ValueError, match=r"config.distill.teacher=.* has vocab_size=64 .*config.json.*student has "
+                                         r"vocab_size=80"):
+        distill._teacher_model_and_params(str(tmp_path / "hf"), mesh, task, example,
+                                          tj.MaskedLM(cfg.replace(vocab_size=80, num_encoder_layers=1)))
