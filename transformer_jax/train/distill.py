@@ -29,7 +29,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax.traverse_util import flatten_dict
 
@@ -40,12 +39,7 @@ from transformer_jax.train.warm_start import _in_layout, load_matching, summariz
 EVERY_OTHER = "every_other"
 
 
-def default_section() -> ml_collections.ConfigDict:
-    """`config.distill` (configs/default.py): no teacher means no distillation."""
-    return ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5, init_from_teacher=""))
-
-
-def section(config) -> ml_collections.ConfigDict | None:
+def section(config):
     """The run's distill settings, or None when it has no teacher (configs saved before `distill` existed too)."""
     d = config.get("distill", None)
     return d if d is not None and d.get("teacher", "") else None
