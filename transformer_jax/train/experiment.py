@@ -28,6 +28,7 @@ from transformer_jax.config import TransformerConfig, preset
 from transformer_jax.tasks.registry import MODEL_TYPES
 from transformer_jax.train.adapters import check_config as check_lora
 from transformer_jax.train.budget import check_minutes
+from transformer_jax.train.distill import check_config as check_distill
 from transformer_jax.train.profile import parse_profile_steps
 
 NONFINITE = ("stop", "skip")
@@ -389,6 +390,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     config_task(config)  # the task and model fit (a named error otherwise)
     _check_init_from(config)
     check_lora(config)  # lora.rank / alpha / targets / save_adapters_only; freeze beside LoRA
+    check_distill(config)  # distill.teacher / temperature / alpha / init_from_teacher
     sizes = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
     _check_counts(config)
     check_minutes(config)
