@@ -22,6 +22,8 @@ Per case (batch x prompt -> new tokens) and weight dtype (float32, bfloat16, int
 - agreement: per row, the fraction of new tokens equal to the reference's and the first index
   where they differ (-1: none). bfloat16 rows compare with the reference in bfloat16; int8 rows
   with the reference in float32 (torch has no int8 path for GPT-2's Conv1D layers).
+`--speculative K` times speculative greedy decoding (K drafts per round) against plain greedy with a
+draft of the target's first two layers (agrees often) and a random two-layer one (rarely agrees).
 `--first-call` also times a fresh process's first generate call with the persistent compilation
 cache off, cold (empty cache directory) and warm (the same directory again).
 
@@ -231,6 +233,57 @@ def first_call_rows(directory: str, b: int, p: int, n: int) -> dict:
         return {"case": f"{b}x{p}x{n}", "no_cache_s": run(""), "cold_cache_s": run(cache), "warm_cache_s": run(cache)}
 
 
+def truncated_draft(model, variables, layers: int, seed: int | None = None):
+    """A draft of the target's first `layers` decoder layers (its embeddings and final norm too):
+    with GPT-2's scaled residual branches it agrees with the target often. With `seed`, the same
+    shape with fresh random weights instead (it rarely agrees)."""
+    import jax
+
+    cfg = model.cfg.replace(num_decoder_layers=layers)
+    draft = type(model)(cfg)
+    if seed is not None:
+        return draft, draft.init(jax.random.key(seed), np.zeros((1, 4), np.int32))
+    params = dict(variables["params"])
+    decoder = {k: v for k, v in params["decoder"].items()
+               if not k.startswith("layer_") or int(k.split("_")[1]) < layers}
+    return draft, {"params": {**params, "decoder": decoder}}
+
+
+def speculative_rows(directory: str, case: tuple, k: int, rounds: int) -> list[dict]:
+    """Plain greedy against speculative greedy with two drafts (float32, ours only)."""
+    import jax.numpy as jnp
+
+    import transformer_jax as tj
+    from transformer_jax.decode.speculative import speculative_generate
+
+    b, p, n = case
+    model, variables = tj.from_pretrained(directory)
+    config = tj.decode.GenerationConfig(eos_ids=(), pad_id=0)
+    ids = jnp.asarray(np.random.default_rng(7).integers(0, model.cfg.vocab_size - 1, (b, p)).astype(np.int32))
+    plain = lambda: np.asarray(tj.generate(model, variables, ids, max_new_tokens=n, generation_config=config))
+    want = plain()
+    base = _median([_timed(plain) for _ in range(rounds)])
+    rows = []
+    for name, seed in (("truncated 2 layers (agrees often)", None), ("random 2 layers (rarely agrees)", 1)):
+        draft, dv = truncated_draft(model, variables, 2, seed)
+        run = lambda: speculative_generate(model, variables, draft, dv, ids, max_new_tokens=n, num_draft_tokens=k,
+                                           generation_config=config, return_stats=True)
+        out, stats = run()
+        times = [_timed(lambda: np.asarray(run()[0])) for _ in range(rounds)]
+        rows.append({"draft": name, "case": "x".join(map(str, case)), "num_draft_tokens": k,
+                     "equal_to_greedy": bool(np.array_equal(np.asarray(out), want)),
+                     "target_passes": int(stats.rounds), "accepted_per_row": np.asarray(stats.accepted).tolist(),
+                     "greedy_s": base, "speculative_s": _median(times), "speedup": base / _median(times)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 # --------------------------------------------------------------------------------------- main
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -248,6 +301,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference-python", default=REFERENCE_PYTHON)
     p.add_argument("--first-call", action="store_true",
                    help="also time a fresh process's first call without, cold and warm compilation cache")
+    p.add_argument("--speculative", type=int, default=0, metavar="K",
+                   help="also time speculative greedy decoding with K drafts per round (two drafts) on the first case")
     p.add_argument("--out", help="result JSON (default benchmarks/results/generation_<backend>.json)")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -357,12 +412,13 @@ def main(argv=None) -> int:
     finally:
         if ref is not None:
             ref.close()
+    speculative = speculative_rows(directory, args.cases[0], args.speculative, args.rounds) if args.speculative else None
     first_call = first_call_rows(directory, *args.cases[0]) if args.first_call else None
     result = {"environment": {**common.environment(), "load_average_before": load_before,
                               "load_average_after": os.getloadavg(),
                               "reference": None if ref is None else ref.info},
               "model_shape": args.shape, "read_bandwidth_bytes_per_s": bandwidth, "rows": rows, "errors": errors,
-              "first_call": first_call}
+              "first_call": first_call, "speculative": speculative}
     out = args.out or os.path.join(ROOT, "benchmarks", "results", f"generation_{jax.default_backend()}.json")
     common.write_json(out, result)
     print(f"wrote {out}")

@@ -174,6 +174,19 @@ def test_llama_matches_reference_with_rotary_and_grouped_query():
     np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
+def test_gemma3_matches_reference_with_sliding_windows_and_qk_norm():
+    ref = dict(np.load(PRETRAINED / "gemma3" / "reference.npz"))
+    expected = np.load(FIXTURES / "attention" / "gemma3.npz")["attentions"]
+    model, variables = tj.from_pretrained(PRETRAINED / "gemma3")
+    ours = np.stack([np.asarray(w) for w in tj.attention_weights(model, variables, ref["input_ids"])])
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    specs = model.cfg.decoder_specs
+    assert any(isinstance(s, Windowed) for s in specs) and any(not isinstance(s, Windowed) for s in specs)
+    n = ours.shape[-1]
+    for layer, spec in enumerate(specs):
+        assert not ours[layer][..., ~spec.mask(n, n, True)].any()
+
+
 # ---- every model layout ----------------------------------------------------------------------
 
 def init(model, *inputs):

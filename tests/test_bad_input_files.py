@@ -76,3 +76,40 @@ def test_decode_stdin_not_utf8_is_one_error_line():
 def test_decode_lines_drop_carriage_returns(monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"one\r\ntwo\r\n")))
     assert cli._read_lines("-") == ["one", "two"]
+
+
+def test_eval_and_decode_on_a_synthetic_workdir(tmp_path, capsys):
+    """eval scores the synthetic eval batches (there is no test split to score); decode, which reads
+    text, says that a synthetic workdir has no tokenizer, in one line."""
+    import json
+
+    workdir = str(tmp_path / "run")
+    assert cli.main(["train", "--config", TINY, "--workdir", workdir, "--config.data.dataset=synthetic",
+                     "--config.model.vocab_size=64", "--config.data.max_src_len=8", "--config.num_train_steps=1",
+                     "--config.eval_batches=2"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--workdir", workdir]) == 0
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["step"] == 1 and np_isfinite(result["eval_loss"]) and "test" not in result
+    (tmp_path / "in.txt").write_text("hello\n")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["decode", "--workdir", workdir, "--input", str(tmp_path / "in.txt")])
+    message = _one_error(exc, capsys)
+    assert "config.data.dataset='synthetic'" in message and "tokenizer" in message, message
+
+
+def np_isfinite(x) -> bool:
+    import math
+
+    return isinstance(x, float) and math.isfinite(x)
+
+
+def test_translation_input_longer_than_max_src_len_is_said(capsys):
+    class Chars:
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+    cli._warn_cut_lines(["short", "a much longer line", "ok"], Chars(), src_len=8)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: --input line 2 has 18 tokens; the model reads 7 (config.data.max_src_len=8 with EOS): "
+                   "the rest is cut"], err

@@ -128,7 +128,7 @@ def test_cache_is_sized_to_the_work():
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained"
 
 
-@pytest.mark.parametrize("case", ["gpt2", "llama", "mistral"])
+@pytest.mark.parametrize("case", ["gpt2", "llama", "mistral", "qwen3", "gemma3"])
 def test_family_fixtures_prefill_with_ragged_prompts(case):
     model, variables = tj.from_pretrained(FIXTURES / case)
     ref = np.load(FIXTURES / case / "reference.npz")

@@ -65,6 +65,21 @@ def test_every_head_matches_reference(family, head):
     check_outputs(model.apply(variables, **inputs_of(ref), method="forward"), ref)
 
 
+def test_readme_example_tokenizer_to_hidden_states_to_classifier():
+    """The README's opening: a BERT masked-LM directory and its tokenizer -> last_hidden_state
+    [1, T, hidden] -> the same checkpoint as a classifier (forward takes the tokenizer's output)."""
+    path = HEADS / "bert" / "masked_lm"
+    tokenizer = tj.load_tokenizer(path)
+    inputs = tokenizer(["The quick brown fox, 42!"], padding=True)
+    model, variables = tj.from_pretrained(path, head="encoder")
+    hidden = model.apply(variables, **inputs, method="forward")["last_hidden_state"]
+    assert hidden.shape == (1, inputs["input_ids"].shape[1], 16)
+    classifier, variables = tj.from_pretrained(path, head="sequence_classification", num_labels=2)
+    assert classifier.apply(variables, **inputs, method="forward")["logits"].shape == (1, 2)
+    with pytest.raises(TypeError, match="unexpected input.*input_idz"):
+        model.apply(variables, input_idz=inputs["input_ids"], input_ids=inputs["input_ids"], method="forward")
+
+
 def test_albert_holds_one_shared_layer():
     model, variables = tj.from_pretrained(HEADS / "albert" / "encoder")
     params = variables["params"]

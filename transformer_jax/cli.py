@@ -243,16 +243,21 @@ def _eval(fv) -> int:
 
     from transformer_jax.train import loop
 
+    from transformer_jax.train import experiment
+
     _check_quantize(fv)
     config = _trained_config(fv)
     s, state, step = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
     params, sizes = _run_params(fv, s, state)
     result = {"step": step, **sizes}
     iterator = loop.make_data_iterator(config, config.data.eval_split, s.tokenizer, repeat=False, task=s.task)
-    result.update(loop.evaluate_loss(s, params, iterator, config.eval_batches))
-    final = loop.final_eval(s, params, config.data.test_split)  # BLEU, accuracy or perplexity
-    print(loop.summary_line(final))
-    result["test"] = final
+    synthetic = config.data.dataset == experiment.SYNTHETIC and not config.get("task", "")
+    # the synthetic stream never ends: score config.eval_batches of it (10 when 0 = "all")
+    result.update(loop.evaluate_loss(s, params, iterator, config.eval_batches or (10 if synthetic else 0)))
+    if not synthetic:  # (no test split to score: as train does, the synthetic task ends at the loss)
+        final = loop.final_eval(s, params, config.data.test_split)  # BLEU, accuracy or perplexity
+        print(loop.summary_line(final))
+        result["test"] = final
     print({k: v for k, v in result.items() if k != "test"})
     if jax.process_index() == 0:
         name = f"eval_{fv.quantize}.json" if fv.quantize else "eval.json"
@@ -279,7 +284,18 @@ def _read_lines(path: str) -> list[str]:
     return [line.decode("utf-8") for line in lines]
 
 
-def _decode_pretrained(fv, lines: list[str]) -> int:
+def _warn_cut_lines(lines: list[str], tokenizer, src_len: int, shown: int = 5) -> None:
+    """Say which source lines are longer than the model reads (translation cuts them to
+    max_src_len - 1 tokens and EOS, as in training), instead of cutting in silence."""
+    long = [(i, n) for i, line in enumerate(lines, 1) if (n := len(tokenizer.encode(line))) > src_len - 1]
+    for i, n in long[:shown]:
+        print(f"warning: --input line {i} has {n} tokens; the model reads {src_len - 1} "
+              f"(config.data.max_src_len={src_len} with EOS): the rest is cut", file=sys.stderr)
+    if len(long) > shown:
+        print(f"warning: {len(long) - shown} more --input lines are cut to {src_len - 1} tokens", file=sys.stderr)
+
+
+def _decode_pretrained(fv) -> int:
     """Translate or continue each input line with a Hugging Face model directory."""
     import transformer_jax as tj
     from transformer_jax.pretrained.text import generate_text
@@ -294,6 +310,7 @@ def _decode_pretrained(fv, lines: list[str]) -> int:
                     repetition_penalty=fv.repetition_penalty, no_repeat_ngram_size=fv.no_repeat_ngram_size,
                     min_new_tokens=fv.min_new_tokens, num_return_sequences=fv.num_return_sequences,
                     stop_strings=tuple(fv.stop))
+    lines = _read_lines(fv.input)  # after the directory loaded (its errors first), before any compile
     for line in generate_text(model, variables, tokenizer, lines, generation_config=config,
                               max_new_tokens=n, beam_size=fv.beam_size or 1, **sampling):
         print(line)
@@ -314,8 +331,12 @@ def _decode(fv) -> int:
     if fv.pretrained:
         if fv.quantize:
             raise ValueError("--quantize applies to --workdir; with --pretrained use tj.quantize from Python")
-        return _decode_pretrained(fv, _read_lines(fv.input))
+        return _decode_pretrained(fv)
     config = _trained_config(fv)
+    if config.data.dataset == experiment.SYNTHETIC and not config.get("task", ""):
+        raise ValueError(f"decode reads and writes text, but --workdir={fv.workdir!r} was trained on "
+                         f"config.data.dataset='synthetic' (token ids, no tokenizer); use `eval` there, or "
+                         "decode a workdir trained on a text dataset")
     task = experiment.config_task(config)
     if not isinstance(task, (tasks.Translation, tasks.CausalLM)) or isinstance(task, tasks.MaskedLM):
         raise ValueError(f"decode translates (a translation task) or continues prompts (a causal LM); "
@@ -326,6 +347,7 @@ def _decode(fv) -> int:
     dc = config.decode
     predictor = evaluate.predictor(s, params)
     if isinstance(task, tasks.Translation):
+        _warn_cut_lines(lines, s.tokenizer, config.data.max_src_len)
         outputs = tasks.translate(predictor, lines, beam_size=fv.beam_size or dc.beam_size,
                                   max_len=min(dc.max_len, s.model.cfg.max_len), length_penalty=dc.length_penalty,
                                   batch_size=dc.batch_size, src_len=config.data.max_src_len)

@@ -1,6 +1,9 @@
 """MultiHeadAttention: projections around a pluggable attention spec, for self- and cross-attention.
 
-With `decode=True` the module keeps a decode cache in the `cache` collection:
+With `decode=True` the module keeps a decode cache in the `cache` collection, and each call takes
+T >= 1 new positions per row (a whole prompt in one parallel pass, then one token at a time, or a
+chunk of draft tokens); every row has its own index, and right padding marked by the query segment
+ids does not advance it, so rows of different lengths continue from their own ends:
 - self-attention stores each step's key and value; a spec with a `decode_window` (`Windowed`) keeps
   only the last `window + 1` positions in a ring buffer, any other spec keeps `cache_len` positions
   and reads the visible ones off the spec's own static pattern (`spec.mask`), so decoding matches

@@ -14,13 +14,15 @@ Adapters turn a model into (step, initial cache, prompt), looked up by class in 
   `[start] + ours`, cut after the column where the last row ends (our width is always N).
   HF's `max_length` counts that start token: `max_length = N + 1`.
 - `DecoderLM` (decoder-only): prompt continuation. Prompts are right-padded [B, P] with per-row
-  lengths; the cache is fed one token at a time, forcing each row's prompt while
-  `position < prompt_length[b]` (as lm1b does), then generating. Output [B, P + N]: each row's
-  prompt, its N new tokens, `pad_id` after EOS and after the row's end. For equal-length prompts
-  this is HF's decoder-only output (prompt then new tokens; `max_length = P + N`). HF pads prompts
-  on the left under an attention mask; our cached step has no mask, so rows pad on the right.
+  lengths; the prompt goes through the model in one parallel pass (the prefill) that writes every
+  layer's cache, and each row continues from its own end (the caches keep one index per row).
+  Output [B, P + N]: each row's prompt, its N new tokens, `pad_id` after EOS and after the row's
+  end. For equal-length prompts this is HF's decoder-only output (prompt then new tokens;
+  `max_length = P + N`); HF pads prompts on the left under an attention mask, and its new tokens
+  equal ours for the same prompts (tests/test_generation_options.py).
 
-Caches: `init_cache(model, batch_size)` gives a fresh cache (every index 0). Do not start from
+Caches: `init_cache(model, batch_size, length=None)` gives a fresh cache (every index 0);
+`generate` sizes it to P + N positions rounded up (`cache_bucket`). Do not start from
 `model.init(..., decode=True)["cache"]`: that call has already run one step, so its indices are 1
 and every later logit is shifted by a position.
 
@@ -34,7 +36,8 @@ from transformer_jax.decode.adapters import (ADAPTERS, Adapter, GenerateOutput, 
 from transformer_jax.decode.config import GenerationConfig
 from transformer_jax.decode.core import BEAM_SCORING, NEG_INF, Step, batched_by_name, beam_search, filter_logits, sample
 from transformer_jax.decode.processors import Processing
+from transformer_jax.decode.speculative import SpeculativeStats, speculative_generate
 
 __all__ = ["ADAPTERS", "Adapter", "BEAM_SCORING", "GenerateOutput", "GenerationConfig", "NEG_INF", "Prepared",
            "Processing", "Step", "batched_by_name", "beam_search", "cache_bucket", "filter_logits", "generate",
-           "init_cache", "sample", "sequence_logprob"]
+           "init_cache", "sample", "sequence_logprob", "SpeculativeStats", "speculative_generate"]

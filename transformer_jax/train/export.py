@@ -5,7 +5,7 @@ The model, its parameters and (with LoRA) the base the adapters were trained on 
 workdir exactly as `eval` restores them; the files are written by `pretrained.save_pretrained`
 and `pretrained.export.save_peft_adapters`. The tokenizer files come from `tokenizer` (a
 directory), else `<workdir>/tokenizer/`, else `config.init_from` when that is a Hugging Face
-directory holding tokenizer files.
+directory holding tokenizer files. A classification task's label names become `id2label`.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def export_workdir(workdir: str, output: str, *, adapters: bool = False, family:
 
             _write_tokenizer(source, out)
         return out
-    labels = getattr(s.task, "labels", None)  # a fine-tuned task's label names (config.data.labels): id2label
+    labels = getattr(s.task, "labels", None)  # a classification task's label names, in id order
+    id2label = list(labels) if labels and len(labels) == getattr(s.model.cfg, "num_classes", 0) else None
     return save_pretrained(s.model, {"params": s.eval_params(state)}, output, family=family, tokenizer=source,
-                           id2label=list(labels) if labels else None)
+                           id2label=id2label)
