@@ -55,6 +55,16 @@ def _test_accuracy(workdir: str) -> tuple[dict, object, object]:
     return evaluate_split(s, s.eval_params(state), "test"), s, s.eval_params(state)
 
 
+def _train_seconds(workdir: str) -> float | None:
+    """The training time a workdir's metrics.jsonl last recorded (`train_seconds`), if any."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    seconds = None
+    if os.path.exists(path):
+        for line in open(path):
+            seconds = json.loads(line).get("train_seconds", seconds)
+    return seconds
+
+
 def _forward_seconds(pairs, batch, repeats: int) -> list[float]:
     """Best-of-`repeats` seconds of each (setup, params)'s jitted forward on `batch`, run alternately."""
     fns = []
@@ -88,7 +98,7 @@ def main(argv=None):
 
     t_start = time.time()
     teacher_dir = args.teacher_workdir or os.path.join(args.root, "teacher")
-    teacher_seconds = None
+    teacher_seconds = _train_seconds(teacher_dir) if args.teacher_workdir else None  # as its metrics.jsonl says
     if not args.teacher_workdir:
         t0 = time.time()
         loop.train(_config(), teacher_dir, progress=False)
