@@ -15,6 +15,8 @@ import runpy
 import ml_collections
 from ml_collections.config_dict import FieldReference
 
+from transformer_jax.data import files
+
 
 def _sibling(name: str):
     return runpy.run_path(os.path.join(os.path.dirname(__file__), name))["get_config"]()
@@ -31,7 +33,8 @@ def finetune(task: str, **data) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         dataset="files",  # which data: the files below (JSONL, JSON, CSV, TSV, text; paths or globs)
         train_files="", validation_files="", test_files="",
-        columns=ml_collections.ConfigDict(),  # role -> column, e.g. {"text": "sentence"}; else the defaults
+        # role -> column name, e.g. --config.data.columns.text=review; "" = the defaults (data/files.py)
+        columns=ml_collections.ConfigDict({role: "" for role in files.ROLES}),
         labels=(),  # label names in id order; () = the sorted set of the train files' labels
         tokenizer="pretrained", vocab_size=0, max_src_len=128, max_tgt_len=64, pack=False, data_dir="",
         text_keys=(), eval_split="validation", test_split="test"))

@@ -15,7 +15,7 @@ from transformer_jax.train.experiment import model_section
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # The model follows from the task (transformer_jax/tasks.py: tjax_numbers is translation, so a
+    # The model follows from the task (transformer_jax/tasks/registry.py: tjax_numbers is translation, so a
     # Transformer). "" = the task's; else checked against it, or it picks the task where a dataset
     # offers several (a text corpus: decoder_lm | masked_lm | encoder_classifier).
     c.model_type = ""
@@ -28,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
     # fresh (a new head) train in full; checkpoints hold those alone unless save_adapters_only=False.
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=("query", "value"),
                                             save_adapters_only=True))
+    # Knowledge distillation (transformer_jax/train/distill.py): a teacher workdir or Hugging Face
+    # directory; loss = alpha·CE + (1-alpha)·T²·KL(teacher/T || student/T); init_from_teacher:
+    # "every_other" (DistilBERT) or teacher layer indices "0,2,5", one per student layer.
+    c.distill = ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5, init_from_teacher=""))
     # Every field of transformer_jax.TransformerConfig, its defaults overridden here (a preset's
     # instead: model_section("base", ...)); attention specs may be strings, e.g. "Windowed(128)".
     c.model = model_section(vocab_size=512, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=3,

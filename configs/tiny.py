@@ -11,7 +11,8 @@ def _sibling(name: str):
 
 def get_config():
     c = _sibling("default.py")
-    c.model.update(vocab_size=260, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1,
+    # vocab_size: the default task's SentencePiece vocabulary (config.data.vocab_size), so tiny runs it
+    c.model.update(vocab_size=512, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1,
                    num_decoder_layers=1, dropout_rate=0.0, max_len=64)
     c.data.update(max_src_len=16, max_tgt_len=48)
     c.batch_size = 8

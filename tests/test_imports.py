@@ -7,10 +7,10 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "transformer_jax"
 LAYERS = {  # top-level module or package -> layer; the package's own __init__ is the public facade
-    "cli": 5, "__main__": 5, "__init__": 5, "train": 4, "tasks": 3,
+    "cli": 5, "__main__": 5, "__init__": 5, "attention_view": 5, "train": 4, "tasks": 3,
     "data": 2, "decode": 2, "pretrained": 2, "quantization": 2,  # quantization.generate composes decode
     "model": 1, "vit": 1, "lora": 1, "checkpoint": 1, "nnx": 1,
-    "config": 0, "layers": 0, "attention": 0, "moe": 0, "scan": 0, "sharding": 0,
+    "config": 0, "compilation_cache": 0, "layers": 0, "attention": 0, "moe": 0, "scan": 0, "sharding": 0,
 }
 
 

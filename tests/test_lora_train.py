@@ -139,7 +139,7 @@ def test_lora_run_trains_adapters_and_heads_only_and_resumes_exactly(base, tmp_p
     (dict(rank=-1), r"lora.rank must be a positive integer \(0 turns LoRA off\); got -1"),
     (dict(alpha=0.0), r"lora.alpha must be a positive number; got 0.0"),
     ("freeze", r"config.freeze=\('encoder/.\*',\) with config.lora.rank=4: LoRA already freezes"),
-    ("d_ff", r"config.init_from: 3 parameter\(s\) exist in both with different shapes"),
+    ("d_ff", r"config.model.d_ff=48, but the checkpoint has 64"),
 ])
 def test_bad_lora_settings_are_named_errors_before_compiling(base, tmp_path, change, message):
     c = _config(base[0])

@@ -173,3 +173,55 @@ def test_mistral_sliding_window_zero_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"config\.json.*sliding_window=0.*positive"):
         tj.from_pretrained(d)
 
+
+
+# ---- tensors and overrides that would change the model in silence ---------------------------------
+
+def _edit_single(d: Path, fn):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(d / "model.safetensors")
+    fn(tensors)
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_])
+def test_integer_or_bool_weights_are_named(dtype, tmp_path):
+    d = copy_case("gpt2", tmp_path)
+    name = "transformer.h.0.mlp.c_fc.bias"
+    _edit_single(d, lambda t: t.update({name: (t[name] * 0).astype(dtype)}))
+    with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')}.*{np.dtype(dtype).name}.*floating"):
+        tj.from_pretrained(d)
+
+
+def test_nan_weights_are_named(tmp_path):
+    d = copy_case("gpt2", tmp_path)
+    name = "transformer.h.1.attn.c_proj.weight"
+
+    def poison(t):
+        t[name] = t[name].copy()
+        t[name][2, 3] = np.nan
+    _edit_single(d, poison)
+    with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')}.*1 non-finite"):
+        tj.from_pretrained(d)
+
+
+@pytest.mark.parametrize("override", [dict(num_heads=1), dict(decoder_attention="Windowed"),
+                                      dict(norm_eps=1e-3), dict(tie_output=False)])
+def test_overrides_that_change_the_logits_are_named(override, tmp_path):
+    from transformer_jax.attention import Windowed
+
+    if override.get("decoder_attention") == "Windowed":
+        override = dict(decoder_attention=Windowed(2))
+    field = next(iter(override))
+    with pytest.raises(ValueError, match=rf"{field}=.*changes what the checkpoint computes"):
+        tj.from_pretrained(FIXTURES / "gpt2", **override)
+
+
+def test_overrides_that_keep_the_logits_load(gpt2):
+    from transformer_jax.attention import Flash
+
+    model, variables = gpt2
+    model2, variables2 = tj.from_pretrained(FIXTURES / "gpt2", dropout_rate=0.0, decoder_attention=Flash(),
+                                            max_len=model.cfg.max_len)
+    np.testing.assert_allclose(_logits(model2, variables2), _logits(model, variables), rtol=1e-4, atol=1e-4)

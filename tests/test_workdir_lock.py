@@ -73,7 +73,7 @@ def test_train_refuses_a_locked_workdir_before_writing(tmp_path, capsys):
     try:
         _write_lock(workdir, sleeper.pid)
         with pytest.raises(SystemExit) as exc:
-            cli.main(["train", "--config", TINY, "--workdir", str(workdir), "--config.data.task=synthetic",
+            cli.main(["train", "--config", TINY, "--workdir", str(workdir), "--config.data.dataset=synthetic",
                       "--config.model.vocab_size=64", "--config.data.max_src_len=8", "--config.num_train_steps=2"])
     finally:
         sleeper.kill()
@@ -91,7 +91,7 @@ def test_second_trainer_refuses_and_sigterm_exits_143(tmp_path):
     workdir = tmp_path / "run"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     args = [sys.executable, "-m", "transformer_jax.cli", "train", "--config", TINY, "--workdir", str(workdir),
-            "--config.data.task=synthetic", "--config.model.vocab_size=64", "--config.data.max_src_len=8",
+            "--config.data.dataset=synthetic", "--config.model.vocab_size=64", "--config.data.max_src_len=8",
             "--config.num_train_steps=100000", "--config.checkpoint_every=100000", "--config.log_every=1"]
     first = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen, deadline = [], time.time() + 240

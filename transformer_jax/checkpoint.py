@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,24 @@ def first_line(err: BaseException, limit: int = 160) -> str:
     text = (str(err).strip().splitlines() or [""])[0]
     text = f"{type(err).__name__}: {text}" if text else type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class CheckpointSaveError(ValueError):
+    """A save failed (disk full, read-only, quota): one line; the last complete checkpoint is intact.
+    A ValueError so that the CLI prints it as one `error:` line."""
+
+
+def _remove_tmp_dirs(directory: str) -> None:
+    """Orbax's temporary directories of a save that failed (process 0)."""
+    if jax.process_index() != 0:
+        return
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if ".orbax-checkpoint-tmp" in name:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 class _DropUnscoredWarning(logging.Filter):
@@ -94,7 +113,7 @@ class Checkpointer:
         if best_mode not in ("min", "max"):
             raise ValueError(f"checkpoint best_mode={best_mode!r} is not one of min, max")
         self.directory = os.path.abspath(os.fspath(directory))
-        self.best_metric, self.best_mode = best_metric, best_mode
+        self.best_metric, self.best_mode, self.max_to_keep = best_metric, best_mode, max_to_keep
         policies: list[pp.PreservationPolicy] = [pp.LatestN(max_to_keep)]
         best_fn = None
         if best_metric:
@@ -139,8 +158,43 @@ class Checkpointer:
         data = {"processes": _allgather_json(data_state)}
         args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data)})
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        with _quiet_unscored(bool(self.best_metric) and metrics is None):
+        with _quiet_unscored(bool(self.best_metric) and metrics is None), self._saving(step):
             return self._manager.save(step, args=args, metrics=metrics, force=force)
+
+    @contextlib.contextmanager
+    def _saving(self, step: int | None):
+        """Turn a failed save (raised now, or by an earlier asynchronous one) into one named line and
+        remove its temporary directory."""
+        try:
+            yield
+        except Exception as err:
+            _remove_tmp_dirs(self.directory)
+            try:
+                kept = [s for s in committed_steps(self.directory) if s != step]
+            except Exception:
+                kept = []
+            last = f"the last complete checkpoint (step {kept[-1]}) is intact" if kept else "no checkpoint is complete"
+            which = f"of step {step} " if step is not None else ""
+            raise CheckpointSaveError(f"saving the checkpoint {which}in {self.directory} failed: {first_line(err)}; "
+                                      f"{last}; free space (or lower keep_checkpoints, pruned at the next start) "
+                                      "and run the same command to resume") from None
+
+    def prune(self) -> list[int]:
+        """Delete the steps beyond the last `max_to_keep` (and the best one): a run restarted with a
+        lower `keep_checkpoints` frees that space before its next save, not after. Returns the deleted
+        steps. Called by `train` only (eval and decode open checkpoints and must delete nothing)."""
+        self.wait()
+        steps = self.all_steps()
+        keep = set(steps[-self.max_to_keep:]) if self.max_to_keep else set(steps)
+        best = self.best_step()
+        if best is not None:
+            keep.add(best)
+        doomed = [s for s in steps if s not in keep]
+        for s in doomed:
+            self._manager.delete(s)
+        if doomed:
+            self._manager.reload()
+        return doomed
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, int] | None:
         """(state, this process's data state, step) from `step` or the latest readable checkpoint.
@@ -206,11 +260,14 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are committed."""
-        self._manager.wait_until_finished()
+        with self._saving(None):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self):
         return self

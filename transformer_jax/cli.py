@@ -9,6 +9,11 @@
     transformer-jax predict --workdir DIR --input FILE --output OUT.jsonl   (a fine-tuned task's
                            predictions, one JSON line per input record: label and scores, entities,
                            answer span, generated text)
+    transformer-jax export --workdir DIR --output OUT [--adapters] [--family bert] [--tokenizer DIR]
+                           (a Hugging Face model directory, LoRA merged; --adapters: PEFT adapters)
+    transformer-jax attention --pretrained DIR | --workdir DIR --text "..." [--target "..."]
+                           [--output attn.png] [--json attn.json] [--layer 0,1] [--head 2]
+                           (a layers x heads grid of attention weights; transformer_jax/attention_view.py)
 
 Config files are ml_collections `get_config()` files; `--config.a.b=v` overrides a field
 (`transformer-jax train --help [--config FILE]` lists them all). Attention specs are strings:
@@ -24,7 +29,7 @@ import os
 import sys
 
 USAGE = __doc__
-COMMANDS = ("train", "eval", "decode", "predict")
+COMMANDS = ("train", "eval", "decode", "predict", "export", "attention")
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 EXIT_TERMINATED = 143  # 128 + SIGTERM: a preempted job (checkpoint saved), never mistaken for a finished one
@@ -47,7 +52,8 @@ def _parse(argv: list[str]):
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard, eval.json", flag_values=fv)
     flags.DEFINE_string("input", "-", "decode: file of source lines ('-': stdin)", flag_values=fv)
-    flags.DEFINE_string("output", "", "predict: the JSON Lines file to write", flag_values=fv)
+    flags.DEFINE_string("output", "", "predict: the JSON Lines file to write; export: the directory to write",
+                        flag_values=fv)
     flags.DEFINE_integer("beam_size", 0, "decode: beam size (0: config.decode.beam_size)", flag_values=fv)
     flags.DEFINE_string("pretrained", None, "decode: a Hugging Face model directory (translate or continue)",
                         flag_values=fv)
@@ -73,6 +79,12 @@ def _parse(argv: list[str]):
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "eval/decode: which checkpoint", flag_values=fv)
     flags.DEFINE_string("quantize", "", "eval/decode: run on weight-only quantized parameters (int8 per output "
                         "channel, or bfloat16 / float16 casts; transformer_jax/quantization.py)", flag_values=fv)
+    flags.DEFINE_bool("adapters", False, "export: LoRA adapters in PEFT's layout instead of the merged model",
+                      flag_values=fv)
+    flags.DEFINE_string("family", None, "export: the family to save as (default: the one init_from loaded)",
+                        flag_values=fv)
+    flags.DEFINE_string("tokenizer", None, "export: the directory to copy tokenizer files from (default: "
+                        "<workdir>/tokenizer, else init_from)", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "multi-host: coordinator address host:port", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "multi-host: this process's index", flag_values=fv)
@@ -116,6 +128,9 @@ def _flags(argv: list[str]):
         raise SystemExit(f"error: --config={config_path!r}: no such file")
     try:
         return _parse(argv)
+    except SyntaxError as err:  # the config file is not Python (IndentationError included)
+        raise SystemExit(f"error: --config={config_path!r}: {err.filename}:{err.lineno}: {err.msg} "
+                         f"({type(err).__name__})") from None
     except (AttributeError, KeyError) as err:  # ml_collections: unknown override key (or a config bug)
         try:
             message = unknown_key_message(argv, config_path)
@@ -228,16 +243,21 @@ def _eval(fv) -> int:
 
     from transformer_jax.train import loop
 
+    from transformer_jax.train import experiment
+
     _check_quantize(fv)
     config = _trained_config(fv)
     s, state, step = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
     params, sizes = _run_params(fv, s, state)
     result = {"step": step, **sizes}
     iterator = loop.make_data_iterator(config, config.data.eval_split, s.tokenizer, repeat=False, task=s.task)
-    result.update(loop.evaluate_loss(s, params, iterator, config.eval_batches))
-    final = loop.final_eval(s, params, config.data.test_split)  # BLEU, accuracy or perplexity
-    print(loop.summary_line(final))
-    result["test"] = final
+    synthetic = config.data.dataset == experiment.SYNTHETIC and not config.get("task", "")
+    # the synthetic stream never ends: score config.eval_batches of it (10 when 0 = "all")
+    result.update(loop.evaluate_loss(s, params, iterator, config.eval_batches or (10 if synthetic else 0)))
+    if not synthetic:  # (no test split to score: as train does, the synthetic task ends at the loss)
+        final = loop.final_eval(s, params, config.data.test_split)  # BLEU, accuracy or perplexity
+        print(loop.summary_line(final))
+        result["test"] = final
     print({k: v for k, v in result.items() if k != "test"})
     if jax.process_index() == 0:
         name = f"eval_{fv.quantize}.json" if fv.quantize else "eval.json"
@@ -246,10 +266,33 @@ def _eval(fv) -> int:
 
 
 def _read_lines(path: str) -> list[str]:
+    """The input's lines (without line ends: "\r\n" too); bytes that are not UTF-8 are a named error
+    giving the file (or stdin) and the line."""
+    name = "stdin" if path == "-" else path
     if path == "-":
-        return [line.rstrip("\n") for line in sys.stdin]
-    with open(path) as f:
-        return [line.rstrip("\n") for line in f]
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    lines = data.splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--input={name}: line {number} is not UTF-8 text (byte {err.start + 1}: "
+                             f"{line[err.start:err.start + 1]!r}); decode reads UTF-8") from None
+    return [line.decode("utf-8") for line in lines]
+
+
+def _warn_cut_lines(lines: list[str], tokenizer, src_len: int, shown: int = 5) -> None:
+    """Say which source lines are longer than the model reads (translation cuts them to
+    max_src_len - 1 tokens and EOS, as in training), instead of cutting in silence."""
+    long = [(i, n) for i, line in enumerate(lines, 1) if (n := len(tokenizer.encode(line))) > src_len - 1]
+    for i, n in long[:shown]:
+        print(f"warning: --input line {i} has {n} tokens; the model reads {src_len - 1} "
+              f"(config.data.max_src_len={src_len} with EOS): the rest is cut", file=sys.stderr)
+    if len(long) > shown:
+        print(f"warning: {len(long) - shown} more --input lines are cut to {src_len - 1} tokens", file=sys.stderr)
 
 
 def _decode_pretrained(fv) -> int:
@@ -267,7 +310,8 @@ def _decode_pretrained(fv) -> int:
                     repetition_penalty=fv.repetition_penalty, no_repeat_ngram_size=fv.no_repeat_ngram_size,
                     min_new_tokens=fv.min_new_tokens, num_return_sequences=fv.num_return_sequences,
                     stop_strings=tuple(fv.stop))
-    for line in generate_text(model, variables, tokenizer, _read_lines(fv.input), generation_config=config,
+    lines = _read_lines(fv.input)  # after the directory loaded (its errors first), before any compile
+    for line in generate_text(model, variables, tokenizer, lines, generation_config=config,
                               max_new_tokens=n, beam_size=fv.beam_size or 1, **sampling):
         print(line)
     return 0
@@ -289,16 +333,21 @@ def _decode(fv) -> int:
             raise ValueError("--quantize applies to --workdir; with --pretrained use tj.quantize from Python")
         return _decode_pretrained(fv)
     config = _trained_config(fv)
+    if config.data.dataset == experiment.SYNTHETIC and not config.get("task", ""):
+        raise ValueError(f"decode reads and writes text, but --workdir={fv.workdir!r} was trained on "
+                         f"config.data.dataset='synthetic' (token ids, no tokenizer); use `eval` there, or "
+                         "decode a workdir trained on a text dataset")
     task = experiment.config_task(config)
     if not isinstance(task, (tasks.Translation, tasks.CausalLM)) or isinstance(task, tasks.MaskedLM):
         raise ValueError(f"decode translates (a translation task) or continues prompts (a causal LM); "
                          f"config.data.dataset={config.data.dataset!r} is a {task.name} task")
+    lines = _read_lines(fv.input)  # before restoring: bad input is named first
     s, state, _ = loop.restore_for_eval(config, fv.workdir, which=fv.checkpoint)
     params, _ = _run_params(fv, s, state)
-    lines = _read_lines(fv.input)
     dc = config.decode
     predictor = evaluate.predictor(s, params)
     if isinstance(task, tasks.Translation):
+        _warn_cut_lines(lines, s.tokenizer, config.data.max_src_len)
         outputs = tasks.translate(predictor, lines, beam_size=fv.beam_size or dc.beam_size,
                                   max_len=min(dc.max_len, s.model.cfg.max_len), length_penalty=dc.length_penalty,
                                   batch_size=dc.batch_size, src_len=config.data.max_src_len)
@@ -348,6 +397,17 @@ def _predict(fv) -> int:
     return 0
 
 
+def _export(fv) -> int:
+    from transformer_jax.train.export import export_workdir
+
+    if not fv.output:
+        raise ValueError("export needs --output DIR (the Hugging Face directory to write)")
+    out = export_workdir(fv.workdir, fv.output, adapters=fv.adapters, family=fv.family, tokenizer=fv.tokenizer,
+                         which=fv.checkpoint)
+    print(f"exported {fv.workdir} -> {out}" + (" (PEFT adapters)" if fv.adapters else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -356,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     command, argv = argv[0], argv[1:]
     if command not in COMMANDS:
         raise SystemExit(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}\n{USAGE}")
+    if command == "attention":  # its own flags and logic
+        from transformer_jax import attention_view
+
+        return attention_view.main(argv)
     if any(a in ("-h", "--help", "-help") for a in argv):
         _help(command, argv)
         return 0
@@ -374,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformer_jax.train import loop
 
-    run = {"train": _train, "eval": _eval, "decode": _decode, "predict": _predict}[command]
+    run = {"train": _train, "eval": _eval, "decode": _decode, "predict": _predict, "export": _export}[command]
     try:
         return run(fv)
     except (ValueError, FileNotFoundError, loop.NonFiniteError) as err:

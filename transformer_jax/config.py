@@ -272,6 +272,11 @@ class TransformerConfig:
         elif not _is_int(layers) or layers < 1:
             raise ValueError(f"TransformerConfig.moe_layers must be a positive int n (every n-th layer is MoE; "
                              f"2 = every other) or a tuple of layer indices; got {layers!r}")
+        if self.num_experts and not any(self.encoder_moe + self.decoder_moe):
+            raise ValueError(f"TransformerConfig.num_experts={self.num_experts} with moe_layers={self.moe_layers!r} "
+                             f"selects no layer of the {self.num_encoder_layers}-layer encoder or the "
+                             f"{self.num_decoder_layers}-layer decoder, so no expert would be built; use "
+                             "moe_layers=1 (every layer), a tuple of layer indices, or num_experts=0 (dense)")
 
     def _check_albert(self) -> None:
         if self.embed_dim is not None and (not _is_int(self.embed_dim) or self.embed_dim <= 0):

@@ -193,6 +193,11 @@ def init_lora(rng: jax.Array, params, config: LoraConfig, *, full=()):
         value = nn.meta.unbox(kernel)
         n_in, s = in_dims(path, node), stacked_dims(path)
         lead, in_shape, out_shape = value.shape[:s], value.shape[s:s + n_in], value.shape[s + n_in:]
+        largest = max(math.prod(in_shape), math.prod(out_shape))  # (above min(in, out) the update is full rank)
+        if config.rank > largest:
+            raise ValueError(f"lora.rank={config.rank} exceeds the dimensions of {'/'.join(path)}/kernel "
+                             f"({math.prod(in_shape)} in, {math.prod(out_shape)} out): the factors would be larger "
+                             f"than the kernel; use lora.rank <= {min(math.prod(in_shape), math.prod(out_shape))}")
         dtype = value.dtype if jnp.issubdtype(value.dtype, jnp.floating) else jnp.float32
         std = 1.0 / math.sqrt(math.prod(in_shape))
         a = std * jax.random.normal(jax.random.fold_in(rng, i), (*lead, *in_shape, config.rank), jnp.float32)
@@ -241,6 +246,21 @@ def delta(a: jax.Array, b: jax.Array, scale: float, stacked: int = 0) -> jax.Arr
     return scale * product(a.astype(jnp.float32), b.astype(jnp.float32))
 
 
+def _check_rank(path: tuple[str, ...], a, b, config: LoraConfig) -> None:
+    """A [*in, r] and B [r, *out] agree on r, and r is the config's (the update is scaled by alpha / r:
+    another r would scale it wrongly, in silence)."""
+    s = stacked_dims(path)
+    r_a, r_b = np.shape(a)[-1], (np.shape(b)[s] if np.ndim(b) > s else None)
+    where = "/".join(path)
+    if r_a != r_b:
+        raise ValueError(f"merge_lora: the adapters at {where} disagree: A has rank {r_a} (shape {np.shape(a)}), "
+                         f"B has rank {r_b} (shape {np.shape(b)})")
+    if r_a != config.rank:
+        raise ValueError(f"merge_lora: the adapters at {where} have rank {r_a}, but LoraConfig.rank="
+                         f"{config.rank} (the update is scaled by alpha / rank); merge with the config they "
+                         f"were trained with (load_adapters returns it)")
+
+
 def merge_lora(params, adapters, config: LoraConfig):
     """The parameters with each adapted kernel replaced by W + (alpha / r) · A B (plain arrays),
     and each parameter the adapters hold in full (see `init_lora(full=...)`) replaced by theirs.
@@ -269,6 +289,7 @@ def merge_lora(params, adapters, config: LoraConfig):
         out = {k: rebuild(v, path + (str(k),)) for k, v in node.items()}
         if path in leaves:
             a, b = leaves[path]
+            _check_rank(path, a, b, config)
             w = node["kernel"]
             d = delta(a, b, config.scale, stacked_dims(path))
             if d.shape != w.shape:
@@ -342,14 +363,40 @@ def load_adapters(path: str) -> tuple[dict, LoraConfig]:
     absent = [f for f in files if not os.path.isfile(f)]
     if absent:
         raise FileNotFoundError(f"load_adapters: {path!r} lacks {', '.join(absent)} (written by save_adapters)")
-    with open(files[1]) as f:
-        cfg = json.load(f)
-    config = LoraConfig(rank=cfg["rank"], alpha=cfg["alpha"], targets=tuple(cfg["targets"]))
+    config = _read_lora_config(files[1])
+    try:
+        stored = load_file(files[0])
+    except Exception as err:  # safetensors' SafetensorError and friends: a truncated or corrupt file
+        raise ValueError(f"load_adapters: {files[0]} is not a readable safetensors file (truncated or "
+                         f"corrupt?): {err}") from None
     adapters: dict = {}
-    for key, value in load_file(files[0]).items():
+    for key, value in stored.items():
         *p, leaf = key.split("/")
         node = adapters
         for k in p:
             node = node.setdefault(k, {})
         node[leaf] = jnp.asarray(value)
     return adapters, config
+
+
+def _read_lora_config(path: str) -> LoraConfig:
+    """`lora_config.json` as a LoraConfig; every defect one ValueError naming the file and field."""
+    try:
+        with open(path, "rb") as f:
+            cfg = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"load_adapters: {path} is not valid UTF-8 JSON: {err}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"load_adapters: {path} must hold a JSON object {{rank, alpha, targets}}, "
+                         f"not a {type(cfg).__name__}")
+    absent = [k for k in ("rank", "alpha", "targets") if k not in cfg]
+    if absent:
+        raise ValueError(f"load_adapters: {path} lacks {', '.join(map(repr, absent))} (save_adapters writes "
+                         "rank, alpha and targets)")
+    targets = cfg["targets"]
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise ValueError(f"load_adapters: {path}: targets={targets!r} must be a list of strings")
+    try:
+        return LoraConfig(rank=cfg["rank"], alpha=cfg["alpha"], targets=tuple(targets))
+    except ValueError as err:
+        raise ValueError(f"load_adapters: {path}: {err}") from None

@@ -221,7 +221,9 @@ class Encoder(nn.Module):
             return x, None
         return x, _pool(cfg, x[:, 0])
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True,
+                **tokenizer_extras):
+        _no_model_inputs(tokenizer_extras)
         x, pooled = self.run(input_ids, _segments(input_ids, attention_mask), None, deterministic, token_type_ids)
         return {"last_hidden_state": x} if pooled is None else {"last_hidden_state": x, "pooler_output": pooled}
 
@@ -230,6 +232,20 @@ def _pool(cfg: TransformerConfig, first):
     """BERT's pooler: activation(dense(first token)) [B, D] -> [B, D] (tanh; DistilBERT: relu)."""
     h = dense(cfg.d_model, ("embed", "mlp"), cfg.compute_dtype, cfg.params_dtype, "pooler")(first)
     return nn.tanh(h) if cfg.pooler_activation == "tanh" else nn.relu(h)
+
+
+# what a tokenizer call returns beside the model inputs (`model.apply(v, **tok(texts), method="forward")`)
+_TOKENIZER_ONLY = frozenset({"word_ids", "sequence_ids", "offset_mapping", "overflow_to_sample_mapping",
+                             "special_tokens_mask", "length"})
+
+
+def _no_model_inputs(extras: dict) -> None:
+    """`forward` ignores a tokenizer's bookkeeping outputs; anything else is a misspelt input."""
+    unknown = sorted(set(extras) - _TOKENIZER_ONLY)
+    if unknown:
+        raise TypeError(f"forward() got unexpected input(s) {', '.join(unknown)}; it takes input_ids, "
+                        f"attention_mask, token_type_ids (encoders), decoder_input_ids (seq2seq) and ignores "
+                        f"{', '.join(sorted(_TOKENIZER_ONLY))}")
 
 
 def _segments(input_ids, attention_mask):
@@ -343,8 +359,10 @@ class Transformer(nn.Module):
                            tgt_segment_ids=tgt_segment_ids, tgt_positions=tgt_positions,
                            deterministic=deterministic)
 
-    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, *, deterministic: bool = True):
+    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, *, deterministic: bool = True,
+                **tokenizer_extras):
         """The reference's seq2seq call: {"logits" [B, T, V], "encoder_last_hidden_state" [B, S, D]}."""
+        _no_model_inputs(tokenizer_extras)
         if decoder_input_ids is None:
             raise ValueError("Transformer.forward needs decoder_input_ids (the shifted target, [B, T])")
         seg = _segments(input_ids, attention_mask)
@@ -377,7 +395,9 @@ class EncoderClassifier(nn.Module):
         logits = dense(cfg.num_classes, ("mlp", "classes"), cfg.compute_dtype, cfg.params_dtype, "classifier")(h)
         return logits.astype(jnp.float32)  # [B C]
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True,
+                **tokenizer_extras):
+        _no_model_inputs(tokenizer_extras)
         return {"logits": self(input_ids, segment_ids=_segments(input_ids, attention_mask),
                                token_types=token_type_ids, deterministic=deterministic)}
 
@@ -397,7 +417,9 @@ class TokenClassifier(nn.Module):
         logits = dense(cfg.num_classes, ("embed", "classes"), cfg.compute_dtype, cfg.params_dtype, "classifier")(x)
         return logits.astype(jnp.float32)  # [B S C]
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True,
+                **tokenizer_extras):
+        _no_model_inputs(tokenizer_extras)
         return {"logits": self(input_ids, segment_ids=_segments(input_ids, attention_mask),
                                token_types=token_type_ids, deterministic=deterministic)}
 
@@ -418,7 +440,9 @@ class QuestionAnswering(nn.Module):
         logits = logits.astype(jnp.float32)  # [B S 2]
         return logits[..., 0], logits[..., 1]
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True,
+                **tokenizer_extras):
+        _no_model_inputs(tokenizer_extras)
         start, end = self(input_ids, segment_ids=_segments(input_ids, attention_mask),
                           token_types=token_type_ids, deterministic=deterministic)
         return {"start_logits": start, "end_logits": end}
@@ -441,7 +465,9 @@ class MaskedLM(nn.Module):
         x = _norm(cfg, "transform_norm")(x)
         return _output_logits(self, cfg, embed, x)  # [B S V]
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True,
+                **tokenizer_extras):
+        _no_model_inputs(tokenizer_extras)
         return {"logits": self(input_ids, segment_ids=_segments(input_ids, attention_mask),
                                token_types=token_type_ids, deterministic=deterministic)}
 
@@ -457,7 +483,8 @@ class DecoderLM(nn.Module):
         return Decoder(self.cfg, _embed(self.cfg, "embedding"), cross=False, name="decoder")(
             inputs, segment_ids, positions, deterministic=deterministic, decode=decode, logits_at=logits_at)
 
-    def forward(self, input_ids, attention_mask=None, *, deterministic: bool = True):
+    def forward(self, input_ids, attention_mask=None, *, deterministic: bool = True, **tokenizer_extras):
+        _no_model_inputs(tokenizer_extras)
         return {"logits": self(input_ids, segment_ids=None if attention_mask is None else
                                _segments(input_ids, attention_mask), deterministic=deterministic)}
 

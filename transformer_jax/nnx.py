@@ -65,6 +65,12 @@ def load_variables(module: nnx.Module, variables: Mapping[str, Any]) -> nnx.Modu
     or misshapen path is a named error.
     """
     current = {path: var for path, var in nnx.to_flat_state(nnx.state(module, nnx.Not(nnx.RngState)))}
+    collections = {nnx.variable_name_from_type(type(var), allow_register=True) for var in current.values()}
+    if not isinstance(variables, Mapping) or not set(variables) <= collections | {"params"}:
+        keys = sorted(map(str, variables)) if isinstance(variables, Mapping) else type(variables).__name__
+        raise ValueError(f"variables must be Linen variables {{collection: tree}}, e.g. {{'params': ...}} "
+                         f"(collections of this model: {', '.join(sorted(collections))}); got keys {keys}: "
+                         "pass {'params': params} for a bare parameter tree")
     given = {}
     for collection in variables.values():
         given.update(traverse_util.flatten_dict(nn.unbox(dict(collection))))

@@ -94,11 +94,34 @@ def quantize_int8(w: jax.Array, n_in: int, stacked: int = 0) -> tuple[jax.Array,
     return q, scale
 
 
+EXPERT_WEIGHTS = ("wi", "wi_gate", "wo")  # moe.MoEMLP's expert kernels; its router stays float32
+
+
+def _refuse_quantized(params) -> None:
+    """Quantizing twice rescales the int8 values (scales ~1) and breaks the model in silence."""
+    def walk(node, path):
+        if not isinstance(node, Mapping):
+            return
+        for k, v in node.items():
+            where = "/".join((*path, str(k)))
+            if isinstance(k, str) and k.endswith(SCALE_SUFFIX):
+                raise ValueError(f"quantize: these variables are already quantized (they hold {where}); "
+                                 "quantize the float32 variables, or dequantize first")
+            if not isinstance(v, Mapping) and jnp.issubdtype(jnp.asarray(v).dtype, jnp.integer) \
+                    and k in ("kernel", "embedding", *EXPERT_WEIGHTS):
+                raise ValueError(f"quantize: these variables are already quantized ({where} is "
+                                 f"{jnp.asarray(v).dtype.name}, an int8 kernel); quantize the float32 variables")
+            walk(v, (*path, str(k)))
+    walk(params, ())
+
+
 def quantize(variables, dtype: str = "int8", *, embeddings: bool = False) -> QuantizedVariables:
     """Weight-only quantized copy of `variables` ({"params": ...} or the params tree itself).
 
-    "int8": every projection `kernel` per output channel (and with `embeddings` every token
-    `embedding` table per row); "bfloat16" / "float16": every floating parameter cast.
+    "int8": every projection `kernel` per output channel, the experts of a mixture-of-experts
+    layer per expert and output channel (the router stays float32), and with `embeddings` every
+    token `embedding` table per row; "bfloat16" / "float16": every floating parameter cast.
+    Variables that are already quantized (int8 kernels, or `*_scale` leaves) are refused.
     """
     name = _dtype_name(dtype)
     if isinstance(variables, QuantizedVariables):
@@ -106,6 +129,7 @@ def quantize(variables, dtype: str = "int8", *, embeddings: bool = False) -> Qua
                          "quantize the float32 variables")
     wrapped = isinstance(variables, Mapping) and "params" in variables
     params = nn.meta.unbox(variables["params"] if wrapped else variables)
+    _refuse_quantized(params)
     if name != "int8":
         target = jnp.dtype(name)
         cast = jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
@@ -117,6 +141,10 @@ def quantize(variables, dtype: str = "int8", *, embeddings: bool = False) -> Qua
             if "kernel" in node and not isinstance(node["kernel"], Mapping):
                 out["kernel"], out["kernel" + SCALE_SUFFIX] = quantize_int8(node["kernel"], in_dims(path, node),
                                                                                stacked_dims(path))
+            elif "router" in node and not isinstance(node["router"], Mapping):  # moe.MoEMLP: per expert
+                for k in EXPERT_WEIGHTS:  # [(L,) E, in, out]: one scale per (layer,) expert and channel
+                    if k in node:
+                        out[k], out[k + SCALE_SUFFIX] = quantize_int8(node[k], 1, stacked_dims(path) + 1)
             elif embeddings and "embedding" in node and np.ndim(node["embedding"]) == 2 \
                     and path and path[-1].endswith("embedding"):
                 q, scale = quantize_int8(jnp.swapaxes(node["embedding"], 0, 1), 1)  # per row [V]

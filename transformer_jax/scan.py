@@ -83,6 +83,17 @@ def remat_policy(name: str) -> Callable[..., bool] | None:
     raise ValueError(f"TransformerConfig.remat={name!r} has no policy; valid: full, dots, offload")
 
 
+def check_remat(cfg: TransformerConfig) -> None:
+    """remat outside a scan is refused where it cannot work: the compiled CPU program keeps none of
+    the optimisation barriers that hold the recomputation in the backward pass, so an unscanned
+    stack's compiled temporaries stay the same (measured: README, Scale). Under `scan_layers` the
+    loop keeps the layers apart and remat works."""
+    if not cfg.scan_layers and jax.default_backend() == "cpu":
+        raise ValueError(f"TransformerConfig.remat={cfg.remat!r} needs scan_layers=True on the cpu backend: "
+                         "unscanned, XLA:CPU folds the recomputation back into the forward pass and saves no "
+                         "memory; set scan_layers=True (same parameters, stacked), or remat='none'")
+
+
 # ---- running a stack -----------------------------------------------------------------------------
 
 class LayerGroup(nn.Module):
@@ -113,6 +124,7 @@ def apply_layers(cfg: TransformerConfig, block: type[nn.Module], kinds: tuple, s
     block, `shared_layer`, that every layer runs.
     """
     if remat and cfg.remat != "none":
+        check_remat(cfg)
         block = nn.remat(block, policy=remat_policy(cfg.remat), static_argnums=static_argnums,
                          prevent_cse=not cfg.scan_layers)  # scan already stops CSE across layers
     if cfg.share_layers:  # ALBERT: one block, its parameters held once, run len(kinds) times
@@ -125,8 +137,9 @@ def apply_layers(cfg: TransformerConfig, block: type[nn.Module], kinds: tuple, s
             x = block(cfg, *kind, name=f"layer_{i}")(x, *args)
         return x
     p = period(kinds)
+    # "aux_loss", "moe_metrics": moe.AUX_LOSS, moe.METRICS; "attention_weights": attention.weights.COLLECTION
     scanned = nn.scan(LayerGroup, variable_axes={"params": 0, "cache": 0, "intermediates": 0, "aux_loss": 0,
-                                                 "moe_metrics": 0},  # moe.AUX_LOSS, moe.METRICS
+                                                 "moe_metrics": 0, "attention_weights": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
                       length=len(kinds) // p, metadata_params={nn.PARTITION_NAME: SCAN_NAME})
     x, _ = scanned(cfg, block, kinds[:p], name=SCAN_NAME)(x, *args)

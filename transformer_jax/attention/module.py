@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from transformer_jax.attention import SPECS
+from transformer_jax.attention import SPECS, weights
 from transformer_jax.attention.base import RecurrentDecoding
 from transformer_jax.attention.base import einsum_f32
 from transformer_jax.attention.dense import Dense
@@ -118,6 +118,10 @@ class MultiHeadAttention(nn.Module):
         else:
             k, v = self._repeat_kv(k), self._repeat_kv(v)  # [B S N H]
             extra = {} if bias is None else {"bias": bias}
+            if weights.requested(self):  # only tj.attention_weights() asks
+                self.sow(weights.COLLECTION, "weights", weights.probabilities(
+                    self.spec, q, k, causal=self.causal, q_segment_ids=q_segment_ids,
+                    kv_segment_ids=kv_segment_ids, bias=bias))  # [B N T S]
             out = self.spec(q, k, v, causal=self.causal, q_segment_ids=q_segment_ids,
                             kv_segment_ids=kv_segment_ids, **extra)  # [B T N H]
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))

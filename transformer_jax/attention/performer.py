@@ -231,6 +231,41 @@ class Performer:
         unpacked = jnp.all(((qseg == 0) | (qseg == row_id[:, None])) & ((kseg == 0) | (kseg == row_id[:, None])))
         return _ratio(*jax.lax.cond(unpacked, one_example, packed, None)).astype(v.dtype)
 
+    def implied_weights(self, q: Array, k: Array, *, causal: bool = False, q_segment_ids: Array | None = None,
+                        kv_segment_ids: Array | None = None) -> Array:
+        """The weights this kernel applies, [B, N, T, S] float32 (`attention.weights.ImpliedWeights`):
+        A[t, s] = phi(q_t).phi(k_s) / sum_s' phi(q_t).phi(k_s') over the keys query t sees, so that
+        `A v` is this spec's output. The random-feature approximation of softmax, not softmax itself.
+
+        The keys a query sees are those of `__call__`: every key, the causal prefix, and with segment
+        ids either the row's one example (rows of one id plus padding) or, when any row is packed,
+        the contiguous run of the query's id. Materialises [B, N, T, S]: for inspection only.
+        """
+        check_qkv(q, k, k, q_segment_ids, kv_segment_ids)
+        T, S = q.shape[1], k.shape[1]
+        w = self.features(q.shape[-1])
+        pq, lk = query_features(feature_logits(q, w)), feature_logits(k, w)  # [B T N m], [B S N m]
+        see = jnp.asarray(self.mask(T, S, causal))[None]  # [1 T S]
+        if q_segment_ids is not None or kv_segment_ids is not None:
+            ones = jnp.ones(q.shape[:2], jnp.int32)
+            qseg = q_segment_ids if q_segment_ids is not None else ones
+            kseg = kv_segment_ids if kv_segment_ids is not None else ones
+            row_id = jnp.max(kseg, axis=1)  # [B]
+            unpacked = jnp.all(((qseg == 0) | (qseg == row_id[:, None])) & ((kseg == 0) | (kseg == row_id[:, None])))
+
+            def runs(seg):  # [B T] -> the index of each position's contiguous run of one id
+                return jnp.cumsum(jnp.concatenate([jnp.zeros_like(seg[:, :1]), seg[:, 1:] != seg[:, :-1]], 1), 1)
+
+            same = jnp.where(unpacked, qseg[:, :, None] == kseg[:, None, :],
+                             runs(qseg)[:, :, None] == runs(kseg)[:, None, :])  # [B T S]
+            see = see & same & (qseg[:, :, None] != 0) & (kseg[:, None, :] != 0)
+        lk = jnp.where(jnp.any(see, axis=1)[:, :, None, None], lk, -jnp.inf)  # keys no query sees
+        top = jnp.max(lk, axis=(1, 3), keepdims=True)  # [B 1 N 1]: one constant per (batch, head), cancels
+        ek = jnp.exp(lk - jnp.where(jnp.isfinite(top), top, 0.0))  # [B S N m]
+        kernel = jnp.einsum("btnm,bsnm->bnts", pq, ek) * see[:, None]  # [B N T S], phi(q).phi(k) up to scale
+        total = jnp.sum(kernel, axis=-1, keepdims=True)
+        return kernel / jnp.where(total > 0, total, 1.0)
+
     # ---- recurrent decoding (attention.base.RecurrentDecoding) ----
 
     def decode_state(self, batch: int, heads: int, head_dim: int) -> dict[str, Array]:

@@ -3,7 +3,8 @@
     model, variables = tj.from_pretrained("path/to/dir", head="sequence_classification", num_labels=3)
     tj.save_pretrained(model, variables, "path/to/out", tokenizer=tok)
 
-Families (one file each in `families/`): BERT, GPT-2, T5, BART, Marian, Llama, Mistral.
+Families (one file each in `families/`, registered by name): BERT, RoBERTa, XLM-R, DistilBERT, ALBERT,
+GPT-2, Llama, Mistral, Qwen3, Gemma 3, T5, BART, Marian, ViT.
 """
 
 from transformer_jax.pretrained.convert import from_pretrained, load_generation_config, save_pretrained

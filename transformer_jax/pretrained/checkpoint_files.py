@@ -97,11 +97,14 @@ class TensorReader:
     def __init__(self, files: Mapping[str, Path]):
         self.files = dict(files)
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._dtypes: dict[str, str] = {}  # safetensors' names: F32, BF16, I64, BOOL, ...
         found: dict[str, Path] = {}  # tensor -> the file that really holds it
         for file in sorted(set(self.files.values())):
             with _open(file) as f:
                 for name in f.keys():
-                    self._shapes[name] = tuple(f.get_slice(name).get_shape())
+                    piece = f.get_slice(name)
+                    self._shapes[name] = tuple(piece.get_shape())
+                    self._dtypes[name] = str(piece.get_dtype())
                     found[name] = file
         index = next(iter(self.files.values())).parent / INDEX if self.files else Path(INDEX)
         absent = sorted(set(self.files) - set(self._shapes))
@@ -123,6 +126,9 @@ class TensorReader:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._shapes[name]
+
+    def dtype(self, name: str) -> str:
+        return self._dtypes[name]
 
     def read(self, name: str, dtype=np.float32) -> np.ndarray:
         with _open(self.files[name]) as f:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import flax.linen as nn
@@ -94,6 +95,49 @@ def config_of(family: Family, hf: dict, config_path: Path) -> TransformerConfig:
                          f"({e})") from None
     except ValueError as e:
         raise ValueError(f"{config_path}: {str(e).removeprefix('config.json: ')}") from None
+
+
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+# Overrides that leave what a checkpoint computes unchanged (up to the computation dtype).
+_SAFE_OVERRIDES = _IRRELEVANT | {"max_len"}
+
+
+def _dtype_name(safetensors_dtype: str) -> str:
+    return {"I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}.get(
+        safetensors_dtype, safetensors_dtype)
+
+
+def _same_attention(a, b) -> bool:
+    """Two specs (or per-layer tuples) compute the same: equal, or both exact softmax (Dense, Flash)."""
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+        n = max(len(a), len(b))
+        a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+        return len(a) == len(b) and all(_same_attention(x, y) for x, y in zip(a, b))
+    return a == b or (getattr(a, "exact_softmax", False) and getattr(b, "exact_softmax", False))
+
+
+def _finite(raw: np.ndarray, name: str, directory: Path) -> np.ndarray:
+    """`raw`, or a named error when it holds NaN or inf (a damaged checkpoint, never loaded in silence)."""
+    bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+    if bad:
+        raise ValueError(f"{directory}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                         f"{raw.size}; the checkpoint is damaged")
+    return raw
+
+
+def _check_overrides(stored: TransformerConfig, cfg: TransformerConfig, overrides: dict, directory: Path) -> None:
+    """An override may change how the model runs (dtype, dropout, scan, remat, max_len, an exact
+    attention backend), never what the checkpoint computes: that would load and run, wrongly."""
+    for field, value in overrides.items():
+        if field in _SAFE_OVERRIDES or getattr(stored, field, value) == getattr(cfg, field, value):
+            continue
+        if field.endswith("_attention") and _same_attention(getattr(stored, field), getattr(cfg, field)):
+            continue
+        raise ValueError(f"from_pretrained({str(directory)!r}, {field}={value!r}): the override changes what the "
+                         f"checkpoint computes (its config.json gives {field}={getattr(stored, field)!r}); "
+                         f"overrides may set {', '.join(sorted(_SAFE_OVERRIDES))} or an exact-softmax attention "
+                         "(Dense, Flash)")
 
 
 def _example_inputs(model) -> tuple:
@@ -178,6 +222,9 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     hf = read_json(directory / "config.json")
     arch, family = _architecture(hf, directory / "config.json")
     head = _resolve_head(head, arch, family, directory / "config.json")
+    reader = TensorReader(files)
+    if family.resolve is not None:
+        hf = family.resolve(hf, reader)
     target = family.architecture(head)
     relabelled = num_labels is not None or id2label is not None
     hf = _hf_with_labels(hf, head, num_labels, id2label)
@@ -185,7 +232,8 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     overrides = dict(config_overrides, param_dtype=param_dtype)
     if dtype is not None:
         overrides["dtype"] = dtype
-    cfg = cfg.replace(**overrides)
+    stored_cfg, cfg = cfg, cfg.replace(**overrides)
+    _check_overrides(stored_cfg, cfg, config_overrides, directory)
     cfg = cfg.replace(family=family.name, hf_config=_kept_fields(hf, family, cfg))
     model = family.model(head, cfg.replace(scan_layers=False))  # the tables name layer_<i>
 
@@ -197,13 +245,16 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     assert sorted(covered) == sorted(shapes), (  # a bug in a tensor table, never the user's input
         f"{family.name} table vs model: {sorted(set(covered) ^ set(shapes))}")
 
-    reader = TensorReader(files)
     stored, fresh, dropped = match(table, reader.names(), family, cfg, directory, strict=target == arch)
     backbone = backbone_names(family, cfg)
     for row in table:
         if row.name not in stored:
             continue
         want, got = _expected_shape(row, shapes), reader.shape(stored[row.name])
+        if reader.dtype(stored[row.name]) not in _FLOAT_DTYPES:
+            raise ValueError(f"{directory}: tensor {stored[row.name]!r} is {_dtype_name(reader.dtype(stored[row.name]))} "
+                             f"in the checkpoint; weights must be floating point ({', '.join(_FLOAT_DTYPES)}), "
+                             "not cast in silence")
         if want == got:
             continue
         if relabelled and family.canonical(row.name) not in backbone:  # a classifier sized anew
@@ -216,10 +267,10 @@ def from_pretrained(path, head: str | None = None, num_labels: int | None = None
     np_dtype = jnp.dtype(param_dtype)
     params = {}
     if fresh:  # initialise the head's new weights as the model itself would
-        init = flatten_dict(nn.unbox(jax.jit(lambda: model.init(jax.random.key(seed),
-                                                                *_example_inputs(model)))()["params"]))
+        init = flatten_dict(nn.unbox(model.init(jax.random.key(seed), *_example_inputs(model))["params"]))
     for row in table:
-        values = row.load(reader.read(stored[row.name])) if row.name in stored else [init[p] for p in row.paths]
+        values = ([init[p] for p in row.paths] if row.name not in stored
+                  else row.load(_finite(reader.read(stored[row.name]), stored[row.name], directory)))
         for p, value in zip(row.paths, values):
             value = np.asarray(value, np_dtype)
             if p in shardings:
@@ -272,19 +323,24 @@ def head_of(model) -> str:
 
 
 def _family_of(model, head: str, family) -> Family:
-    """The family to save as: `family` (a name or Family), else the one the model was loaded from;
-    a model trained from scratch must name it unless only one family has its head."""
+    """The family to save as: `family` (a name or Family), else the one the model was loaded from
+    (`TransformerConfig.family`), else, for a model built from scratch, the one family whose
+    config.json holds its configuration exactly; never a nearest match."""
     if isinstance(family, Family):
         return family
     name = family or model.cfg.family
     if name is not None:
         return family_named(name)
     candidates = [f for f in FAMILIES.values() if head in f.heads]
-    if len(candidates) == 1:
-        return candidates[0]
-    raise ValueError(f"save_pretrained: name the family to save {type(model).__name__} as, e.g. "
-                     f"save_pretrained(..., family={candidates[0].name!r}); valid for head {head!r}: "
-                     f"{', '.join(f.name for f in candidates)}")
+    exact = [f for f in candidates if not _config_differences(model, f, None)[2]]
+    if len(exact) == 1:
+        return exact[0]
+    if not exact:
+        why = "; ".join(f"{f.name}: {_config_differences(model, f, None)[2][0]}" for f in candidates)
+        raise ValueError(f"save_pretrained: no family holds this {type(model).__name__} configuration exactly "
+                         f"({why}); name one with family=... to see every field it lacks")
+    raise ValueError(f"save_pretrained: the {type(model).__name__} configuration fits several families "
+                     f"({', '.join(f.name for f in exact)}); name one, e.g. family={exact[0].name!r}")
 
 
 def _labels(hf: dict, num_classes: int, id2label) -> dict:
@@ -304,31 +360,53 @@ def _labels(hf: dict, num_classes: int, id2label) -> dict:
                 label2id={labels[i]: i for i in sorted(labels)})
 
 
-def hf_config_of(model, family=None, id2label=None) -> tuple[dict, Family, str]:
-    """The config.json a model would be saved with; raises naming a field with no equivalent."""
-    head = head_of(model)
-    cls, cfg = type(model), model.cfg
-    family = _family_of(model, head, family)
+def _config_differences(model, family: Family, id2label) -> tuple[dict, str, list[str]]:
+    """(config.json, architecture, the TransformerConfig fields it would not reproduce)."""
+    head, cfg = head_of(model), model.cfg
     arch = family.architecture(head)
     kept = {k: json.loads(v) for k, v in cfg.hf_config}
     hf = dict(kept, **family.to_hf(cfg), **family.model_fields(model), architectures=[arch])
     if head in ("sequence_classification", "token_classification"):
         hf.update(_labels(kept, cfg.num_classes, id2label))
         hf["num_labels"] = cfg.num_classes
-        if head == "sequence_classification" and cfg.num_classes == 1:
-            hf.setdefault("problem_type", "regression")
     try:
-        diffs = _differences(cfg, family.to_config(hf), cls.__name__)
+        diffs = _differences(cfg, family.to_config(hf), type(model).__name__)
     except ValueError as e:  # the exported config is itself unsupported
-        raise ValueError(f"{cls.__name__} cannot be saved as {family.name}: {e}") from None
+        diffs = [str(e)]
+    return hf, arch, diffs
+
+
+def hf_config_of(model, family=None, id2label=None) -> tuple[dict, Family, str]:
+    """The config.json a model would be saved with; raises naming a field with no equivalent."""
+    head = head_of(model)
+    cls, cfg = type(model), model.cfg
+    family = _family_of(model, head, family)
+    hf, arch, diffs = _config_differences(model, family, id2label)
     if diffs:
         field = diffs[0]
+        if not hasattr(cfg, field):
+            raise ValueError(f"{cls.__name__} cannot be saved as {family.name}: {field}")
         expected = getattr(family.to_config(hf), field)
         raise ValueError(
             f"TransformerConfig.{field}={getattr(cfg, field)!r} has no Hugging Face equivalent for "
             f"{cls.__name__}: {arch} ({family.name}) needs {field}={expected!r}"
             + (f" (also differs: {', '.join(diffs[1:])})" if len(diffs) > 1 else ""))
     return hf, family, arch
+
+
+def _refuse_quantized(variables) -> None:
+    """Quantized variables would be written as rounded floats (or not at all): name the fix."""
+    from transformer_jax.quantization import SCALE_SUFFIX, QuantizedVariables
+
+    if isinstance(variables, QuantizedVariables):
+        raise ValueError(f"save_pretrained: these variables are {variables.dtype}-quantized; dequantize first "
+                         "(save the float32 variables, or `tj.dequantize(q)`)")
+    params = variables.get("params", {}) if isinstance(variables, Mapping) else {}
+    flat = flatten_dict(nn.unbox(dict(params))) if isinstance(params, Mapping) else {}
+    scaled = [p for p in flat if str(p[-1]).endswith(SCALE_SUFFIX)]
+    if scaled:
+        raise ValueError(f"save_pretrained: these variables are quantized ({'/'.join(scaled[0])}); dequantize "
+                         "first (`tj.dequantize(q)`)")
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -384,6 +462,7 @@ def save_pretrained(model, variables, path, *, family=None, tokenizer=None, id2l
     rewrite (a sharded index and its shards, generation_config.json, tokenizer files) are removed, as
     the reference library does for weights, so they never load beside (or instead of) the new ones.
     """
+    _refuse_quantized(variables)
     hf, family, arch = hf_config_of(model, family, id2label)
     directory = Path(path)
     if directory.exists() and not directory.is_dir():

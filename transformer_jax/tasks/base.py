@@ -17,6 +17,7 @@ reaches only the loss; derived segment ids and positions are keyword inputs unde
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -51,6 +52,24 @@ class Field:
 
     def derived(self) -> tuple[str, str]:
         return f"{self.segments}segment_ids", f"{self.segments}positions"
+
+
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def tokenize(tokenizer, *args, **kwargs) -> dict:
+    """`tokenizer(*args, **kwargs)`, one call at a time: the `tokenizers` pipeline behind a checkpoint's
+    tokenizer holds its truncation and padding settings between calls, and Grain featurizes on
+    several threads (unserialised, a call could run under another's settings and come back longer
+    than its max_length)."""
+    with _TOKENIZER_LOCK:
+        return tokenizer(*args, **kwargs)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """`tokenizer.encode(text)` under the same lock as `tokenize`."""
+    with _TOKENIZER_LOCK:
+        return list(tokenizer.encode(text))
 
 
 def pad_to(x: np.ndarray, n: int) -> np.ndarray:

@@ -41,6 +41,9 @@ class ImageClassification(Task):
         self.vit_config()  # the geometry's named errors, at construction
         if isinstance(self.shift, bool) or not isinstance(self.shift, int) or self.shift < 0:
             raise ValueError(f"ImageClassification.shift must be an int >= 0 (pixels); got {self.shift!r}")
+        if self.shift >= min(self.image_size):  # a shift past the edge leaves nothing of the image
+            raise ValueError(f"ImageClassification.shift={self.shift} must be smaller than the "
+                             f"{self.image_size[0]}x{self.image_size[1]} image (pixels)")
 
     @property
     def fields(self) -> tuple[Field, ...]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from transformer_jax import sharding as shd
 from transformer_jax.config import BOS_ID, EOS_ID
-from transformer_jax.tasks.base import Field, Task, token_weights
+from transformer_jax.tasks.base import Field, Task, encode, token_weights
 from transformer_jax.tasks.predictor import Predictor, model_params
 
 
@@ -166,10 +166,10 @@ class CausalLMFinetune(Task):
 
     def featurize(self, record, fz) -> dict | None:
         if record.get("prompt") is not None:
-            prompt = list(fz.tokenizer.encode(record["prompt"]))
-            response = list(fz.tokenizer.encode(record.get("response") or "")) + self._eos()
+            prompt = encode(fz.tokenizer, record["prompt"])
+            response = encode(fz.tokenizer, record.get("response") or "") + self._eos()
         else:
-            prompt, response = [], list(fz.tokenizer.encode(record.get("text") or "")) + self._eos()
+            prompt, response = [], encode(fz.tokenizer, record.get("text") or "") + self._eos()
         seq = (prompt + response)[: fz.max_tgt_len + 1]
         if len(seq) < 2:
             return None

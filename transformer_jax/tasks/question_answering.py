@@ -21,13 +21,13 @@ from typing import ClassVar
 import numpy as np
 
 from transformer_jax.data import qa
-from transformer_jax.tasks.base import Field, Task
+from transformer_jax.tasks.base import Field, Task, tokenize
 
 
 def windows(tokenizer, records, max_length: int, stride: int) -> dict:
     """The tokenizer's overflow windows of every record's (question, context): lists per window of
     input_ids, token_type_ids, offset_mapping, sequence_ids, and overflow_to_sample_mapping."""
-    return tokenizer([r["question"] for r in records], [r["context"] for r in records], truncation="only_second",
+    return tokenize(tokenizer, [r["question"] for r in records], [r["context"] for r in records], truncation="only_second",
                      max_length=max_length, stride=stride, return_overflowing_tokens=True,
                      return_offsets_mapping=True)
 

@@ -81,6 +81,10 @@ class Clock:
         finally:
             self._paused_s += self._now() - t
 
+    def remaining(self) -> float | None:
+        """Seconds of the budget left (None without a budget)."""
+        return self.budget_s - self.elapsed() if self.budget_s > 0 else None
+
     def expired(self) -> bool:
         return self.budget_s > 0 and self.elapsed() >= self.budget_s
 
@@ -116,12 +120,28 @@ def evaluates(config) -> bool:
 
 
 def _read(path: str) -> dict[int, float]:
+    """{step: elapsed seconds} from budget.json ({} without one); a corrupt file is a named error."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         return {}
-    return {int(k): float(v) for k, v in data.get("elapsed_s", {}).items()}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is corrupt ({err}); it records the training time per checkpoint: restore "
+                         "it, or delete it to count the budget from zero") from None
+    elapsed = data.get("elapsed_s") if isinstance(data, dict) else None
+    try:
+        if not isinstance(elapsed, dict):
+            raise TypeError
+        return {int(k): float(v) for k, v in elapsed.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"{path} is corrupt: want {{\"elapsed_s\": {{step: seconds}}}}, got "
+                         f"{json.dumps(data)[:80]}; restore it, or delete it to count the budget from zero") from None
+
+
+def check_file(workdir: str) -> None:
+    """Read `<workdir>/budget.json` once before anything compiles (a named error if corrupt)."""
+    _read(os.path.join(workdir, BUDGET_FILE))
 
 
 def best_params(s, ckpt, state, step: int):

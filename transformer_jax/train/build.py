@@ -21,7 +21,7 @@ import numpy as np
 
 from transformer_jax import sharding as shd
 from transformer_jax import tasks
-from transformer_jax.train import adapters, checkpoint_source, optim
+from transformer_jax.train import adapters, checkpoint_source, distill, optim
 from transformer_jax.train.experiment import (SYNTHETIC, build_model_and_source, check_batch_fits, config_task,
                                               validate_config)
 from transformer_jax.train.state import TrainState, abstract_state, create_train_state
@@ -70,9 +70,10 @@ def make_tokenizer(config, workdir: str, task: tasks.Task | None = None):
     if config.get("task", ""):
         raise ValueError(f"config.task={config.task!r} fine-tunes a pretrained checkpoint with its own tokenizer; "
                          "set config.init_from to a Hugging Face model directory")
-    if config.data.tokenizer == "sentencepiece" and config.get("init_from", ""):
-        _tokenizer_from(config.init_from, data.sentencepiece_path(workdir, config.data.dataset, config.data.vocab_size,
-                                                                  task.symbols))
+    teacher = (config.get("distill", None) or {}).get("teacher", "")  # a student reads text as its teacher does
+    if config.data.tokenizer == "sentencepiece" and (config.get("init_from", "") or teacher):
+        _tokenizer_from(config.get("init_from", "") or teacher,
+                        data.sentencepiece_path(workdir, config.data.dataset, config.data.vocab_size, task.symbols))
     return data.make_task_tokenizer(config.data.tokenizer, config.data.dataset, workdir=workdir,
                                     vocab_size=config.data.vocab_size or None, text_keys=task.text_features(),
                                     data_dir=config.data.data_dir or None, symbols=task.symbols)
@@ -136,7 +137,12 @@ def file_source(config, split: str, task, *, roles=None, optional=None):
     labels = getattr(task, "labels", None) if getattr(task, "label_role", "label") is not None else None
     return open_files(files, task.roles if roles is None else roles,
                       optional=task.optional_roles if optional is None else optional,
-                      columns=dict(config.data.get("columns", {}) or {}), labels=labels)
+                      columns=columns(config), labels=labels)
+
+
+def columns(config) -> dict[str, str]:
+    """`config.data.columns` without the roles left "" (their default columns)."""
+    return {k: v for k, v in dict(config.data.get("columns", {}) or {}).items() if v}
 
 
 def split_records(config, split: str, task, max_examples: int | None = None) -> list[dict]:
@@ -250,6 +256,7 @@ def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Set
     and anything fails before it returns, it is removed again (no half-made workdirs).
     """
     sizes = validate_config(config, workdir)
+    distill.check_teacher_early(config)  # a teacher workdir that does not fit the student: before any write
     if train_iter is None:
         check_data(config)
     epochs_to_steps(config)

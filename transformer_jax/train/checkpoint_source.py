@@ -56,20 +56,40 @@ def is_pretrained_dir(path: str) -> bool:
     return bool(path) and os.path.exists(os.path.join(path, "config.json")) and not is_workdir(path)
 
 
-def source_config(path: str) -> tuple[TransformerConfig, str, str, object]:
+HEAD_OF_MODEL = {"EncoderClassifier": "sequence_classification", "TokenClassifier": "token_classification",
+                 "QuestionAnswering": "question_answering", "MaskedLM": "masked_lm", "DecoderLM": "causal_lm",
+                 "Transformer": "seq2seq", "Encoder": "encoder"}
+
+
+def source_config(path: str, model_class: str = "", num_labels: int | None = None,
+                  id2label=None) -> tuple[TransformerConfig, str, str, object]:
     """(the checkpoint's TransformerConfig, where it was read, its model class name, its variables
-    or None): a Hugging Face directory is loaded once here (its variables are reused to start the
-    run); a workdir's config is its saved `config.model`."""
+    or None). A Hugging Face directory is loaded once here under the head of `model_class`
+    (`from_pretrained(head=...)`: any encoder checkpoint under any encoder head); the weights the
+    head initialised afresh are left out of the variables, so the run reports them as fresh. A
+    workdir's config is its saved `config.model` (its parameters are read when the run starts)."""
     if is_workdir(path):
         from transformer_jax.train.build import load_config
         from transformer_jax.train.experiment import build_model, model_config
 
         saved = load_config(path)
         return model_config(saved), os.path.join(path, "config.pkl"), type(build_model(saved)).__name__, None
-    from transformer_jax.pretrained import from_pretrained
+    from flax.traverse_util import flatten_dict, unflatten_dict
 
-    model, variables = from_pretrained(path)
-    return model.cfg, os.path.join(path, "config.json"), type(model).__name__, variables
+    from transformer_jax.pretrained import from_pretrained
+    from transformer_jax.pretrained.families import family
+
+    head = HEAD_OF_MODEL.get(model_class)
+    labels = {"num_labels": num_labels} if head in ("sequence_classification", "token_classification") and \
+        num_labels is not None else {}
+    if id2label is not None and labels:
+        labels = {"id2label": list(id2label)}
+    model, variables, report = from_pretrained(path, head=head, return_report=True, **labels)
+    fam = family(model.cfg.family)
+    fresh = {p for row in fam.tensors(model.cfg, fam.architecture(report.head)) if row.name in report.fresh
+             for p in row.paths}
+    params = {p: v for p, v in flatten_dict(dict(variables["params"])).items() if p not in fresh}
+    return model.cfg, os.path.join(path, "config.json"), type(model).__name__, {"params": unflatten_dict(params)}
 
 
 def _differs(a, b) -> bool:
@@ -81,7 +101,7 @@ def _differs(a, b) -> bool:
 def contradictions(given: dict, checkpoint: TransformerConfig, ignore: tuple[str, ...] = ()) -> list[str]:
     """'config.model.FIELD=VALUE, but the checkpoint has VALUE' for every field `given` (the
     experiment's `config.model`, attention specs parsed) sets other than the checkpoint's."""
-    skip = set(RUN_FIELDS) | set(HEAD_FIELDS) | set(ignore) | {"preset"}
+    skip = set(RUN_FIELDS) | set(HEAD_FIELDS) | set(ignore) | {"preset", "family", "hf_config"}  # provenance
     out = []
     for f in dataclasses.fields(TransformerConfig):
         if f.name in skip or f.name not in given or given[f.name] is None:
@@ -91,12 +111,12 @@ def contradictions(given: dict, checkpoint: TransformerConfig, ignore: tuple[str
     return out
 
 
-def decided_config(config, given: dict, model_class: str, num_classes: int | None = None):
+def decided_config(config, given: dict, model_class: str, num_classes: int | None = None, labels=None):
     """(the run's TransformerConfig, the source's variables or None), or a named error listing every
     contradiction. `given`: the experiment's `config.model` (attention specs parsed); `model_class`:
     the class this run trains (fields it never reads are not compared)."""
     path = init_from(config)
-    checkpoint, where, source_class, variables = source_config(path)
+    checkpoint, where, source_class, variables = source_config(path, model_class, num_classes, labels)
     ignore = (*UNUSED_BY.get(model_class, ()), *UNUSED_BY.get(source_class, ()))
     bad = contradictions(given, checkpoint, ignore)
     if bad:

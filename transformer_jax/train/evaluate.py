@@ -98,8 +98,9 @@ def evaluate_bleu(s: Setup, params, split: str) -> dict[str, Any]:
 
 def summary_line(result: dict[str, Any]) -> str:
     """One log line for an end-of-run result."""
-    if "bleu" in result:
+    if "bleu" in result and "signature" in result:
         return (f"BLEU {result['bleu']:.2f} on {result['split']} ({result['examples']} sentences, "
                 f"beam {result['beam_size']}) | {result['signature']}")
-    keys = [k for k in ("accuracy", "perplexity", "nll") if k in result]
+    keys = [k for k in ("accuracy", "f1", "exact_match", "precision", "recall", "pearson", "spearman", "rouge1",
+                        "rouge2", "rougeL", "bleu", "perplexity", "nll") if k in result]
     return f"{result['split']}: " + ", ".join(f"{k} {result[k]:.4f}" for k in keys)

@@ -28,6 +28,7 @@ from transformer_jax.config import TransformerConfig, preset
 from transformer_jax.tasks.registry import MODEL_TYPES
 from transformer_jax.train.adapters import check_config as check_lora
 from transformer_jax.train.budget import check_minutes
+from transformer_jax.train.distill import check_config as check_distill
 from transformer_jax.train.profile import parse_profile_steps
 
 NONFINITE = ("stop", "skip")
@@ -186,7 +187,8 @@ def files_task(config) -> tasks.Task:
 
             if not config.data.get("train_files", ""):
                 raise ValueError(f"config.task={name!r} needs config.data.train_files (or config.data.labels)")
-            labels = derive_labels(config.data.train_files, role, columns=dict(config.data.get("columns", {}) or {}))
+            columns = {k: v for k, v in dict(config.data.get("columns", {}) or {}).items() if v}
+            labels = derive_labels(config.data.train_files, role, columns=columns)
         options["labels"] = None if labels is None or tuple(labels) == ("<regression>",) else tuple(labels)
     for key in ("prefix", "doc_stride"):
         if key in config.data and key in {f.name for f in dataclasses.fields(cls)}:
@@ -234,8 +236,12 @@ def build_model_and_source(config: ml_collections.ConfigDict, task: tasks.Task |
     from transformer_jax.train import checkpoint_source
 
     model_class = task.model_class().__name__
-    cfg, variables = checkpoint_source.decided_config(config, model_fields(config), model_class,
-                                                      getattr(task, "num_labels", None))
+    given = model_fields(config)
+    num_classes = getattr(task, "num_labels", None)
+    if num_classes is None and model_class == "EncoderClassifier":
+        num_classes = given.get("num_classes")
+    cfg, variables = checkpoint_source.decided_config(config, given, model_class, num_classes,
+                                                      getattr(task, "labels", None))
     return task.make_model(cfg), variables
 
 
@@ -384,6 +390,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     config_task(config)  # the task and model fit (a named error otherwise)
     _check_init_from(config)
     check_lora(config)  # lora.rank / alpha / targets / save_adapters_only; freeze beside LoRA
+    check_distill(config)  # distill.teacher / temperature / alpha / init_from_teacher
     sizes = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
     _check_counts(config)
     check_minutes(config)

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -96,9 +97,11 @@ class Progress:
     """A tqdm bar on a terminal (stderr); one `progress_line` per logged step when stdout is not a
     terminal (a log file, a pipe, a batch job), so progress is never invisible. Process 0 only."""
 
-    def __init__(self, start: int, total: int, unit: str, bar: bool | None = None):
+    def __init__(self, start: int, total: int, unit: str, bar: bool | None = None,
+                 budget_left: Callable[[], float | None] | None = None):
         main = jax.process_index() == 0
         self.start, self.total, self.unit, self.t0 = start, total, unit, time.time()
+        self.budget_left = budget_left  # seconds of a time budget left (None: no budget): caps the ETA
         self.bar = None
         if main and (sys.stderr.isatty() if bar is None else bar):
             from tqdm import tqdm
@@ -116,6 +119,9 @@ class Progress:
         if self.lines:
             done = step - self.start
             eta = (self.total - step) * (time.time() - self.t0) / done if done > 0 else None
+            left = self.budget_left() if self.budget_left is not None else None
+            if left is not None:  # the run ends at the budget if that comes first
+                eta = max(left, 0.0) if eta is None else min(eta, max(left, 0.0))
             print(progress_line(step, self.total, loss, rate, self.unit, eta), flush=True)
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from transformer_jax import sharding as shd
 from transformer_jax.model import param_count
-from transformer_jax.train import adapters, budget
+from transformer_jax.train import adapters, budget, distill
 from transformer_jax.train.build import (Setup, checkpointer, has_checkpoint, load_config,  # noqa: F401
                                          make_data_iterator, make_tokenizer, restore_for_eval, save_config, setup,
                                          step_config)
@@ -91,12 +91,15 @@ def _any_process(*flags: bool):
 # Train
 
 
-def _compile(s: Setup, state):
-    """The train step compiled for the state's shardings; logs its memory per device."""
-    step_fn = make_train_step(s.model, s.tx, s.schedule, step_config(s.config), task=s.task)
+def _compile(s: Setup, state, teacher: distill.Teacher | None = None):
+    """The train step compiled for the state's shardings; logs its memory per device. With a
+    teacher, the returned step binds its parameters (a non-trained argument of the jitted step)."""
+    step_fn = make_train_step(s.model, s.tx, s.schedule, step_config(s.config), task=s.task, teacher=teacher)
     with shd.activate(s.mesh):
-        jitted, _ = jit_train_step(step_fn, s.shardings, s.example, s.mesh)
-        compiled = jitted.lower(abstract_state(state, s.shardings), s.example).compile()
+        jitted, _ = jit_train_step(step_fn, s.shardings, s.example, s.mesh,
+                                   teacher_shardings=None if teacher is None else teacher.shardings)
+        extra = () if teacher is None else (teacher.abstract_params(),)
+        compiled = jitted.lower(abstract_state(state, s.shardings), s.example, *extra).compile()
     mem = compiled.memory_analysis()
     if mem is not None:
         total = sum(getattr(mem, f, 0) or 0 for f in ("argument_size_in_bytes", "output_size_in_bytes",
@@ -104,7 +107,9 @@ def _compile(s: Setup, state):
         total -= getattr(mem, "alias_size_in_bytes", 0) or 0
         _log(f"compiled train step: ~{total / 2**20:.1f} MiB per device (arguments "
              f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, temporaries {mem.temp_size_in_bytes / 2**20:.1f} MiB)")
-    return compiled
+    if teacher is None:
+        return compiled
+    return lambda state, batch: compiled(state, batch, teacher.params)
 
 
 def _nonfinite_message(step_no: int, m: dict, latest: int | None) -> str:
@@ -130,6 +135,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
 
 def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter: Iterator,
            eval_iter_fn: Callable[[], Iterator] | None, progress: bool | None) -> dict[str, Any]:
+    budget.check_file(workdir)  # a corrupt budget.json: named before anything is written or compiled
     save_config(config, workdir)
     mesh, state = s.mesh, s.state
     _log(shd.mesh_summary(mesh))
@@ -143,8 +149,15 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
         if data_state is not None:
             train_iter.set_state(data_state)
         _log(f"resumed from checkpoint at step {step}")
+    pruned = ckpt.prune()  # a lower keep_checkpoints frees its space before the next save
+    if pruned:
+        _log(f"keep_checkpoints={config.keep_checkpoints}: deleted the checkpoints of steps {pruned}")
+    teacher = distill.load_teacher(config, mesh, s.task, s.example, s.model, _log)  # reloaded on every start
+    layer_map = distill.parse_layer_map(config.distill.get("init_from_teacher", "")) if teacher else None
+    if restored is None and layer_map is not None:  # a fresh student: layers copied from the teacher
+        state = distill.init_student(state, s.shardings, teacher, s.model, layer_map, _log)
     start = int(jax.device_get(state.step))
-    compiled = _compile(s, state)
+    compiled = _compile(s, state, teacher)
     clock = budget.Clock(workdir, config.get("budget_minutes", 0.0), start, writer=jax.process_index() == 0,
                          eval_every_minutes=config.get("eval_every_minutes", 0.0))
     clock.start()  # the budget counts training time from here (compilation excluded; budget.py)
@@ -152,7 +165,7 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
     writer = MetricsWriter(workdir)
     profiler = StepProfiler(parse_profile_steps(config.get("profile_steps", "")), workdir)
     total_steps = config.num_train_steps
-    bar = Progress(start, total_steps, s.task.unit, progress)
+    bar = Progress(start, total_steps, s.task.unit, progress, budget_left=clock.remaining)
     pending: list[tuple[int, dict]] = []  # device metrics since the last log (async dispatch)
     last: dict[str, Any] = {}
     summary: dict[str, Any] = {"start_step": start}
@@ -233,6 +246,9 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
                     break
             flush_metrics()
         ckpt.wait()
+        if out_of_time and step < total_steps:
+            _log(f"budget: stopped at step {step} of {total_steps} after {clock.elapsed() / 60:.2f} minutes of "
+                 f"training (config.budget_minutes={config.budget_minutes})")
         summary.update(step=step, last=last, train_seconds=clock.elapsed(), out_of_time=out_of_time)
         finished = step >= total_steps or out_of_time
         if finished and s.lora is not None:

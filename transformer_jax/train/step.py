@@ -35,10 +35,12 @@ class StepConfig:
     lora: Any = None  # a lora.LoraConfig: state.params are adapters over the base in state.frozen
 
 
-def _loss_sums(model: nn.Module, params, batch, rng, *, deterministic: bool, cfg: StepConfig, task=None):
+def _loss_sums(model: nn.Module, params, batch, rng, *, deterministic: bool, cfg: StepConfig, task=None,
+               extra: Callable | None = None):
     """The task (default: the model's own, `tasks.for_model`) splits the batch into model inputs and
     targets with loss weights. In training, the auxiliary losses layers sow (the MoE load-balance
-    and router z-losses) join the loss; evaluation reports the plain cross-entropy."""
+    and router z-losses) join the loss; evaluation reports the plain cross-entropy. `extra(outputs,
+    batch, sums) -> sums` wraps the task's loss (distillation's soft targets, train/distill.py)."""
     task = tasks.for_model(model) if task is None else task
     args, kwargs = task.model_inputs(batch)
     rngs = None if deterministic else {"dropout": rng}
@@ -49,9 +51,10 @@ def _loss_sums(model: nn.Module, params, batch, rng, *, deterministic: bool, cfg
 
     loss_sums = getattr(task, "loss_sums", None)  # a task with its own loss (regression, QA spans)
     if loss_sums is not None:
-        return _with_aux(loss_sums(logits, batch, cross_entropy), sown)
-    targets, weights = task.targets_and_weights(batch)
-    return _with_aux(cross_entropy(logits, targets, weights), sown)
+        sums = loss_sums(logits, batch, cross_entropy)
+    else:
+        sums = cross_entropy(logits, *task.targets_and_weights(batch))
+    return _with_aux(sums if extra is None else extra(logits, batch, sums), sown)
 
 
 def _with_aux(sums: dict, sown: dict) -> dict:
@@ -84,14 +87,17 @@ def _split_micro(x: jax.Array, micro: int) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Callable,
-                    cfg: StepConfig = StepConfig(), task=None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    cfg: StepConfig = StepConfig(), task=None,
+                    teacher=None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The pure training step: forward, backward (accumulated over micro-batches), clip, update.
 
     The loss is normalised once over the non-pad tokens of the whole batch, so M micro-batches of
     B/M equal one batch of B (up to float rounding), and memory is that of one micro-batch.
+    With a `teacher` (train/distill.py) the step is `train_step(state, batch, teacher_params)`: the
+    teacher's forward runs inside it and its soft targets join the loss.
     """
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params=None) -> tuple[TrainState, dict]:
         step_rng = jax.random.fold_in(state.rng, state.step)
 
         def model_params(params):  # with LoRA: base + (alpha/r)·AB; gradients reach the adapters only
@@ -99,9 +105,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
                 return params
             return merge_lora(jax.lax.stop_gradient(state.frozen), params, cfg.lora)
 
+        extra = None if teacher is None else teacher.loss_hook(tasks.for_model(model) if task is None else task,
+                                                               teacher_params)
+
         def micro_loss(params, mb, index):
             sums = _loss_sums(model, model_params(params), mb, jax.random.fold_in(step_rng, index),
-                              deterministic=False, cfg=cfg, task=task)
+                              deterministic=False, cfg=cfg, task=task, extra=extra)
             return sums["loss"], sums
 
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -152,13 +161,16 @@ def make_eval_step(model: nn.Module, cfg: StepConfig = StepConfig(), task=None) 
     return eval_step
 
 
-def jit_train_step(train_step: Callable, state_shardings: TrainState, batch_shapes: dict, mesh: Mesh):
-    """jit with explicit in/out shardings and the state donated (updated in place).
+def jit_train_step(train_step: Callable, state_shardings: TrainState, batch_shapes: dict, mesh: Mesh,
+                   teacher_shardings=None):
+    """jit with explicit in/out shardings and the state donated (updated in place); with
+    `teacher_shardings`, the teacher's parameters are a third argument placed so (never donated).
 
     Returns (jitted, batch_shardings); trace and call under `sharding.activate(mesh)` so logical constraints apply.
     """
     batch_shardings = shd.batch_spec_tree(batch_shapes, mesh)
-    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+    teacher = () if teacher_shardings is None else (teacher_shardings,)
+    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings, *teacher),
                      out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
     return jitted, batch_shardings
 

@@ -9,7 +9,7 @@ table per architecture, head of each architecture name; see base.py) and add it 
 
 from __future__ import annotations
 
-from transformer_jax.pretrained.families import bart, bert, gemma3, gpt2, llama, qwen3, t5, vit
+from transformer_jax.pretrained.families import albert, bart, bert, distilbert, gemma3, gpt2, llama, qwen3, roberta, t5, vit
 from transformer_jax.pretrained.families.base import ENCODER_HEADS, HEADS, Family
 
 _REGISTERED = (
@@ -20,6 +20,10 @@ _REGISTERED = (
     bart.MARIAN,
     llama.LLAMA,
     llama.MISTRAL,
+    roberta.ROBERTA,
+    roberta.XLM_ROBERTA,
+    distilbert.FAMILY,
+    albert.FAMILY,
     qwen3.FAMILY,
     gemma3.FAMILY,
     vit.FAMILY,

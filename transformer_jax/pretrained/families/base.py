@@ -49,6 +49,9 @@ class Family:
     - `base_prefix`: the reference's `base_model_prefix` ("bert"): the backbone's tensors carry it
       in every architecture but the bare model, so a checkpoint of one head loads under another.
     - `build`: head -> a function of the config building the model, where `HEADS` does not fit.
+    - `resolve(hf, reader) -> hf`: config.json corrected by what the checkpoint stores, where the
+      reference decides from the tensors (T5: an `lm_head.weight` unlike `shared.weight` is untied
+      whatever `tie_word_embeddings` says).
     - `model_fields(model) -> dict`: config.json fields a model holds beside its config (ViT's
       image geometry), written when saving.
     """
@@ -62,6 +65,7 @@ class Family:
     unused: tuple[str, ...] = ()
     base_prefix: str = ""
     build: dict = dataclasses.field(default_factory=dict)
+    resolve: Callable | None = None
     model_fields: Callable[[object], dict] = lambda model: {}
 
     @property

@@ -6,6 +6,8 @@ decoder output by d_model^-0.5 before the head (`logits_scale`).
 
 from __future__ import annotations
 
+import numpy as np
+
 from transformer_jax.config import TransformerConfig
 from transformer_jax.pretrained.families.base import Family, attn_rows, norm_rows, require
 from transformer_jax.pretrained.tensors import Tensor, copy, linear
@@ -18,6 +20,9 @@ T5_FEED_FORWARD = {"relu": "relu", "gated-gelu": "geglu_tanh", "gated-silu": "sw
 def to_config(hf: dict) -> TransformerConfig:
     proj = require(hf, "feed_forward_proj", tuple(T5_FEED_FORWARD), "relu")
     tied = hf.get("tie_word_embeddings", True)
+    # transformers >= 5 writes `scale_decoder_outputs` and forces tie_word_embeddings=true even for
+    # v1.1 (untied, unscaled); older configs imply the scaling by tie_word_embeddings alone.
+    scaled = hf.get("scale_decoder_outputs", tied)
     d = hf["d_model"]
     return TransformerConfig(
         vocab_size=hf["vocab_size"], d_model=d, num_heads=hf["num_heads"], head_dim=hf["d_kv"],
@@ -28,7 +33,7 @@ def to_config(hf: dict) -> TransformerConfig:
         relative_max_distance=hf.get("relative_attention_max_distance", 128),
         max_len=hf.get("n_positions", 512), norm_eps=hf.get("layer_norm_epsilon", 1e-6), use_bias=False,
         attention_scale=1.0, embed_scale=False, share_embeddings=True, tie_output=tied,
-        logits_scale=d ** -0.5 if tied else 1.0, pad_id=hf.get("pad_token_id", 0))
+        logits_scale=d ** -0.5 if scaled else 1.0, pad_id=hf.get("pad_token_id", 0))
 
 
 def to_hf(cfg: TransformerConfig) -> dict:
@@ -38,7 +43,8 @@ def to_hf(cfg: TransformerConfig) -> dict:
                 feed_forward_proj={v: k for k, v in T5_FEED_FORWARD.items()}.get(cfg.activation, cfg.activation),
                 relative_attention_num_buckets=cfg.relative_buckets,
                 relative_attention_max_distance=cfg.relative_max_distance, n_positions=cfg.max_len,
-                layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=cfg.tie_output, pad_token_id=cfg.pad_id,
+                layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=cfg.tie_output,
+                scale_decoder_outputs=cfg.logits_scale != 1.0, pad_token_id=cfg.pad_id,
                 decoder_start_token_id=cfg.pad_id, eos_token_id=1, is_encoder_decoder=True)
 
 
@@ -77,5 +83,16 @@ def tensors(cfg: TransformerConfig, arch: str) -> list[Tensor]:
     return rows
 
 
+def resolve(hf: dict, reader) -> dict:
+    """A stored `lm_head.weight` unlike `shared.weight` is the model's own head (the reference
+    unties it on loading whatever `tie_word_embeddings` says; transformers 5 always writes true)."""
+    names = reader.names()
+    written_by_5 = "scale_decoder_outputs" in hf  # older releases tie whenever the config says so
+    if written_by_5 and hf.get("tie_word_embeddings", True) and {"lm_head.weight", "shared.weight"} <= names:
+        if not np.array_equal(reader.read("lm_head.weight"), reader.read("shared.weight")):
+            return dict(hf, tie_word_embeddings=False)
+    return hf
+
+
 FAMILY = Family("t5", {"T5ForConditionalGeneration": "seq2seq"}, to_config, to_hf, tensors,
-                ignored=(r"lm_head\.weight",))
+                ignored=(r"lm_head\.weight",), resolve=resolve)
