@@ -23,7 +23,7 @@ from transformer_jax.data.pipeline import (
     iter_texts,
     make_iterator,
     make_task_tokenizer,
-    records,
+    dataset_records,
     sentencepiece_path,
 )
 from transformer_jax.data.retrieval import TjaxRetrieval
@@ -66,6 +66,6 @@ __all__ = [
     "make_tokenizer",
     "open_source",
     "prepare",
-    "records",
+    "dataset_records",
     "sentencepiece_path",
 ]

@@ -315,7 +315,7 @@ def length_sorted(batches: Iterable[dict[str, np.ndarray]], keys: Sequence[str],
 # Text access for evaluation and tokenizer training
 
 
-def records(dataset: str, split: str, *, data_dir: str | os.PathLike | None = None,
+def dataset_records(dataset: str, split: str, *, data_dir: str | os.PathLike | None = None,
             max_examples: int | None = None) -> Iterator[dict]:
     """The first `max_examples` (all if None) records of a tfds split, in the stored order."""
     source = open_source(dataset, split, data_dir=data_dir)
@@ -334,7 +334,7 @@ def eval_pairs(
 ) -> Iterator[tuple[str, str]]:
     """(source_text, reference_text) of a split, from the features `keys`, in the stored order."""
     source, target = keys
-    for r in records(dataset, split, data_dir=data_dir, max_examples=max_examples):
+    for r in dataset_records(dataset, split, data_dir=data_dir, max_examples=max_examples):
         yield as_text(r[source], stats), as_text(r[target], stats)
 
 
@@ -356,7 +356,7 @@ def iter_texts(
 ) -> Iterator[str]:
     """Every text feature in `keys` (default: all, `text_features`) of each record."""
     keys = text_features(dataset, data_dir=data_dir) if keys is None else tuple(keys)
-    for r in records(dataset, split, data_dir=data_dir, max_examples=max_examples):
+    for r in dataset_records(dataset, split, data_dir=data_dir, max_examples=max_examples):
         for k in keys:
             yield as_text(r[k])
 

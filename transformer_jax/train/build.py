@@ -153,7 +153,7 @@ def split_records(config, split: str, task, max_examples: int | None = None) -> 
         source = file_source(config, split, task)
         n = len(source) if not max_examples else min(len(source), max_examples)
         return [source[i] for i in range(n)]
-    return list(data.records(config.data.dataset, split, data_dir=config.data.data_dir or None,
+    return list(data.dataset_records(config.data.dataset, split, data_dir=config.data.data_dir or None,
                              max_examples=max_examples))
 
 
