@@ -19,7 +19,7 @@ from transformer_jax.pretrained import (LoadReport, from_pretrained, load_genera
                                         save_pretrained)
 from transformer_jax.quantization import QuantizedVariables, dequantize, quantize
 from transformer_jax.vit import ViT, ViTConfig, ViTEncoder
-from transformer_jax.scan import stack_layers, unstack_layers
+from transformer_jax.scan import hidden_states, stack_layers, unstack_layers
 
 __all__ = [
     "attention", "TransformerConfig", "base", "big", "preset", "tiny",
@@ -31,5 +31,5 @@ __all__ = [
     "from_pretrained", "save_pretrained", "LoadReport", "load_tokenizer", "load_generation_config", "nnx", "to_nnx",
     "LoraConfig", "init_lora", "merge_lora", "quantize", "dequantize", "QuantizedVariables",
     "ViT", "ViTConfig", "ViTEncoder",
-    "stack_layers", "unstack_layers",
+    "stack_layers", "unstack_layers", "hidden_states",
 ]

@@ -27,7 +27,7 @@ from transformer_jax.config import GATED, TransformerConfig
 from transformer_jax.layers import (MLP, Dropout, Embed, LearnedPositions, RelativePositionBias, activation_fn,
                                     dense, norm, partitioned, positions_from_segments, sinusoidal)
 from transformer_jax.moe import MoEMLP
-from transformer_jax.scan import apply_layers, decoder_kinds, encoder_kinds
+from transformer_jax.scan import apply_layers, decoder_kinds, encoder_kinds, sow_hidden
 
 
 def _default_segments(tokens, pad_id: int | None):
@@ -217,12 +217,17 @@ class Encoder(nn.Module):
         x = apply_layers(cfg, EncoderBlock, encoder_kinds(cfg), (4,), x, segment_ids, positions,
                          deterministic, bias)
         x = _final_norm(cfg, x)
+        sow_hidden(self, "last", x)  # only for tj.hidden_states
         if not self.pooler:
             return x, None
         return x, _pool(cfg, x[:, 0])
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True,
                 **tokenizer_extras):
+        """The reference's bare model: {"last_hidden_state" [B, S, D], "pooler_output" [B, D] with a
+        pooler}. Every layer's hidden state (the reference's `output_hidden_states=True`):
+        `tj.hidden_states(model, variables, **inputs, method="forward")`, a tuple of num_layers + 1
+        arrays [B, S, D] (embedding output, then each layer's; the last is `last_hidden_state`)."""
         _no_model_inputs(tokenizer_extras)
         x, pooled = self.run(input_ids, _segments(input_ids, attention_mask), None, deterministic, token_type_ids)
         return {"last_hidden_state": x} if pooled is None else {"last_hidden_state": x, "pooler_output": pooled}
@@ -242,6 +247,9 @@ _TOKENIZER_ONLY = frozenset({"word_ids", "sequence_ids", "offset_mapping", "over
 def _no_model_inputs(extras: dict) -> None:
     """`forward` ignores a tokenizer's bookkeeping outputs; anything else is a misspelt input."""
     unknown = sorted(set(extras) - _TOKENIZER_ONLY)
+    if "output_hidden_states" in unknown:
+        raise TypeError("forward() takes no output_hidden_states; every layer's hidden state comes from "
+                        "tj.hidden_states(model, variables, **inputs, method=\"forward\")")
     if unknown:
         raise TypeError(f"forward() got unexpected input(s) {', '.join(unknown)}; it takes input_ids, "
                         f"attention_mask, token_type_ids (encoders), decoder_input_ids (seq2seq) and ignores "
@@ -315,7 +323,10 @@ class Decoder(nn.Module):
                          positions, encoded, src_segment_ids, deterministic, decode, bias, remat=not decode)
         if logits_at is not None:
             x = jnp.take_along_axis(x, jnp.asarray(logits_at, jnp.int32)[..., None], axis=1)  # [B K D]
-        return _output_logits(self, cfg, embed, _final_norm(cfg, x))
+        x = _final_norm(cfg, x)
+        if logits_at is None and not decode:
+            sow_hidden(self, "last", x)  # only for tj.hidden_states
+        return _output_logits(self, cfg, embed, x)
 
 
 class Transformer(nn.Module):

@@ -28,11 +28,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from transformer_jax.config import TransformerConfig
 
 STACKS = ("encoder", "decoder")
 SCAN_NAME = "layers"  # the module holding a scanned stack, and the logical name of its leading axis
+HIDDEN = "hidden_states"  # the Flax collection `hidden_states()` makes mutable (see below)
 
 
 # ---- the repeating pattern ---------------------------------------------------------------------
@@ -110,6 +112,7 @@ class LayerGroup(nn.Module):
     def __call__(self, x, *args):
         for j, kind in enumerate(self.kinds):
             x = self.block(self.cfg, *kind, name=f"layer_{j}")(x, *args)
+            sow_hidden(self, f"output_{j}", x)  # stacked by the scan: [N / p, B, T, D]
         return x, None
 
 
@@ -122,6 +125,10 @@ def apply_layers(cfg: TransformerConfig, block: type[nn.Module], kinds: tuple, s
     the Python-valued call arguments (counting self as 0) that nn.remat must not trace; `remat=False`
     skips rematerialisation (cached decoding has no backward pass). `cfg.share_layers` makes one
     block, `shared_layer`, that every layer runs.
+
+    When `hidden_states()` asks (the `hidden_states` collection mutable), the stack's input x is
+    sown as `embeddings` and each layer's output as `output_<i>` (`layers/output_<j>`, stacked,
+    when scanned), in the stack's scope; the stack itself sows its final output as `last`.
     """
     if remat and cfg.remat != "none":
         check_remat(cfg)
@@ -129,21 +136,101 @@ def apply_layers(cfg: TransformerConfig, block: type[nn.Module], kinds: tuple, s
                          prevent_cse=not cfg.scan_layers)  # scan already stops CSE across layers
     if cfg.share_layers:  # ALBERT: one block, its parameters held once, run len(kinds) times
         shared = block(cfg, *kinds[0], name="shared_layer")
-        for _ in kinds:
+        sow_hidden(shared.parent, "embeddings", x)  # parent: the stack calling apply_layers
+        for i in range(len(kinds)):
             x = shared(x, *args)
+            sow_hidden(shared.parent, f"output_{i}", x)
         return x
     if not cfg.scan_layers:
         for i, kind in enumerate(kinds):
-            x = block(cfg, *kind, name=f"layer_{i}")(x, *args)
+            layer = block(cfg, *kind, name=f"layer_{i}")
+            if i == 0:
+                sow_hidden(layer.parent, "embeddings", x)
+            x = layer(x, *args)
+            sow_hidden(layer.parent, f"output_{i}", x)
         return x
     p = period(kinds)
     # "aux_loss", "moe_metrics": moe.AUX_LOSS, moe.METRICS; "attention_weights": attention.weights.COLLECTION
     scanned = nn.scan(LayerGroup, variable_axes={"params": 0, "cache": 0, "intermediates": 0, "aux_loss": 0,
-                                                 "moe_metrics": 0, "attention_weights": 0},
+                                                 "moe_metrics": 0, "attention_weights": 0, HIDDEN: 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
                       length=len(kinds) // p, metadata_params={nn.PARTITION_NAME: SCAN_NAME})
-    x, _ = scanned(cfg, block, kinds[:p], name=SCAN_NAME)(x, *args)
+    group = scanned(cfg, block, kinds[:p], name=SCAN_NAME)
+    sow_hidden(group.parent, "embeddings", x)
+    x, _ = group(x, *args)
     return x
+
+
+# ---- every layer's hidden state, on request ------------------------------------------------------
+
+def sow_hidden(module: nn.Module, name: str, x) -> None:
+    """Sow x into `module`'s `hidden_states` collection, only when `hidden_states()` made it mutable
+    (never at `init`, which makes every collection mutable, nor in training or decoding)."""
+    if module.is_mutable_collection(HIDDEN) and not module.is_initializing():
+        module.sow(HIDDEN, name, x)
+
+
+def _key(entry) -> str:
+    return str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
+
+
+def _stacks(sown) -> dict[str, tuple]:
+    """{"encoder"|"decoder": (embeddings, layer 1, ..., layer N)} from the sown collection's tree."""
+    out = {}
+    def visit(tree, path):
+        if not isinstance(tree, dict):
+            return
+        if "embeddings" in tree:
+            outputs = {int(k[len("output_"):]): v[-1] for k, v in tree.items() if k.startswith("output_")}
+            scanned = {int(k[len("output_"):]): v[-1] for k, v in tree.get(SCAN_NAME, {}).items()
+                       if k.startswith("output_")}
+            for j, value in scanned.items():  # layer g * p + j is group g's block j
+                for g in range(value.shape[0]):
+                    outputs[g * len(scanned) + j] = value[g]
+            layers = [outputs[i] for i in sorted(outputs)]
+            if "last" in tree:  # after the final norm of a pre-LN stack (the reference's last entry)
+                layers[-1] = tree["last"][-1]
+            out["decoder" if "decoder" in path else "encoder"] = (tree["embeddings"][-1], *layers)
+            return
+        for key, value in tree.items():
+            visit(value, path + (key,))
+    visit(sown, ())
+    return out
+
+
+def hidden_states(model, variables, *inputs, **kwargs):
+    """Every layer's hidden state of `model` on `inputs`, as the reference's `output_hidden_states=True`:
+    a tuple of num_layers + 1 arrays [B, T, D], the embedding output (the first layer's input), then
+    each layer's output, the last one after the final norm of a pre-LN stack (so it equals
+    `last_hidden_state`), except for ViT, whose last entry is, as the reference's `ViTModel`'s,
+    the last layer's output before the final norm.
+
+        states = tj.hidden_states(model, variables, tokens)                      # Encoder, MaskedLM, DecoderLM...
+        states = tj.hidden_states(model, variables, **inputs, method="forward")  # the reference's input names
+        states = tj.hidden_states(model, variables, src, tgt_in)                 # {"encoder": ..., "decoder": ...}
+
+    `inputs` and `kwargs` are what `model.apply(variables, ...)` takes (`method=` included), run once
+    with the `hidden_states` collection mutable; scanned stacks come back unstacked in layer order.
+    For an encoder-decoder, a dict with `encoder` and `decoder` tuples. Call it without `decode`
+    or `logits_at` (with `logits_at` the decoder's last entry is the last layer's output, not
+    final-normed).
+    """
+    kwargs = dict(kwargs)
+    if "mutable" in kwargs:
+        raise ValueError("hidden_states() sets `mutable` itself; pass the model's inputs only")
+    arrays = {key: value for key, value in kwargs.items() if isinstance(value, (jax.Array, np.ndarray))}
+    static = {key: value for key, value in kwargs.items() if key not in arrays}  # method=, flags
+
+    @jax.jit
+    def run(variables, inputs, arrays):  # one compiled program, not op-by-op dispatch
+        return model.apply(variables, *inputs, mutable=[HIDDEN], **arrays, **static)[1]
+
+    stacks = _stacks(run(variables, inputs, arrays).get(HIDDEN, {}))
+    if not stacks:
+        raise ValueError(f"{type(model).__name__} sowed no hidden states: it runs no layer stack here")
+    if len(stacks) == 1:
+        return next(iter(stacks.values()))
+    return {kind: stacks.get(kind, ()) for kind in STACKS}
 
 
 # ---- conversion between per-layer and stacked parameters -----------------------------------------
