@@ -28,8 +28,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from transformer_jax.attention.weights import collect_sown
 from transformer_jax.config import TransformerConfig
 
 STACKS = ("encoder", "decoder")
@@ -215,17 +215,7 @@ def hidden_states(model, variables, *inputs, **kwargs):
     or `logits_at` (with `logits_at` the decoder's last entry is the last layer's output, not
     final-normed).
     """
-    kwargs = dict(kwargs)
-    if "mutable" in kwargs:
-        raise ValueError("hidden_states() sets `mutable` itself; pass the model's inputs only")
-    arrays = {key: value for key, value in kwargs.items() if isinstance(value, (jax.Array, np.ndarray))}
-    static = {key: value for key, value in kwargs.items() if key not in arrays}  # method=, flags
-
-    @jax.jit
-    def run(variables, inputs, arrays):  # one compiled program, not op-by-op dispatch
-        return model.apply(variables, *inputs, mutable=[HIDDEN], **arrays, **static)[1]
-
-    stacks = _stacks(run(variables, inputs, arrays).get(HIDDEN, {}))
+    stacks = _stacks(collect_sown(model, variables, inputs, kwargs, HIDDEN, "hidden_states"))
     if not stacks:
         raise ValueError(f"{type(model).__name__} sowed no hidden states: it runs no layer stack here")
     if len(stacks) == 1:

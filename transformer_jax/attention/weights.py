@@ -162,17 +162,7 @@ def attention_weights(model, variables, *inputs, **kwargs):
     implied_weights`). Query rows that see no key (padding) are zeros. Cached decoding
     (`decode=True`) sows nothing.
     """
-    kwargs = dict(kwargs)
-    if "mutable" in kwargs:
-        raise ValueError("attention_weights() sets `mutable` itself; pass the model's inputs only")
-    arrays = {key: value for key, value in kwargs.items() if isinstance(value, (jax.Array, np.ndarray))}
-    static = {key: value for key, value in kwargs.items() if key not in arrays}  # method=, flags
-
-    @jax.jit
-    def run(variables, inputs, arrays):  # one compiled program, not op-by-op dispatch
-        return model.apply(variables, *inputs, mutable=[COLLECTION], **arrays, **static)[1]
-
-    sown = run(variables, inputs, arrays).get(COLLECTION, {})
+    sown = collect_sown(model, variables, inputs, kwargs, COLLECTION, "attention_weights")
     if not sown:
         raise ValueError(f"{type(model).__name__} sowed no attention weights: it has no attention module "
                          "run outside cached decoding (decode=True)")
@@ -181,3 +171,20 @@ def attention_weights(model, variables, *inputs, **kwargs):
     if set(ordered) == {"encoder"} or set(ordered) == {"decoder"}:
         return next(iter(ordered.values()))
     return {kind: ordered.get(kind, ()) for kind in ("encoder", "decoder", "cross")}
+
+
+def collect_sown(model, variables, inputs: tuple, kwargs: dict, collection: str, caller: str) -> dict:
+    """Run `model.apply(variables, *inputs, **kwargs)` once, jitted, with `collection` mutable, and
+    return what the model sowed there ({} if nothing). Array keyword arguments are traced, the rest
+    (`method=`, flags) are static. Serves `attention_weights` and `scan.hidden_states`."""
+    kwargs = dict(kwargs)
+    if "mutable" in kwargs:
+        raise ValueError(f"{caller}() sets `mutable` itself; pass the model's inputs only")
+    arrays = {key: value for key, value in kwargs.items() if isinstance(value, (jax.Array, np.ndarray))}
+    static = {key: value for key, value in kwargs.items() if key not in arrays}  # method=, flags
+
+    @jax.jit
+    def run(variables, inputs, arrays):  # one compiled program, not op-by-op dispatch
+        return model.apply(variables, *inputs, mutable=[collection], **arrays, **static)[1]
+
+    return run(variables, inputs, arrays).get(collection, {})
