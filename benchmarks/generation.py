@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
-from benchmarks.pretrained_load import (GPT2_SMALL, MARK, QUICK_SHAPE, REFERENCE_PYTHON, ROOT, _emit, _parse,
+from benchmarks.pretrained_load import (GPT2_SMALL, QUICK_SHAPE, REFERENCE_PYTHON, ROOT, Reference, _emit, _parse,
                                         _worker_env, make_checkpoint)
 
 FULL_CASES = "1x128x64,8x128x64,1x512x32,1x512x64"
@@ -96,34 +96,6 @@ def worker_reference(directory: str, threads: int) -> None:
         if out is not None:
             result["tokens"] = out[:, ids.shape[1]:].tolist()
         _emit(result)
-
-
-class Reference:
-    def __init__(self, python: str, directory: str, threads: int):
-        self.stderr = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([python, "-m", "benchmarks.generation", "--worker", "reference", directory,
-                                      str(threads)], cwd=ROOT, env=_worker_env("PASSIVE"), text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
-        self.info = self._read()
-
-    def _read(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
-        self.stderr.seek(0)
-        raise RuntimeError(f"reference worker exited (rc {self.proc.wait()}): {self.stderr.read()[-2000:]}")
-
-    def ask(self, **cmd) -> dict:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-            self.proc.stdin.flush()
-            self.proc.wait(timeout=60)
-        self.stderr.close()
 
 
 # --------------------------------------------------------------------------------------- ours
@@ -392,7 +364,9 @@ def main(argv=None) -> int:
         make_checkpoint(Path(directory), args.shape, args.seed)
     bandwidth = read_bandwidth()
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
-    ref = None if args.no_reference else Reference(args.reference_python, directory, max(os.cpu_count() or 1, 1))
+    threads = max(os.cpu_count() or 1, 1)
+    ref = None if args.no_reference else Reference(args.reference_python, directory, threads, "PASSIVE",
+                                                   module="benchmarks.generation")
     rows, errors = [], []
     load_before = os.getloadavg()
     try:

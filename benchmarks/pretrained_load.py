@@ -332,9 +332,11 @@ def run_worker(python: str, args: list[str], timeout: float = 900, omp_wait_poli
 class Reference:
     """The reference forward process (reference venv), driven over a pipe."""
 
-    def __init__(self, python: str, directory: str, threads: int, omp_wait_policy: str | None):
+    def __init__(self, python: str, directory: str, threads: int, omp_wait_policy: str | None,
+                 module: str = "benchmarks.pretrained_load"):
+        """`module`: the benchmark whose `--worker reference` answers (generation.py has its own)."""
         self.stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty worker cannot block
-        self.proc = subprocess.Popen([python, "-m", "benchmarks.pretrained_load", "--worker", "reference",
+        self.proc = subprocess.Popen([python, "-m", module, "--worker", "reference",
                                       directory, str(threads)], cwd=ROOT, env=_worker_env(omp_wait_policy), text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
         self.info = self._read()
