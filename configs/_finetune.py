@@ -1,6 +1,7 @@
 """Shared settings of the fine-tuning configs (configs/finetune_*.py): a pretrained checkpoint
-(`init_from`, a Hugging Face directory) decides the architecture and the tokenizer; the user's own
-files hold the data. The brief's recipe: AdamW with weight decay 0.01, a small learning rate, linear
+(`init_from`, a Hugging Face directory or one of our workdirs) decides the architecture and the
+tokenizer; the user's own files (or the built-in `tjax_pairs:train`, ...) hold the data. Without
+`init_from` the model trains from scratch (`scratch_model`) with a built-in tokenizer. The brief's recipe: AdamW with weight decay 0.01, a small learning rate, linear
 warmup then decay, a few epochs, sequences truncated and padded to max_length.
 
     transformer-jax train --config configs/finetune_classification.py --workdir W \\
@@ -30,13 +31,20 @@ def finetune(task: str, **data) -> ml_collections.ConfigDict:
     # contradicts it is an error). None: the checkpoint's value.
     c.model = ml_collections.ConfigDict({k: FieldReference(None, field_type=object)
                                          for k in ("dropout_rate", "dtype", "scan_layers", "remat")})
+    # Without init_from: trained from scratch, this architecture (config.model's fields on top) with a
+    # built-in tokenizer (data.tokenizer: SentencePiece trained on the train files, or bytes).
+    vocab = FieldReference(2000)
+    c.scratch_model = ml_collections.ConfigDict(dict(
+        vocab_size=vocab, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=2, num_decoder_layers=2,
+        dropout_rate=0.1, max_len=512, position="learned", activation="gelu", norm_position="pre",
+        type_vocab_size=2, pooling="cls"))
     c.data = ml_collections.ConfigDict(dict(
         dataset="files",  # which data: the files below (JSONL, JSON, CSV, TSV, text; paths or globs)
         train_files="", validation_files="", test_files="",
         # role -> column name, e.g. --config.data.columns.text=review; "" = the defaults (data/files.py)
         columns=ml_collections.ConfigDict({role: "" for role in files.ROLES}),
         labels=(),  # label names in id order; () = the sorted set of the train files' labels
-        tokenizer="pretrained", vocab_size=0, max_src_len=128, max_tgt_len=64, pack=False, data_dir="",
+        tokenizer="sentencepiece", vocab_size=vocab, max_src_len=128, max_tgt_len=64, pack=False, data_dir="",
         text_keys=(), eval_split="validation", test_split="test"))
     c.data.update(**data)
     c.num_epochs = 3  # sets num_train_steps: epochs x train records / batch_size

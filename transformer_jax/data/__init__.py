@@ -11,6 +11,7 @@ pipeline takes a ``Layout`` (the task, passed in).
 
 from transformer_jax.data.corpus import TjaxText
 from transformer_jax.data.default_task import TjaxNumbers
+from transformer_jax.data.framed import Framed
 from transformer_jax.data.images import RandomShift, TjaxDigits
 from transformer_jax.data.listops import TjaxListops
 from transformer_jax.data.listops import evaluate as evaluate_listops
@@ -32,6 +33,7 @@ from transformer_jax.data.stats import DataStats
 from transformer_jax.data.tokenizers import (
     ByteTokenizer,
     SentencePieceTokenizer,
+    TOKENIZER_KINDS,
     Tokenizer,
     WordTokenizer,
     make_tokenizer,
@@ -44,9 +46,11 @@ __all__ = [
     "DataStats",
     "DatasetNotPreparedError",
     "Featurizer",
+    "Framed",
     "Layout",
     "SentencePieceTokenizer",
     "RandomShift",
+    "TOKENIZER_KINDS",
     "TjaxDigits",
     "TjaxListops",
     "TjaxNumbers",

@@ -45,8 +45,9 @@ class Layout(Protocol):
     name: str
     packable: bool
     augment_eval: bool
+    fans_out: bool  # featurize returns a list of examples per record
 
-    def featurize(self, record, fz: "Featurizer") -> dict | None: ...
+    def featurize(self, record, fz: "Featurizer") -> dict | list[dict] | None: ...
     def pad(self, ex: dict, src_len: int, tgt_len: int) -> dict: ...
     def pack_lengths(self, src_len: int, tgt_len: int) -> dict[str, int]: ...
     def unpack_names(self) -> dict[str, str]: ...
@@ -95,6 +96,15 @@ class Featurizer:
     def __call__(self, record) -> dict[str, np.ndarray] | None:
         self.stats.add(examples=1)
         return self.layout.featurize(record, self)
+
+
+class _Examples(grain.experimental.FlatMapTransform):
+    """A record's list of examples, one after the other."""
+
+    max_fan_out = 1 << 16
+
+    def flat_map(self, examples):
+        return examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +267,8 @@ def make_iterator(
     it = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * batch_size)
     )  # filtered (None) examples are dropped here
+    if layout.fans_out:  # a list of examples per record (QA windows), resumable mid-list
+        it = grain.experimental.FlatMapIterDataset(it, _Examples())
     if pack:
         it = grain.experimental.FirstFitPackIterDataset(
             it, length_struct=layout.pack_lengths(max_src_len, max_tgt_len), num_packing_bins=batch_size, seed=seed

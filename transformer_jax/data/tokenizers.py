@@ -1,4 +1,6 @@
-"""Tokenizers with one small interface: ``encode``, ``decode``, ``vocab_size``.
+"""Tokenizers with one small interface: ``encode``, ``decode``, ``vocab_size``, and
+``encode_with_offsets`` (the ids and each token's character span, whitespace trimmed: what
+``data.framed`` needs to call them like a checkpoint's tokenizer, for QA spans and NER words).
 
 Reserved ids are shared by the whole library (defined once, in config.py): 0 = pad,
 1 = EOS, 2 = BOS, 3 = UNK. A tokenizer that can serve a masked LM has a ``mask_id``
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
@@ -32,6 +35,8 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Iterable[int]) -> str: ...
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]: ...
+
 
 def _content_ids(ids: Iterable[int]) -> list[int]:
     """Ids up to the first EOS, with pad and BOS removed."""
@@ -44,6 +49,15 @@ def _content_ids(ids: Iterable[int]) -> list[int]:
             continue
         out.append(i)
     return out
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    """[start, end) without the whitespace at either end (an all-space piece: empty, at its end)."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
 
 
 def as_text(text: str | bytes, stats: DataStats | None = None) -> str:
@@ -79,6 +93,15 @@ class ByteTokenizer:
         data = bytes(i - NUM_RESERVED for i in _content_ids(ids) if NUM_RESERVED <= i < self.vocab_size)
         return as_text(data, self.stats)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Every byte of character c spans [c, c + 1)."""
+        ids, offsets = [], []
+        for c, ch in enumerate(text):
+            for b in ch.encode("utf-8"):
+                ids.append(b + NUM_RESERVED)
+                offsets.append((c, c) if ch.isspace() else (c, c + 1))
+        return ids, offsets
+
 
 class WordTokenizer:
     """Whitespace-separated words from a fixed vocabulary (ids 4, 5, ...).
@@ -102,6 +125,10 @@ class WordTokenizer:
         if n := ids.count(UNK_ID):
             self.stats.add(unknown_tokens=n)
         return ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        return self.encode(text), spans
 
     def decode(self, ids: Iterable[int]) -> str:
         words = []
@@ -208,6 +235,22 @@ class SentencePieceTokenizer:
         if n := ids.count(UNK_ID):
             self.stats.add(unknown_tokens=n)
         return ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """SentencePiece's byte spans of each piece in the input, as character spans."""
+        text = as_text(text, self.stats)
+        pieces = self._sp.encode(text, return_type="proto").pieces
+        char_of = [0] * (len(text.encode("utf-8")) + 1)  # byte offset -> character offset
+        b = 0
+        for c, ch in enumerate(text):
+            n = len(ch.encode("utf-8"))
+            char_of[b:b + n] = [c] * n
+            b += n
+        char_of[b] = len(text)
+        ids = [p.id for p in pieces]
+        if n := ids.count(UNK_ID):
+            self.stats.add(unknown_tokens=n)
+        return ids, [_trim(text, char_of[p.begin], char_of[p.end]) for p in pieces]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([i for i in _content_ids(ids) if i < self.vocab_size])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -146,6 +147,13 @@ class PretrainedTokenizer:
         self.truncation_side = s.get("truncation_side", "right")
         self.clean_up_tokenization_spaces = bool(s.get("clean_up_tokenization_spaces", False))
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)  # the reference's len(tok)
+        self._lock = threading.Lock()  # see `_encode`
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
 
     # ---- ids of the special tokens ----
     def token_to_id(self, token: str | None) -> int | None:
@@ -253,6 +261,15 @@ class PretrainedTokenizer:
 
     def _encode(self, batch, pad, trunc, max_length, stride, side, pad_to_multiple_of, add_special_tokens,
                 is_split_into_words):
+        """The backend's encodings. One call at a time: the `tokenizers` pipeline holds its truncation
+        and padding settings between calls, and Grain featurizes on several threads (unserialised, a
+        call could run under another's settings and come back longer than its max_length)."""
+        with self._lock:
+            return self._encode_locked(batch, pad, trunc, max_length, stride, side, pad_to_multiple_of,
+                                       add_special_tokens, is_split_into_words)
+
+    def _encode_locked(self, batch, pad, trunc, max_length, stride, side, pad_to_multiple_of, add_special_tokens,
+                       is_split_into_words):
         tok = self._tok
         self._check_stride(batch, trunc, max_length, stride, add_special_tokens, is_split_into_words)
         try:

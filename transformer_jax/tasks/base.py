@@ -17,7 +17,6 @@ reaches only the loss; derived segment ids and positions are keyword inputs unde
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,24 +53,6 @@ class Field:
         return f"{self.segments}segment_ids", f"{self.segments}positions"
 
 
-_TOKENIZER_LOCK = threading.Lock()
-
-
-def tokenize(tokenizer, *args, **kwargs) -> dict:
-    """`tokenizer(*args, **kwargs)`, one call at a time: the `tokenizers` pipeline behind a checkpoint's
-    tokenizer holds its truncation and padding settings between calls, and Grain featurizes on
-    several threads (unserialised, a call could run under another's settings and come back longer
-    than its max_length)."""
-    with _TOKENIZER_LOCK:
-        return tokenizer(*args, **kwargs)
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    """`tokenizer.encode(text)` under the same lock as `tokenize`."""
-    with _TOKENIZER_LOCK:
-        return list(tokenizer.encode(text))
-
-
 def pad_to(x: np.ndarray, n: int) -> np.ndarray:
     return np.pad(x, (0, n - len(x)))
 
@@ -98,6 +79,11 @@ class Task:
     symbols: ClassVar[tuple[str, ...]] = ()  # extra tokenizer pieces the task needs ([MASK])
     augment_eval: ClassVar[bool] = True  # `augment` applies to eval splits too (BERT masks them)
     uses_tokenizer: ClassVar[bool] = True  # False: records are not text (images); no tokenizer is built
+    # Where a built-in tokenizer puts the special tokens a checkpoint's would add (data/framed.py):
+    # "encoder" [BOS] A [EOS] (B [EOS]) as BERT, "seq2seq" A [EOS] as T5, "decoder" [BOS] A as Llama.
+    framing: ClassVar[str] = "encoder"
+    # `featurize` returns a list of examples per record (QA: one per window of the context).
+    fans_out: ClassVar[bool] = False
     # Batch entries padded along axis 1 that evaluation may regroup by length and trim (the first
     # gives the length: its non-zero entries); () = fixed shapes (`data.pipeline.length_sorted`).
     trim_keys: ClassVar[tuple[str, ...]] = ()

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from transformer_jax.tasks.base import Field, Task, tokenize
+from transformer_jax.tasks.base import Field, Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ class SequenceClassification(Task):
 
     def featurize(self, record, fz) -> dict | None:
         pair = record.get("text_pair")
-        enc = tokenize(fz.tokenizer, [record["text"]], None if pair is None else [pair], truncation=True,
+        enc = fz.tokenizer([record["text"]], None if pair is None else [pair], truncation=True,
                            max_length=fz.max_src_len)  # a batch of one
         ids = np.asarray(enc["input_ids"][0], np.int32)
         types = np.asarray(enc["token_type_ids"][0], np.int32) if "token_type_ids" in enc else np.zeros_like(ids)

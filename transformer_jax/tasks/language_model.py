@@ -16,7 +16,7 @@ import numpy as np
 
 from transformer_jax import sharding as shd
 from transformer_jax.config import BOS_ID, EOS_ID
-from transformer_jax.tasks.base import Field, Task, encode, token_weights
+from transformer_jax.tasks.base import Field, Task, token_weights
 from transformer_jax.tasks.predictor import Predictor, model_params
 
 
@@ -157,6 +157,7 @@ class CausalLMFinetune(Task):
     label_role: ClassVar[str | None] = None
     labels: ClassVar[None] = None
     packable: ClassVar[bool] = False
+    framing: ClassVar[str] = "decoder"
     fields: ClassVar[tuple[Field, ...]] = (Field("inputs", "tgt", segments=""), Field("targets", "tgt", role="target"),
                                            Field("weights", "tgt", np.float32, role="target"))
 
@@ -165,11 +166,12 @@ class CausalLMFinetune(Task):
         return [int(ids[0])] if ids else []
 
     def featurize(self, record, fz) -> dict | None:
-        if record.get("prompt") is not None:
-            prompt = encode(fz.tokenizer, record["prompt"])
-            response = encode(fz.tokenizer, record.get("response") or "") + self._eos()
+        tok = fz.tokenizer
+        if record.get("prompt") is not None:  # the response continues the prompt: no special tokens of its own
+            prompt = list(tok.encode(record["prompt"]))
+            response = list(tok(record.get("response") or "", add_special_tokens=False)["input_ids"][0]) + self._eos()
         else:
-            prompt, response = [], encode(fz.tokenizer, record.get("text") or "") + self._eos()
+            prompt, response = [], list(tok.encode(record.get("text") or "")) + self._eos()
         seq = (prompt + response)[: fz.max_tgt_len + 1]
         if len(seq) < 2:
             return None

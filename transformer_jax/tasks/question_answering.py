@@ -3,9 +3,10 @@ context, found by start and end logits over its tokens (a `QuestionAnswering` en
 
 Question and context go in as a pair, the context cut into windows of `max_length` tokens that
 overlap by `doc_stride` (`truncation="only_second"`, `return_overflowing_tokens=True`). Training
-reads one window per question: the first that holds the whole answer (else the first window, the
-answer at [CLS], index 0). Evaluation and prediction read every window, and the best span over
-all of them (n-best start and end logits, at most `max_answer_len` tokens, inside the context) is
+reads every window as an example, as the reference library's `run_qa.py` does: a window that holds
+the whole answer points at its tokens, any other at [CLS] (index 0, start = end = 0), so the model
+also learns where the answer is not. Evaluation and prediction read every window, and the best span
+over all of them (n-best start and end logits, at most `max_answer_len` tokens, inside the context) is
 mapped back to characters by the offsets. Scores are SQuAD v1.1's exact match and F1 (0-100).
 
 Batch: inputs, token_types, segment_ids, positions [B, S] int32; start_positions, end_positions
@@ -21,15 +22,14 @@ from typing import ClassVar
 import numpy as np
 
 from transformer_jax.data import qa
-from transformer_jax.tasks.base import Field, Task, tokenize
+from transformer_jax.tasks.base import Field, Task
 
 
 def windows(tokenizer, records, max_length: int, stride: int) -> dict:
     """The tokenizer's overflow windows of every record's (question, context): lists per window of
     input_ids, token_type_ids, offset_mapping, sequence_ids, and overflow_to_sample_mapping."""
-    return tokenize(tokenizer, [r["question"] for r in records], [r["context"] for r in records], truncation="only_second",
-                     max_length=max_length, stride=stride, return_overflowing_tokens=True,
-                     return_offsets_mapping=True)
+    return tokenizer([r["question"] for r in records], [r["context"] for r in records], truncation="only_second",
+                     max_length=max_length, stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
 
 
 def _example(enc, f: int, start: int = 0, end: int = 0) -> dict:
@@ -57,6 +57,7 @@ class QuestionAnswering(Task):
     labels: ClassVar[None] = None
     unit: ClassVar[str] = "examples"
     packable: ClassVar[bool] = False
+    fans_out: ClassVar[bool] = True  # one training example per window
     fields: ClassVar[tuple[Field, ...]] = (Field("inputs", "src", segments=""), Field("token_types", "src", role="kwarg"),
                                            Field("start_positions", None, role="target"),
                                            Field("end_positions", None, role="target"))
@@ -66,16 +67,13 @@ class QuestionAnswering(Task):
 
         return Model
 
-    def featurize(self, record, fz) -> dict | None:
+    def featurize(self, record, fz) -> list[dict]:
+        """Every window of the record's context, with the answer's tokens in it or [CLS] (0, 0)."""
         enc = windows(fz.tokenizer, [record], fz.max_src_len, self.doc_stride)
         n = len(enc["input_ids"])
         answers = record.get("answers") or {"text": [], "answer_start": []}
-        if not answers["text"]:
-            return _example(enc, 0)
         starts, ends = qa.train_positions(enc["offset_mapping"], enc["sequence_ids"], [0] * n, [answers])
-        inside = [f for f in range(n) if starts[f] != 0]  # the first window that holds the answer
-        f = inside[0] if inside else 0
-        return _example(enc, f, int(starts[f]), int(ends[f]))
+        return [_example(enc, f, int(starts[f]), int(ends[f])) for f in range(n)]
 
     def targets_and_weights(self, batch):
         import jax.numpy as jnp

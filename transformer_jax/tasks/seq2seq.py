@@ -17,7 +17,7 @@ import numpy as np
 from transformer_jax import sharding as shd
 from transformer_jax.config import BOS_ID, EOS_ID
 from transformer_jax.data.metrics import corpus_bleu
-from transformer_jax.tasks.base import Field, Task, tokenize, token_weights
+from transformer_jax.tasks.base import Field, Task, token_weights
 from transformer_jax.tasks.predictor import Predictor, model_params
 
 
@@ -121,11 +121,12 @@ class Seq2Seq(Task):
                                            Field("tgt_out", "tgt", role="target"),
                                            Field("tgt_weights", "tgt", np.float32, role="target"))
     packable: ClassVar[bool] = False
+    framing: ClassVar[str] = "seq2seq"
 
     def featurize(self, record, fz) -> dict | None:
-        src = list(tokenize(fz.tokenizer, [self.prefix + record["source"]], truncation=True, max_length=fz.max_src_len)
+        src = list(fz.tokenizer([self.prefix + record["source"]], truncation=True, max_length=fz.max_src_len)
                    ["input_ids"][0])  # a batch of one
-        tgt = list(tokenize(fz.tokenizer, [record.get("target") or ""], truncation=True, max_length=fz.max_tgt_len)
+        tgt = list(fz.tokenizer([record.get("target") or ""], truncation=True, max_length=fz.max_tgt_len)
                    ["input_ids"][0])
         start = self.generation.decoder_start_id if self.generation is not None else 0
         return {"src": _i32(src), "tgt_in": _i32([start, *tgt[:-1]]), "tgt_out": _i32(tgt),

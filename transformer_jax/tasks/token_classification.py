@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from transformer_jax.data import ner
-from transformer_jax.tasks.base import Field, Task, tokenize
+from transformer_jax.tasks.base import Field, Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class TokenClassification(Task):
         words = list(record["tokens"])
         if not words:
             return None
-        enc = tokenize(fz.tokenizer, [words], is_split_into_words=True, truncation=True, max_length=fz.max_src_len)
+        enc = fz.tokenizer([words], is_split_into_words=True, truncation=True, max_length=fz.max_src_len)
         ids = np.asarray(enc["input_ids"][0], np.int32)
         types = np.asarray(enc["token_type_ids"][0], np.int32) if "token_type_ids" in enc else np.zeros_like(ids)
         aligned = ner.align_labels(enc["word_ids"], [record.get("tags") or [0] * len(words)])[0]  # data/ner.py

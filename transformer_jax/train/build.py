@@ -22,7 +22,7 @@ import numpy as np
 from transformer_jax import sharding as shd
 from transformer_jax import tasks
 from transformer_jax.train import adapters, checkpoint_source, distill, optim
-from transformer_jax.train.experiment import (SYNTHETIC, build_model_and_source, check_batch_fits, config_task,
+from transformer_jax.train.experiment import (MODEL_CONFIG, SYNTHETIC, build_model_and_source, check_batch_fits, config_task,
                                               validate_config)
 from transformer_jax.train.state import TrainState, abstract_state, create_train_state
 from transformer_jax.train.step import StepConfig
@@ -54,7 +54,8 @@ def make_optimizer(config, model) -> tuple[Any, Callable]:
 
 def make_tokenizer(config, workdir: str, task: tasks.Task | None = None):
     """The run's tokenizer: a Hugging Face `init_from`'s own (copied into the workdir; the checkpoint
-    decides), else the one `config.data.tokenizer` names (SentencePiece trained on the dataset once)."""
+    decides), else the one `config.data.tokenizer` names (SentencePiece trained on the dataset once;
+    a fine-tuning task's is framed like a checkpoint's, data/framed.py)."""
     if config.data.dataset == SYNTHETIC and not config.get("task", ""):
         return None
     from transformer_jax import data
@@ -63,20 +64,46 @@ def make_tokenizer(config, workdir: str, task: tasks.Task | None = None):
     if not task.uses_tokenizer:  # images
         return None
     source = config.get("init_from", "")
-    if source and checkpoint_source.is_pretrained_dir(source):
+    kept = os.path.isdir(os.path.join(workdir, "tokenizer"))  # a Hugging Face source's, copied at the start
+    if kept or (source and checkpoint_source.is_pretrained_dir(source)):
         from transformer_jax.pretrained import load_tokenizer
 
         return load_tokenizer(checkpoint_source.copy_tokenizer(source, workdir))
-    if config.get("task", ""):
-        raise ValueError(f"config.task={config.task!r} fine-tunes a pretrained checkpoint with its own tokenizer; "
-                         "set config.init_from to a Hugging Face model directory")
     teacher = (config.get("distill", None) or {}).get("teacher", "")  # a student reads text as its teacher does
     if config.data.tokenizer == "sentencepiece" and (config.get("init_from", "") or teacher):
         _tokenizer_from(config.get("init_from", "") or teacher,
                         data.sentencepiece_path(workdir, config.data.dataset, config.data.vocab_size, task.symbols))
+    if config.get("task", ""):
+        return data.Framed(_files_tokenizer(config, workdir, task), task.framing)
     return data.make_task_tokenizer(config.data.tokenizer, config.data.dataset, workdir=workdir,
                                     vocab_size=config.data.vocab_size or None, text_keys=task.text_features(),
                                     data_dir=config.data.data_dir or None, symbols=task.symbols)
+
+
+def _files_tokenizer(config, workdir: str, task):
+    """The built-in tokenizer of a fine-tuning task without a Hugging Face checkpoint: bytes, or
+    SentencePiece trained once on the text roles of the train files (kept in the workdir)."""
+    from transformer_jax import data
+
+    kind = config.data.tokenizer
+    if kind not in data.TOKENIZER_KINDS:
+        raise ValueError(f"config.data.tokenizer={kind!r}: without a Hugging Face config.init_from a "
+                         f"{task.name} task uses a built-in tokenizer: {', '.join(data.TOKENIZER_KINDS)}")
+    if kind != "sentencepiece":
+        return data.make_tokenizer(kind)
+    path = data.sentencepiece_path(workdir, config.data.dataset, config.data.vocab_size, task.symbols)
+    return data.make_tokenizer("sentencepiece", model_path=path, vocab_size=config.data.vocab_size,
+                               texts=lambda: record_texts(file_source(config, "train", task), task.text_features()))
+
+
+def record_texts(source, roles):
+    """The texts of `roles` in every record of `source` (a list of words joined by spaces)."""
+    for i in range(len(source)):
+        record = source[i]
+        for role in roles:
+            value = record.get(role)
+            if value:
+                yield " ".join(value) if isinstance(value, list) else value
 
 
 def _tokenizer_from(source: str, path: str) -> None:
@@ -272,12 +299,15 @@ def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Set
 
 def epochs_to_steps(config) -> None:
     """`config.num_epochs` > 0 sets `num_train_steps` to that many passes over the train files (the
-    last partial batch of each pass dropped) and records the labels the run derived, so the saved
-    config reproduces the run (eval, predict and export read them)."""
+    last partial batch of each pass dropped) and records the labels and generation settings the run
+    derived, so the saved config reproduces the run (eval, predict and export read them, not the
+    `init_from` directory)."""
     if not config.get("task", ""):
         return
     task = config_task(config)
     with config.unlocked():
+        if getattr(task, "generation", None) is not None:
+            config.generation = ml_collections.ConfigDict(dataclasses.asdict(task.generation))
         if getattr(task, "labels", None) is not None:
             config.data.labels = tuple(task.labels)
         elif getattr(task, "label_role", None) == "label":
@@ -288,10 +318,28 @@ def epochs_to_steps(config) -> None:
             config.num_train_steps = max(1, int(epochs * n) // config.batch_size)
 
 
+def _model(config, task, workdir: str, resuming: bool):
+    """(model, the source's variables or None). A run from `init_from` keeps the architecture it
+    decided (`model_config.pkl`): a restart, eval, predict and export build from the workdir alone,
+    without reading the source again."""
+    path = os.path.join(workdir, MODEL_CONFIG)
+    if config.get("init_from", "") and resuming and os.path.exists(path):
+        with open(path, "rb") as f:
+            return task.make_model(pickle.load(f)), None
+    model, variables = build_model_and_source(config, task)
+    if config.get("init_from", "") and jax.process_index() == 0:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            pickle.dump(model.cfg, f)
+        os.replace(tmp, path)
+    return model, variables
+
+
 def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -> tuple[Setup, Any]:
     task = config_task(config)
     mesh = shd.make_mesh(sizes)
-    model, source_variables = build_model_and_source(config, task)
+    resuming = has_checkpoint(workdir)
+    model, source_variables = _model(config, task, workdir, resuming)
     tx, schedule = make_optimizer(config, model)
     if tokenizer is None:
         tokenizer = make_tokenizer(config, workdir, task)
@@ -304,7 +352,6 @@ def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -
     check_batch_fits(config, task, example)
     shapes = {k: jax.ShapeDtypeStruct((config.batch_size, *np.shape(v)[1:]), np.asarray(v).dtype)
               for k, v in example.items()}
-    resuming = has_checkpoint(workdir)
     lora = adapters.lora_config(config)
     if lora is not None:  # adapters over a frozen base (re-derived from init_from on every start)
         state, shardings = adapters.create_state(config, model, tx, shapes, mesh, task, workdir, log,

@@ -33,6 +33,7 @@ from transformer_jax.train.profile import parse_profile_steps
 
 NONFINITE = ("stop", "skip")
 SYNTHETIC = "synthetic"
+MODEL_CONFIG = "model_config.pkl"  # the architecture an `init_from` run decided, kept in its workdir (build.py)
 EVAL_METRICS = ("eval_loss", "eval_nll", "eval_accuracy", "eval_perplexity")  # what `evaluate.evaluate_loss` returns
 
 
@@ -159,10 +160,13 @@ def model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
 
 def model_fields(config) -> dict:
     """The fields `config.model` sets, attention specs parsed; a None where the field's default is
-    not None means "not set" (fine-tuning configs leave the architecture to the checkpoint)."""
+    not None means "not set" (fine-tuning configs leave the architecture to the checkpoint). Without
+    `init_from`, a fine-tuning config's `scratch_model` gives the architecture, `config.model` on top."""
     defaults = {f.name: _default(f) for f in dataclasses.fields(TransformerConfig)}
-    fields = {k: v for k, v in dict(config.get("model", None) or {}).items()
-              if not (v is None and defaults.get(k, 0) is not None)}
+    given = dict(config.get("model", None) or {})
+    if not config.get("init_from", "") and config.get("scratch_model", None):
+        given = {**dict(config.scratch_model), **{k: v for k, v in given.items() if v is not None}}
+    fields = {k: v for k, v in given.items() if not (v is None and defaults.get(k, 0) is not None)}
     for field in attention_fields():
         if field in fields:
             fields[field] = _attention_value(fields[field], field)
@@ -193,13 +197,24 @@ def files_task(config) -> tasks.Task:
     for key in ("prefix", "doc_stride"):
         if key in config.data and key in {f.name for f in dataclasses.fields(cls)}:
             options[key] = config.data[key]
-    if "generation" in {f.name for f in dataclasses.fields(cls)} and config.get("init_from", ""):
-        from transformer_jax.pretrained import load_generation_config
-
-        options["generation"] = load_generation_config(config.init_from)
+    if "generation" in {f.name for f in dataclasses.fields(cls)}:
+        options["generation"] = generation_config(config)
     if "max_new_tokens" in {f.name for f in dataclasses.fields(cls)}:
         options["max_new_tokens"] = config.decode.max_len
     return cls(**options)
+
+
+def generation_config(config):
+    """The generation settings the run recorded (`config.generation`), else a Hugging Face
+    `init_from`'s (`generation_config.json`), else the library's ids (start BOS, end EOS)."""
+    from transformer_jax.decode import GenerationConfig
+    from transformer_jax.pretrained import load_generation_config
+    from transformer_jax.train import checkpoint_source
+
+    if config.get("generation", None):  # recorded by the run (train/build.py epochs_to_steps)
+        return GenerationConfig(**dict(config.generation))
+    path = config.get("init_from", "") or ""
+    return load_generation_config(path) if checkpoint_source.is_pretrained_dir(path) else GenerationConfig()
 
 
 def config_task(config) -> tasks.Task:
@@ -232,7 +247,10 @@ def build_model_and_source(config: ml_collections.ConfigDict, task: tasks.Task |
     """(model, the init_from checkpoint's variables when it was read whole here, else None)."""
     task = config_task(config) if task is None else task
     if not config.get("init_from", ""):
-        return task.make_model(model_config(config)), None
+        cfg = model_config(config)
+        if getattr(task, "num_labels", None) is not None:  # the head's size is the task's (its labels)
+            cfg = cfg.replace(num_classes=task.num_labels)
+        return task.make_model(cfg), None
     from transformer_jax.train import checkpoint_source
 
     model_class = task.model_class().__name__
@@ -298,10 +316,12 @@ def check_batch_fits(config, task: tasks.Task, batch_keys) -> None:
                          f"config.data.dataset={config.data.dataset!r} yields {', '.join(sorted(batch_keys))}")
 
 
-def _check_init_from(config) -> None:
-    """`init_from` names one of our workdirs (with a checkpoint) or a Hugging Face directory."""
+def _check_init_from(config, workdir: str | None = None) -> None:
+    """`init_from` names one of our workdirs (with a checkpoint) or a Hugging Face directory (unless
+    `workdir` has started from it already and kept its architecture: train/build.py MODEL_CONFIG)."""
     path = config.get("init_from", "") or ""
-    if path:
+    kept = workdir is not None and os.path.exists(os.path.join(workdir, MODEL_CONFIG))
+    if path and not kept:
         from transformer_jax.checkpoint import committed_steps
 
         if not os.path.isdir(path):
@@ -388,7 +408,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
                          f"{config.data.vocab_size} (the SentencePiece vocabulary); set it to at least "
                          f"{config.data.vocab_size}")
     config_task(config)  # the task and model fit (a named error otherwise)
-    _check_init_from(config)
+    _check_init_from(config, workdir)
     check_lora(config)  # lora.rank / alpha / targets / save_adapters_only; freeze beside LoRA
     check_distill(config)  # distill.teacher / temperature / alpha / init_from_teacher
     sizes = shd.resolve_mesh_shape(dict(config.mesh), num_devices)
