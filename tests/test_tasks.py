@@ -140,3 +140,64 @@ def test_builtin_corpus_is_english_prose_with_disjoint_splits(data_dir):
     assert labels == {0, 1}
     sample = b" ".join(sorted(texts["test"])[:20]).decode()
     assert " the " in sample and "::=" not in sample
+
+
+@pytest.mark.parametrize("name", ["sequence_classification", "token_classification", "question_answering"])
+def test_a_model_without_token_types_gets_none(name):
+    """DistilBERT (type_vocab_size 0) rejects token types; the task drops them for it, keeps them for BERT."""
+    import os
+
+    import transformer_jax as tj
+
+    task = tasks.FINETUNE[name]()
+    d = os.path.join(os.path.dirname(__file__), "fixtures", "pretrained", "heads", "distilbert",
+                     "sequence_classification")
+    model, variables = tj.from_pretrained(d, head=name)
+    assert model.cfg.type_vocab_size == 0
+    bert = task.for_model(dataclasses.replace(model.cfg, type_vocab_size=2))
+    assert bert is task and "token_types" in task.needs and "token_types" in task.batch_shapes(2, 8, 8)
+    distil = task.for_model(model.cfg)
+    assert "token_types" not in distil.needs and "token_types" not in distil.batch_shapes(2, 8, 8)
+    batch = {k: np.ones(s.shape, s.dtype) for k, s in distil.batch_shapes(2, 8, 8).items()}
+    args, kwargs = distil.model_inputs(batch)
+    assert "token_types" not in kwargs
+    model.apply(variables, *args, **kwargs)  # runs (with token types it raises)
+
+
+def test_question_answering_trains_on_every_window_and_resumes_inside_a_record():
+    """run_qa's training features: every window of the context is an example; a window holding the
+    whole answer points at its tokens, any other at [CLS] (0, 0). The batches resume exactly, also
+    from a state saved between two windows of one record."""
+    words = [f"w{i}" for i in range(40)]
+    tok = D.Framed(D.WordTokenizer(words + ["who", "is"]), "encoder")
+    records = []
+    for k in range(6):
+        context = " ".join(words[k:k + 30])
+        answer = words[k + 20]
+        records.append({"question": "who is", "context": context,
+                        "answers": {"text": [answer], "answer_start": [context.index(answer + " ")]}})
+    task = tasks.FINETUNE["question_answering"](doc_stride=2)
+    fz = D.Featurizer(task, tok, 12, 4, "truncate", D.DataStats())
+    for r in records:
+        examples = fz(r)
+        enc = tok(r["question"], r["context"], truncation="only_second", max_length=12, stride=2,
+                  return_overflowing_tokens=True)
+        assert len(examples) == len(enc["input_ids"]) == 6  # 30 words in windows of 7 advancing by 5
+        for ex in examples:
+            s, e = int(ex["start_positions"]), int(ex["end_positions"])
+            inside = r["answers"]["text"][0] in tok.decode(ex["inputs"][4:]).split()  # [BOS] who is [EOS] context
+            assert (s, e) == (0, 0) if not inside else tok.decode(ex["inputs"][s:e + 1]) == r["answers"]["text"][0]
+        assert sum(int(ex["start_positions"]) > 0 for ex in examples) >= 1
+    args = dict(layout=task, tokenizer=tok, batch_size=3, max_src_len=12, max_tgt_len=4, pack=False, seed=0,
+                source=records, repeat=True)
+    it = D.make_iterator("qa", "train", **args)
+    batches = [next(it) for _ in range(3)]  # 9 windows: the state falls between two windows of a record
+    state = it.get_state()
+    after = [next(it) for _ in range(3)]
+    it2 = D.make_iterator("qa", "train", **args)
+    it2.set_state(state)
+    for want in after:
+        got = next(it2)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    assert all(b["inputs"].shape == (3, 12) for b in batches)

@@ -178,6 +178,24 @@ class Task:
         """A seeded per-example transform (Grain `random_map`) applied after `featurize`, or None."""
         return None
 
+    def for_model(self, cfg) -> "Task":
+        """The task as the decided model reads it (`cfg`, its TransformerConfig); the same by default."""
+        return self
+
+
+class TokenTypes:
+    """A mixin of the encoder tasks that read pairs: their `token_types` field reaches the model only
+    when it has token-type embeddings (BERT, ALBERT; not DistilBERT, nor a workdir pretrained without
+    them, `type_vocab_size=0`). Subclasses list `fields` with it as `_fields` and have a dataclass
+    field `token_types: bool = True`."""
+
+    @property
+    def fields(self) -> tuple[Field, ...]:
+        return tuple(f for f in self._fields if self.token_types or f.name != "token_types")
+
+    def for_model(self, cfg):
+        return self if cfg.type_vocab_size or not self.token_types else dataclasses.replace(self, token_types=False)
+
 
 def token_weights(targets):
     import jax.numpy as jnp

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from transformer_jax.tasks.base import Field, Task
+from transformer_jax.tasks.base import Field, Task, TokenTypes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Classification(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class SequenceClassification(Task):
+class SequenceClassification(TokenTypes, Task):
     """Fine-tuning a pretrained encoder on the user's records (Devlin et al. 2019, §4.1): single texts
     or pairs (`[CLS] A [SEP] B [SEP]`, token types 0/1), through the checkpoint's own tokenizer
     (`tokenizer(text, text_pair, truncation=True, max_length=S)`). `labels`: the label names in id
@@ -57,6 +57,7 @@ class SequenceClassification(Task):
     """
 
     labels: tuple[str, ...] | None = ("0", "1")
+    token_types: bool = True
     name: ClassVar[str] = "sequence classification"
     model_type: ClassVar[str] = "encoder_classifier"
     head: ClassVar[str] = "sequence_classification"
@@ -72,7 +73,7 @@ class SequenceClassification(Task):
         return 1 if self.labels is None else len(self.labels)
 
     @property
-    def fields(self) -> tuple[Field, ...]:
+    def _fields(self) -> tuple[Field, ...]:
         label = Field("label", None, np.float32 if self.labels is None else np.int32, role="target")
         return (Field("inputs", "src", segments=""), Field("token_types", "src", role="kwarg"), label)
 
@@ -83,7 +84,7 @@ class SequenceClassification(Task):
         ids = np.asarray(enc["input_ids"][0], np.int32)
         types = np.asarray(enc["token_type_ids"][0], np.int32) if "token_type_ids" in enc else np.zeros_like(ids)
         label = record.get("label", 0)
-        return {"inputs": ids, "token_types": types, "label": np.asarray(label, self.fields[-1].dtype)}
+        return {"inputs": ids, "token_types": types, "label": np.asarray(label, self._fields[-1].dtype)}
 
     def targets_and_weights(self, batch):
         import jax.numpy as jnp

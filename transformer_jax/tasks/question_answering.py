@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from transformer_jax.data import qa
-from transformer_jax.tasks.base import Field, Task
+from transformer_jax.tasks.base import Field, Task, TokenTypes
 
 
 def windows(tokenizer, records, max_length: int, stride: int) -> dict:
@@ -42,10 +42,11 @@ def _example(enc, f: int, start: int = 0, end: int = 0) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuestionAnswering(Task):
+class QuestionAnswering(TokenTypes, Task):
     doc_stride: int = 32
     n_best: int = 20
     max_answer_len: int = 30
+    token_types: bool = True
     name: ClassVar[str] = "question answering"
     model_type: ClassVar[str] = "question_answering"
     head: ClassVar[str] = "question_answering"
@@ -58,9 +59,9 @@ class QuestionAnswering(Task):
     unit: ClassVar[str] = "examples"
     packable: ClassVar[bool] = False
     fans_out: ClassVar[bool] = True  # one training example per window
-    fields: ClassVar[tuple[Field, ...]] = (Field("inputs", "src", segments=""), Field("token_types", "src", role="kwarg"),
-                                           Field("start_positions", None, role="target"),
-                                           Field("end_positions", None, role="target"))
+    _fields: ClassVar[tuple[Field, ...]] = (Field("inputs", "src", segments=""), Field("token_types", "src", role="kwarg"),
+                                            Field("start_positions", None, role="target"),
+                                            Field("end_positions", None, role="target"))
 
     def model_class(self):
         from transformer_jax.model import QuestionAnswering as Model

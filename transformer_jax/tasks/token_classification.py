@@ -18,12 +18,13 @@ from typing import ClassVar
 import numpy as np
 
 from transformer_jax.data import ner
-from transformer_jax.tasks.base import Field, Task
+from transformer_jax.tasks.base import Field, Task, TokenTypes
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenClassification(Task):
+class TokenClassification(TokenTypes, Task):
     labels: tuple[str, ...] = ("O",)
+    token_types: bool = True
     name: ClassVar[str] = "token classification"
     model_type: ClassVar[str] = "token_classifier"
     head: ClassVar[str] = "token_classification"
@@ -34,9 +35,9 @@ class TokenClassification(Task):
     predict_optional: ClassVar[tuple[str, ...]] = ("text", "tokens")
     unit: ClassVar[str] = "examples"
     packable: ClassVar[bool] = False
-    fields: ClassVar[tuple[Field, ...]] = (Field("inputs", "src", segments=""), Field("token_types", "src", role="kwarg"),
-                                           Field("labels", "src", role="target"),
-                                           Field("label_weights", "src", np.float32, role="target"))
+    _fields: ClassVar[tuple[Field, ...]] = (Field("inputs", "src", segments=""), Field("token_types", "src", role="kwarg"),
+                                            Field("labels", "src", role="target"),
+                                            Field("label_weights", "src", np.float32, role="target"))
 
     @property
     def num_labels(self) -> int:

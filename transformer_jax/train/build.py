@@ -340,6 +340,7 @@ def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -
     mesh = shd.make_mesh(sizes)
     resuming = has_checkpoint(workdir)
     model, source_variables = _model(config, task, workdir, resuming)
+    task = task.for_model(getattr(model, "cfg", None))  # e.g. no token types for a model without them (DistilBERT)
     tx, schedule = make_optimizer(config, model)
     if tokenizer is None:
         tokenizer = make_tokenizer(config, workdir, task)
