@@ -1,8 +1,9 @@
 """Shared settings of the fine-tuning configs (configs/finetune_*.py): a pretrained checkpoint
 (`init_from`, a Hugging Face directory or one of our workdirs) decides the architecture and the
 tokenizer; the user's own files (or the built-in `tjax_pairs:train`, ...) hold the data. Without
-`init_from` the model trains from scratch (`scratch_model`) with a built-in tokenizer. The brief's recipe: AdamW with weight decay 0.01, a small learning rate, linear
-warmup then decay, a few epochs, sequences truncated and padded to max_length.
+`init_from` the model trains from scratch (`scratch_model`) with a built-in tokenizer. The brief's
+recipe: AdamW with weight decay 0.01, a small learning rate, linear warmup then decay, a few epochs,
+sequences truncated and padded to max_length.
 
     transformer-jax train --config configs/finetune_classification.py --workdir W \\
         --config.init_from=DIR --config.data.train_files=train.jsonl --config.data.validation_files=dev.jsonl

@@ -17,10 +17,10 @@ Returns (lists per row; one row per input, or per window with overflow): ``input
 ``token_type_ids``, ``attention_mask``, ``word_ids`` and ``sequence_ids`` (None at special tokens),
 ``offset_mapping`` (on request: character spans into each text, (0, 0) at special tokens, whitespace
 trimmed), ``overflow_to_sample_mapping`` (with overflow). Truncation: ``True``/"longest_first"
-(a pair's shorter text keeps at most half the room, the longer the rest), "only_second"; with ``return_overflowing_tokens`` the cut
-text (the second, or a single text) is split into windows overlapping by ``stride`` tokens, as the
-reference library's fast tokenizers do. No padding (the tasks' layout pads). Stateless, so safe to
-call from Grain's threads.
+(a pair's shorter text keeps at most half the room, the longer the rest), "only_second"; with
+``return_overflowing_tokens`` the cut text (the second, or a single text) is split into windows
+overlapping by ``stride`` tokens, as the reference library's fast tokenizers do. No padding (the
+tasks' layout pads). Stateless, so safe to call from Grain's threads.
 """
 
 from __future__ import annotations

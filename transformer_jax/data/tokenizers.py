@@ -4,9 +4,9 @@
 
 Reserved ids are shared by the whole library (defined once, in config.py): 0 = pad,
 1 = EOS, 2 = BOS, 3 = UNK. A tokenizer that can serve a masked LM has a ``mask_id``
-(SentencePiece trained with the "[MASK]" symbol); the others have ``mask_id = None``. ``encode`` adds neither BOS nor EOS (the pipeline does); ``decode``
-stops at the first EOS and drops pad and BOS, so it can be fed a model's raw
-output row.
+(SentencePiece trained with the "[MASK]" symbol); the others have ``mask_id = None``. ``encode``
+adds neither BOS nor EOS (the pipeline does); ``decode`` stops at the first EOS and drops pad and
+BOS, so it can be fed a model's raw output row.
 """
 
 from __future__ import annotations

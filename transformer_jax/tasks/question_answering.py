@@ -59,7 +59,8 @@ class QuestionAnswering(TokenTypes, Task):
     unit: ClassVar[str] = "examples"
     packable: ClassVar[bool] = False
     fans_out: ClassVar[bool] = True  # one training example per window
-    _fields: ClassVar[tuple[Field, ...]] = (Field("inputs", "src", segments=""), Field("token_types", "src", role="kwarg"),
+    _fields: ClassVar[tuple[Field, ...]] = (Field("inputs", "src", segments=""),
+                                            Field("token_types", "src", role="kwarg"),
                                             Field("start_positions", None, role="target"),
                                             Field("end_positions", None, role="target"))
 

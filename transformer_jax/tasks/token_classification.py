@@ -35,7 +35,8 @@ class TokenClassification(TokenTypes, Task):
     predict_optional: ClassVar[tuple[str, ...]] = ("text", "tokens")
     unit: ClassVar[str] = "examples"
     packable: ClassVar[bool] = False
-    _fields: ClassVar[tuple[Field, ...]] = (Field("inputs", "src", segments=""), Field("token_types", "src", role="kwarg"),
+    _fields: ClassVar[tuple[Field, ...]] = (Field("inputs", "src", segments=""),
+                                            Field("token_types", "src", role="kwarg"),
                                             Field("labels", "src", role="target"),
                                             Field("label_weights", "src", np.float32, role="target"))
 

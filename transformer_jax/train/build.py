@@ -22,8 +22,8 @@ import numpy as np
 from transformer_jax import sharding as shd
 from transformer_jax import tasks
 from transformer_jax.train import adapters, checkpoint_source, distill, optim
-from transformer_jax.train.experiment import (MODEL_CONFIG, SYNTHETIC, build_model_and_source, check_batch_fits, config_task,
-                                              validate_config)
+from transformer_jax.train.experiment import (MODEL_CONFIG, SYNTHETIC, build_model_and_source, check_batch_fits,
+                                              config_task, validate_config)
 from transformer_jax.train.state import TrainState, abstract_state, create_train_state
 from transformer_jax.train.step import StepConfig
 from transformer_jax.train.warm_start import check_freeze, freeze, summarize, warm_start
@@ -64,6 +64,8 @@ def make_tokenizer(config, workdir: str, task: tasks.Task | None = None):
     if not task.uses_tokenizer:  # images
         return None
     source = config.get("init_from", "")
+    if source and checkpoint_source.is_workdir(source) and os.path.isdir(os.path.join(source, "tokenizer")):
+        source = os.path.join(source, "tokenizer")  # a workdir that started from Hugging Face passes its tokenizer on
     kept = os.path.isdir(os.path.join(workdir, "tokenizer"))  # a Hugging Face source's, copied at the start
     if kept or (source and checkpoint_source.is_pretrained_dir(source)):
         from transformer_jax.pretrained import load_tokenizer
