@@ -4,7 +4,7 @@ each task then trains the same architecture, with the same tokenizer (the pretra
 model), data, schedule and number of steps, once from that checkpoint (`init_from`) and once from a
 random initialisation.
 
-    python benchmarks/finetune.py [--mlm_steps 600] [--steps 300] [--root /tmp/finetune_bench]
+    python benchmarks/finetune.py [--mlm_steps 600] [--steps 200] [--root /tmp/finetune_bench]
 
 Tasks: sentence pairs (`tjax_pairs`, configs/finetune_classification.py: accuracy, macro-F1) and named
 entities (`tjax_entities`, configs/finetune_ner.py: seqeval entity F1), scored on their test splits
@@ -79,7 +79,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default="/tmp/finetune_bench")
     ap.add_argument("--mlm_steps", type=int, default=600)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "finetune_cpu.json"))
