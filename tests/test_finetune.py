@@ -289,7 +289,9 @@ def test_qa_predict_answers_are_spans_of_the_context_and_give_the_eval_scores(qa
 
 
 def test_qa_export_is_a_question_answering_model(qa, root):
-    _export(qa, root, "BertForQuestionAnswering", "question_answering")
+    """The source (a bare BertModel) had three labels; a QA head has two outputs (start, end), and the
+    reference library sizes it by num_labels."""
+    _export(qa, root, "BertForQuestionAnswering", "question_answering", ["LABEL_0", "LABEL_1"])
 
 
 # ---- seq2seq

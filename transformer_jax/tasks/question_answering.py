@@ -56,6 +56,7 @@ class QuestionAnswering(TokenTypes, Task):
     predict_optional: ClassVar[tuple[str, ...]] = ("id",)
     label_role: ClassVar[str | None] = None
     labels: ClassVar[None] = None
+    num_labels: ClassVar[int] = 2  # the head's outputs, start and end: the reference's num_labels for QA
     unit: ClassVar[str] = "examples"
     packable: ClassVar[bool] = False
     fans_out: ClassVar[bool] = True  # one training example per window
