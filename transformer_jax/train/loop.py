@@ -128,7 +128,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
     terminal). SIGTERM or Ctrl-C saves a checkpoint after the current step and returns with
     `summary["preempted"]` and `summary["signal"]` set.
     """
-    s, train_iter = setup(config, workdir, train_iter=train_iter)
+    s, train_iter = setup(config, workdir, train_iter=train_iter, training=True)
     with workdir_lock(workdir):  # before anything is written there: one trainer per workdir (train/lock.py)
         return _train(s, config, workdir, train_iter, eval_iter_fn, progress)
 
@@ -157,7 +157,7 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
     if restored is None and layer_map is not None:  # a fresh student: layers copied from the teacher
         state = distill.init_student(state, s.shardings, teacher, s.model, layer_map, _log)
     start = int(jax.device_get(state.step))
-    compiled = _compile(s, state, teacher)
+    compiled = _compile(s, state, teacher if teacher is not None and teacher.in_step else None)
     clock = budget.Clock(workdir, config.get("budget_minutes", 0.0), start, writer=jax.process_index() == 0,
                          eval_every_minutes=config.get("eval_every_minutes", 0.0))
     clock.start()  # the budget counts training time from here (compilation excluded; budget.py)
