@@ -151,3 +151,16 @@ def test_sequence_level_settings_are_checked_by_name(tmp_path):
                                          r"classification task"):
         distill.check_config(c)
     distill.check_config(_config(teacher=teacher, sequence_level=True))  # a translation task: fine
+
+
+def test_train_split_takes_tfds_split_syntax_and_is_refused_where_there_is_one_split():
+    from transformer_jax.train.build import train_split
+
+    c = _config()
+    assert train_split(c) == "train"
+    c.data.train_split = "train[:8000]"
+    assert train_split(c) == "train[:8000]"
+    c.data.dataset = "synthetic"
+    with pytest.raises(ValueError, match=r"config.data.train_split='train\[:8000\]': synthetic data has one train "
+                                         r"split; leave it 'train'"):
+        train_split(c)
