@@ -243,12 +243,13 @@ def train_records(config, workdir: str, split: str, task, mesh, tokenizer, stude
     where = os.path.join(cache_dir(workdir), MANIFEST)
     if cached is not None:
         saved, targets = cached
-        diff = differences(saved, wanted) if targets is not None else [("targets_sha256", "damaged", "")]
-        if not diff:
+        diff = differences(saved, wanted)
+        if targets is not None and not diff:
             log(f"distill: sequence-level targets from the cache {cache_dir(workdir)} ({len(targets):,} "
                 f"translations by the teacher's {saved['teacher_checkpoint']})")
             return [{**r, task.target: t} for r, t in zip(records, targets)]
-        what = "; ".join(f"{k}: cached {a!r}, this run {b!r}" for k, a, b in diff)
+        what = ("; ".join(f"{k}: cached {a!r}, this run {b!r}" for k, a, b in diff) if targets is not None else
+                f"{TARGETS} does not match the manifest's sha256 and count: damaged")
         if resuming:
             raise ValueError(f"config.distill.sequence_level: the cached teacher outputs ({where}) do not fit "
                              f"this run ({what}), and this workdir's checkpoints were trained on them; resume with "
