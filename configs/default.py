@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Knowledge distillation (transformer_jax/train/distill.py): a teacher workdir or Hugging Face
     # directory; loss = alpha·CE + (1-alpha)·T²·KL(teacher/T || student/T); init_from_teacher:
     # "every_other" (DistilBERT) or teacher layer indices "0,2,5", one per student layer.
-    # sequence_level (translation; train/sequence_kd.py): the teacher's beam outputs (beam_size,
+    # sequence_level (translation, seq2seq; train/sequence_kd.py): the teacher's beam outputs (beam_size,
     # length_penalty), made once and cached in the workdir, are the targets; alpha=1: those alone.
     c.distill = ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5, init_from_teacher="",
                                                sequence_level=False, beam_size=4, length_penalty=0.6))

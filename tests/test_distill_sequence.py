@@ -147,7 +147,7 @@ def test_sequence_level_settings_are_checked_by_name(tmp_path):
     c = _config(teacher=teacher, sequence_level=True)
     c.data.dataset = "tjax_text"
     c.model_type = "encoder_classifier"
-    with pytest.raises(ValueError, match=r"sequence_level=True needs a translation task .*'tjax_text' is a "
+    with pytest.raises(ValueError, match=r"sequence_level=True needs a sequence-to-sequence task .*'tjax_text' is a "
                                          r"classification task"):
         distill.check_config(c)
     distill.check_config(_config(teacher=teacher, sequence_level=True))  # a translation task: fine
@@ -164,3 +164,40 @@ def test_train_split_takes_tfds_split_syntax_and_is_refused_where_there_is_one_s
     with pytest.raises(ValueError, match=r"config.data.train_split='train\[:8000\]': synthetic data has one train "
                                          r"split; leave it 'train'"):
         train_split(c)
+
+
+def test_a_seq2seq_student_on_files_trains_on_the_t5_teachers_beam_outputs(tmp_path, capsys):
+    """config.task=seq2seq (a Hugging Face T5 fine-tuned on JSONL files): the teacher's outputs, made
+    with the checkpoint's generation settings and the task's prefix, are the cached targets (equal to
+    `generate_text` on the teacher directly), and the student trains on them."""
+    import shutil
+
+    from transformer_jax.pretrained import from_pretrained, load_generation_config, load_tokenizer
+    from transformer_jax.pretrained.text import generate_text
+
+    fixture = os.path.join(REPO, "tests", "fixtures", "pretrained", "t5")
+    teacher = tmp_path / "t5"
+    shutil.copytree(fixture, teacher, ignore=shutil.ignore_patterns("reference*"))
+    words = "the dog river book model student town music fox text corpus".split()
+    rng = np.random.default_rng(0)
+    rows = [" ".join(rng.choice(words, 4)) for _ in range(16)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"document": r, "summary": r.split()[0]}) + "\n" for r in rows))
+    work = tmp_path / "student"
+    capsys.readouterr()
+    cli.main(["train", "--config", os.path.join(REPO, "configs", "finetune_seq2seq.py"), "--workdir", str(work),
+              f"--config.init_from={teacher}", f"--config.data.train_files={train}", "--config.num_epochs=1",
+              "--config.batch_size=8", "--config.data.max_src_len=16", "--config.data.max_tgt_len=8",
+              "--config.data.prefix=summarize: ", "--config.decode.max_len=6", "--config.test_at_end=False",
+              f"--config.distill.teacher={teacher}", "--config.distill.sequence_level=True",
+              "--config.distill.alpha=1.0", "--config.distill.beam_size=2"])
+    out = capsys.readouterr().out
+    assert "translating 16 sources with the teacher (Hugging Face checkpoint" in out
+    manifest, targets = sequence_kd.read_cache(str(work))
+    model, variables = from_pretrained(str(teacher))
+    want = generate_text(model, variables, load_tokenizer(str(teacher)), [f"summarize: {r}" for r in rows],
+                         generation_config=load_generation_config(str(teacher)), max_new_tokens=6, beam_size=2,
+                         batch_size=32)
+    assert targets == want and manifest["max_len"] == 6 and manifest["target_feature"] == "target"
+    assert manifest["source_sha256"] == sequence_kd.source_fingerprint([f"summarize: {r}" for r in rows])
+    assert len([json.loads(x) for x in open(work / "metrics.jsonl")]) >= 1

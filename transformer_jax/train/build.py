@@ -113,7 +113,7 @@ def make_data_iterator(config, split: str, tokenizer, *, repeat: bool, batch_siz
     from transformer_jax import data
 
     task = config_task(config) if task is None else task
-    source = file_source(config, split, task) if config.get("task", "") else records
+    source = file_source(config, split, task) if config.get("task", "") and records is None else records
     name = f"files:{split}" if config.get("task", "") else config.data.dataset
     if records is not None:
         name += "+sequence_kd"  # a saved position of the reference data does not restore into these

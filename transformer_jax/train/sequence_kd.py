@@ -1,4 +1,4 @@
-"""Sequence-level knowledge distillation for translation (Kim & Rush 2016, §3.2, "Seq-KD").
+"""Sequence-level knowledge distillation for sequence-to-sequence tasks (Kim & Rush 2016, §3.2, "Seq-KD").
 
     --config.distill.teacher=DIR --config.distill.sequence_level=True
     --config.distill.beam_size=4 --config.distill.length_penalty=0.6
@@ -6,8 +6,10 @@
 Word-level KD matches the teacher's distribution token by token on the reference prefixes.
 Sequence-level KD instead trains the student on the teacher's *mode*, approximated by beam search:
 every source of the train split is translated once by the teacher with the library's beam search
-(`tasks.seq2seq.translate` -> `transformer_jax.decode.generate`), and those outputs replace the
-references as the student's targets. The sources, their order and the pipeline (shuffle, packing,
+(`transformer_jax.decode.generate`: through `tasks.seq2seq.translate` for a translation task, and
+through the task's own `generate` for `config.task=seq2seq` on files, with the checkpoint's
+generation settings and `decode.max_len` new tokens), and those outputs replace the references
+as the student's targets. The sources, their order and the pipeline (shuffle, packing,
 iterator state) are the same as without a teacher; only the target text differs.
 
 The outputs are made once per workdir and cached there:
@@ -42,6 +44,8 @@ import time
 
 import jax
 
+from transformer_jax import tasks
+from transformer_jax.tasks.seq2seq import Seq2Seq
 from transformer_jax.train import checkpoint_source
 
 DIRNAME = "sequence_kd"
@@ -89,23 +93,35 @@ def check_config(config) -> None:
     lp = d.get("length_penalty", 0.6)
     if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not math.isfinite(lp):
         raise ValueError(f"config.distill.length_penalty={lp!r} must be a finite number (0.6: GNMT's)")
-    from transformer_jax import tasks
     from transformer_jax.train.experiment import config_task
 
     task = config_task(config)
-    if not isinstance(task, tasks.Translation):
-        raise ValueError(f"config.distill.sequence_level=True needs a translation task (its targets are the "
-                         f"teacher's translations); config.data.dataset={config.data.dataset!r} is a "
-                         f"{task.name} task" + (f" (config.task={config.task!r})" if config.get("task", "") else "")
+    if not isinstance(task, (tasks.Translation, Seq2Seq)):
+        raise ValueError(f"config.distill.sequence_level=True needs a sequence-to-sequence task (translation, "
+                         f"seq2seq: its targets are the teacher's outputs); "
+                         + (f"config.task={config.task!r}" if config.get("task", "") else
+                            f"config.data.dataset={config.data.dataset!r} is a {task.name} task")
                          + "; use word-level KD (sequence_level=False) there")
+    if isinstance(task, Seq2Seq) and float(lp) != GENERATE_LENGTH_PENALTY:
+        raise ValueError(f"config.distill.length_penalty={lp!r}: a seq2seq task generates with the checkpoint's "
+                         f"settings and beam search's length penalty {GENERATE_LENGTH_PENALTY}; leave it so")
 
 
-def settings(config) -> BeamSettings:
+GENERATE_LENGTH_PENALTY = 0.6  # `decode.generate`'s default, which `Seq2Seq.generate` uses
+
+
+def features(task) -> tuple[str, str]:
+    """The record keys of the source text and the target text the teacher's outputs replace."""
+    return (task.source, task.target) if isinstance(task, tasks.Translation) else ("source", "target")
+
+
+def settings(config, task) -> BeamSettings:
     """The run's beam settings: outputs as long as a training target may be (`data.max_tgt_len`, EOS
-    included), sources cut to `data.max_src_len`, `decode.batch_size` sources per call."""
+    included; a seq2seq task: its `max_new_tokens`, `decode.max_len`), sources cut to
+    `data.max_src_len`, `decode.batch_size` sources per call."""
     d = config.distill
     return BeamSettings(beam_size=int(d.get("beam_size", 4)), length_penalty=float(d.get("length_penalty", 0.6)),
-                        max_len=config.data.max_tgt_len,
+                        max_len=getattr(task, "max_new_tokens", config.data.max_tgt_len),
                         src_len=config.data.max_src_len, batch_size=config.decode.batch_size)
 
 
@@ -140,7 +156,8 @@ def wanted_manifest(config, split: str, sources: list[str], target_feature: str,
     """What the cache of this run must say (MATCH_KEYS), before anything is generated."""
     return {"teacher": teacher[0], "teacher_checkpoint": teacher[1], "beam_size": beam.beam_size,
             "length_penalty": beam.length_penalty, "max_len": beam.max_len, "src_len": beam.src_len,
-            "dataset": config.data.dataset, "split": split, "examples": len(sources),
+            "dataset": config.data.get("train_files", "") if config.get("task", "") else config.data.dataset,
+            "split": split, "examples": len(sources),
             "source_sha256": source_fingerprint(sources), "target_feature": target_feature}
 
 
@@ -202,24 +219,29 @@ def read_cache(workdir: str) -> tuple[dict, list[str] | None] | None:
 # Generation and the training records
 
 
-def teacher_translations(config, task, mesh, tokenizer, student_model, sources: list[str],
+def teacher_translations(config, task, mesh, tokenizer, student_model, records: list[dict],
                          beam: BeamSettings, log=print) -> tuple[list[str], str]:
-    """(the teacher's beam-search translation of each source, the teacher's description)."""
+    """(the teacher's beam-search output for each record's source, the teacher's description)."""
+    from types import SimpleNamespace
+
     from transformer_jax.tasks.predictor import Predictor
     from transformer_jax.tasks.seq2seq import translate
     from transformer_jax.train.distill import _teacher_model_and_params
 
     example = task.batch_shapes(config.batch_size, config.data.max_src_len, config.data.max_tgt_len)
     model, params, _, where = _teacher_model_and_params(config.distill.teacher, mesh, task, example, student_model)
-    if model.cfg.max_len < beam.max_len:
+    if isinstance(task, tasks.Translation) and model.cfg.max_len < beam.max_len:
         raise ValueError(f"config.distill.teacher={config.distill.teacher!r} has max_len={model.cfg.max_len}, but "
                          f"its translations must reach config.data.max_tgt_len={beam.max_len} tokens; lower "
                          "config.data.max_tgt_len or use a teacher with more positions")
-    log(f"distill: sequence-level targets: translating {len(sources):,} sources with the teacher ({where}), "
+    log(f"distill: sequence-level targets: translating {len(records):,} sources with the teacher ({where}), "
         f"beam {beam.beam_size}, length penalty {beam.length_penalty}, up to {beam.max_len} tokens")
-    outputs = translate(Predictor(model, params, tokenizer, mesh), sources, beam_size=beam.beam_size,
-                        max_len=beam.max_len, length_penalty=beam.length_penalty, batch_size=beam.batch_size,
-                        src_len=beam.src_len)
+    p = Predictor(model, params, tokenizer, mesh)
+    if isinstance(task, Seq2Seq):  # the checkpoint's start, EOS and pad ids; `prefix` before each source
+        return task.generate(p, records, SimpleNamespace(beam_size=beam.beam_size, batch_size=beam.batch_size)), where
+    sources = [_text(r[task.source]) for r in records]
+    outputs = translate(p, sources, beam_size=beam.beam_size, max_len=beam.max_len,
+                        length_penalty=beam.length_penalty, batch_size=beam.batch_size, src_len=beam.src_len)
     return outputs, where
 
 
@@ -235,10 +257,12 @@ def train_records(config, workdir: str, split: str, task, mesh, tokenizer, stude
     from transformer_jax.train.build import split_records
 
     records = split_records(config, split, task)
-    sources = [_text(r[task.source]) for r in records]
+    source_key, target_key = features(task)
+    prefix = getattr(task, "prefix", "")  # what the teacher reads (T5's "summarize: ")
+    sources = [prefix + _text(r[source_key]) for r in records]
     teacher = teacher_identity(config.distill.teacher)
-    beam = settings(config)
-    wanted = wanted_manifest(config, split, sources, task.target, beam, teacher)
+    beam = settings(config, task)
+    wanted = wanted_manifest(config, split, sources, target_key, beam, teacher)
     cached = read_cache(workdir)
     where = os.path.join(cache_dir(workdir), MANIFEST)
     if cached is not None:
@@ -247,7 +271,7 @@ def train_records(config, workdir: str, split: str, task, mesh, tokenizer, stude
         if targets is not None and not diff:
             log(f"distill: sequence-level targets from the cache {cache_dir(workdir)} ({len(targets):,} "
                 f"translations by the teacher's {saved['teacher_checkpoint']})")
-            return [{**r, task.target: t} for r, t in zip(records, targets)]
+            return [{**r, target_key: t} for r, t in zip(records, targets)]
         what = ("; ".join(f"{k}: cached {a!r}, this run {b!r}" for k, a, b in diff) if targets is not None else
                 f"{TARGETS} does not match the manifest's sha256 and count: damaged")
         if resuming:
@@ -256,10 +280,10 @@ def train_records(config, workdir: str, split: str, task, mesh, tokenizer, stude
                              "the settings of the cache, or start a new workdir")
         log(f"distill: the sequence-level cache does not fit this run ({what}); no checkpoint yet: regenerating")
     t0 = time.time()
-    targets, _ = teacher_translations(config, task, mesh, tokenizer, student_model, sources, beam, log)
+    targets, _ = teacher_translations(config, task, mesh, tokenizer, student_model, records, beam, log)
     seconds = time.time() - t0
     if jax.process_index() == 0:
         write_cache(workdir, {**wanted, "seconds": seconds, "batch_size": beam.batch_size,
                               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, targets)
     log(f"distill: {len(targets):,} teacher translations in {seconds:.1f} s, cached in {cache_dir(workdir)}")
-    return [{**r, task.target: t} for r, t in zip(records, targets)]
+    return [{**r, target_key: t} for r, t in zip(records, targets)]
