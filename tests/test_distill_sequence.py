@@ -108,6 +108,19 @@ def test_pure_sequence_level_kd_leaves_the_teacher_out_of_the_step_and_a_stale_c
     records = [json.loads(line) for line in open(work / "metrics.jsonl")]
     assert not any("kd_loss" in r for r in records) and len(records) == 2
 
+    # the trainer's iterator reads those records: its rows' targets are the teacher's text, not the references
+    from transformer_jax.data.tokenizers import ByteTokenizer
+    from transformer_jax.train.build import load_config, make_data_iterator, split_records
+    from transformer_jax import tasks
+
+    config, task, tok = load_config(str(work)), tasks.lookup("tjax_numbers"), ByteTokenizer()
+    refs = split_records(config, SPLIT, task)
+    it = make_data_iterator(config, SPLIT, tok, repeat=False, task=task, batch_size=8,
+                            records=[{**r, "target": t} for r, t in zip(refs, targets)])
+    assert it.get_state()["pipeline"]["task"] == "tjax_numbers+sequence_kd"
+    rows = next(it)["tgt_out"]
+    assert [tok.decode(row) for row in rows] == [t.encode()[:11].decode("utf-8", "replace") for t in targets[:8]]
+
 
 def test_the_cache_is_written_atomically_and_a_damaged_one_is_not_read(tmp_path):
     targets = ["the fifth of may", "", "forty-two dollars \u00e9"]
