@@ -137,3 +137,37 @@ def test_train_on_a_full_disk_stops_with_one_error_line_and_resumes(tmp_path, mo
     assert cli.main(argv) == 0
     assert "resumed from checkpoint at step 1" in capsys.readouterr().out
     assert checkpoint.committed_steps(os.path.join(workdir, "checkpoints"))[-1] == 3
+
+
+def test_a_json_write_on_a_full_disk_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+    from transformer_jax.train import logs
+
+    path = str(tmp_path / "budget.json")
+    logs.write_json_atomic(path, {"budget_s": 60.0})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(logs.os, "fsync", full)
+    with pytest.raises(OSError) as exc:
+        logs.write_json_atomic(path, {"budget_s": 120.0})
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == path
+    assert os.listdir(tmp_path) == ["budget.json"]  # no budget.json.tmp<pid> left
+    assert '"budget_s": 60.0' in (tmp_path / "budget.json").read_text()
+
+
+def test_train_with_metrics_on_a_full_disk_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from transformer_jax.train import logs
+
+    def full(self, step, metrics):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(logs.MetricsWriter, "write", full)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--config", TINY, "--workdir", workdir, "--config.data.dataset=synthetic",
+                  "--config.model.vocab_size=64", "--config.data.max_src_len=8", "--config.num_train_steps=2",
+                  "--config.checkpoint_every=1", "--config.log_every=2", "--config.eval_every=0"])
+    message = exc.value.code
+    out = capsys.readouterr()
+    assert isinstance(message, str) and len(message.splitlines()) == 1 and "Traceback" not in out.out + out.err
+    assert message.startswith(f"error: writing in --workdir={workdir!r} failed: No space left on device (ENOSPC)")
+    assert "the last checkpoint (step 1) is intact" in message, message

@@ -143,8 +143,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
                 raise
             steps = committed_steps(os.path.join(workdir, "checkpoints"))
             kept = f"the last checkpoint (step {steps[-1]}) is intact" if steps else "no checkpoint had been saved yet"
-            raise WorkdirWriteError(f"writing in --workdir={workdir!r} failed: {cause(err)}"
-                                    f"{' (' + err.filename + ')' if err.filename else ''}; {kept}; "
+            where = f" ({err.filename})" if err.filename else ""
+            raise WorkdirWriteError(f"writing in --workdir={workdir!r} failed{where}: {cause(err)}; {kept}; "
                                     "free space and run the same command to resume") from None
 
 
