@@ -6,11 +6,16 @@ A full disk is made portably: a faked `shutil.disk_usage` for the check before a
 RLIMIT_FSIZE in a subprocess for a write that fails inside Orbax's threads (EFBIG, the same path
 as ENOSPC: TensorStore's error in a background thread)."""
 
+import asyncio
 import collections
 import errno
+import gc
+import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -171,3 +176,40 @@ def test_train_with_metrics_on_a_full_disk_is_one_error_line(tmp_path, monkeypat
     assert isinstance(message, str) and len(message.splitlines()) == 1 and "Traceback" not in out.out + out.err
     assert message.startswith(f"error: writing in --workdir={workdir!r} failed: No space left on device (ENOSPC)")
     assert "the last checkpoint (step 1) is intact" in message, message
+
+
+def _failed_save_with_writes_in_flight(errors: list) -> asyncio.Future:
+    """Orbax's shape of a save: `gather` over writes; one fails at once, two end 50 ms later on their
+    own threads (TensorStore's), waking the loop with `call_soon_threadsafe`."""
+    async def write_later():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def finish():
+            time.sleep(0.05)
+            try:
+                loop.call_soon_threadsafe(done.set_exception, OSError(errno.ENOSPC, "No space left on device"))
+            except RuntimeError as err:  # "Event loop is closed"
+                errors.append(err)
+        threading.Thread(target=finish).start()
+        await done
+
+    async def fail_now():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def save():
+        await asyncio.gather(fail_now(), write_later(), write_later())
+    return save()
+
+
+def test_orbax_event_loops_end_their_failed_writes_before_closing(tmp_path, caplog):
+    from orbax.checkpoint._src import asyncio_utils
+
+    Checkpointer(tmp_path, max_to_keep=1).close()
+    assert asyncio_utils._run_sync_via_new_loop is checkpoint._drain_before_close
+    errors: list = []
+    with caplog.at_level(logging.ERROR, logger="asyncio"), pytest.raises(OSError):
+        asyncio_utils.run_sync(_failed_save_with_writes_in_flight(errors))
+    time.sleep(0.2)  # Orbax's own loop would be closed under both writes by now
+    gc.collect()  # a failed task's error is logged as "never retrieved" when it is freed
+    assert errors == [] and caplog.records == []

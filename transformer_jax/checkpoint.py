@@ -149,13 +149,27 @@ def _drain_before_close(coro):
         try:
             return loop.run_until_complete(coro)
         except Exception:
-            left = asyncio.all_tasks(loop)
-            if left:
-                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            if left := asyncio.all_tasks(loop):
+                loop.run_until_complete(_finish(left, DRAIN_TIMEOUT_S))
             raise
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+DRAIN_TIMEOUT_S = 60.0  # local writes end in milliseconds; a task stuck longer (a barrier) is cancelled
+
+
+async def _finish(tasks: set[asyncio.Task], timeout: float) -> None:
+    """Let `tasks` end (at most `timeout` seconds, then cancel the rest) and retrieve their errors."""
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in done | pending:
+        if not task.cancelled():
+            task.exception()  # retrieved: not logged as "never retrieved"
 
 
 def _drain_orbax_loops() -> None:
