@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -180,6 +181,17 @@ def _drain_orbax_loops() -> None:
         asyncio_utils._run_sync_via_new_loop = _drain_before_close
 
 
+def _join_orbax_writers(timeout: float) -> None:
+    """Wait for Orbax's writer threads still running: after the first failure, Orbax's commit thread
+    stops waiting for the others, which may still be ending (and logging) when it reports."""
+    from orbax.checkpoint._src.futures import future as orbax_future
+
+    writer = getattr(orbax_future, "_SignalingThread", None)
+    for thread in threading.enumerate():
+        if writer is not None and isinstance(thread, writer) and thread is not threading.current_thread():
+            threading.Thread.join(thread, timeout)  # its own join() re-raises its error; ours is reported
+
+
 def _existing(path: str) -> str:
     """`path` or its nearest existing parent (the directory may not be created yet on this host)."""
     while not os.path.exists(path) and os.path.dirname(path) != path:
@@ -318,11 +330,12 @@ class Checkpointer:
         first, the bytes of `state`) plus `SPACE_MARGIN`; old steps are deleted only after it is
         committed. Collective: every process refuses when one is short (no process hangs in the save)."""
         latest = self.latest_step()
-        basis = tree_nbytes(state)
+        basis, what = tree_nbytes(state), "the train state's bytes"
         if latest is not None:
             if latest not in self._step_bytes:
                 self._step_bytes[latest] = disk_bytes(os.path.join(self.directory, str(latest)))
-            basis = max(basis, self._step_bytes[latest])
+            if self._step_bytes[latest] >= basis:
+                basis, what = self._step_bytes[latest], f"the size of step {latest}"
         needed = int(basis * SPACE_MARGIN)
         short = space_shortfall(_existing(self.directory), needed)
         shorts = [(i, s) for i, s in enumerate(_allgather_json(short)) if s]
@@ -331,8 +344,7 @@ class Checkpointer:
             where = f" on process {index}" if jax.process_count() > 1 else ""
             raise CheckpointSpaceError(
                 f"saving the checkpoint of step {step} in {self.directory} needs about {_mb(needed)} "
-                f"(the {'size of step ' + str(latest) if latest is not None else 'train state'} plus "
-                f"{SPACE_MARGIN - 1:.0%}) but {_mb(free)} are free{where}; nothing was written; "
+                f"({what} plus {SPACE_MARGIN - 1:.0%}) but {_mb(free)} are free{where}; nothing was written; "
                 f"{self._aftermath(step)}")
 
     def _aftermath(self, step: int | None) -> str:
@@ -373,6 +385,7 @@ class Checkpointer:
         forgot the steps it meant to delete once the failed one was committed)."""
         with contextlib.suppress(Exception):
             self._manager.wait_until_finished()
+        _join_orbax_writers(DRAIN_TIMEOUT_S)
         with contextlib.suppress(Exception):
             self._manager.reload()
 
