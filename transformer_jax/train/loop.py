@@ -14,6 +14,7 @@ and restarted reproduces the uninterrupted run's losses and parameters bit for b
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -48,6 +49,9 @@ class NonFiniteError(FloatingPointError):
 class WorkdirWriteError(ValueError):
     """Writing metrics, budget.json or eval.json failed for want of storage (disk full, quota,
     read-only): one line; the checkpoints are the Checkpointer's and stay as they were."""
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # only a write meets these
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
         try:
             return _train(s, config, workdir, train_iter, eval_iter_fn, progress)
         except OSError as err:
-            if storage_errno(err) is None:
+            if storage_errno(err) not in FULL_ERRNOS:  # a read that fails (EACCES, EIO) is not this
                 raise
             steps = committed_steps(os.path.join(workdir, "checkpoints"))
             kept = f"the last checkpoint (step {steps[-1]}) is intact" if steps else "no checkpoint had been saved yet"
