@@ -38,6 +38,11 @@ _RECURRENT = {name: value for cls in SPECS for name, value in getattr(cls, "deco
 BATCHED_CACHE = ("cached_key", "cached_value", "cached_pos", "cache_index", "cross_key", "cross_value") + tuple(_RECURRENT)
 # The value of each self-attention cache entry before the first step (`decode.init_cache`).
 FRESH_CACHE = {"cached_key": 0, "cached_value": 0, "cached_pos": -1, "cache_index": 0, **_RECURRENT}
+# The axis of the cached positions in each entry that holds one per position (counted with the batch
+# axis; a scanned stack adds its layer axis in front). Keys and values are stored heads-major,
+# [B, K, L, H], the layout the decode attention's batched dots read in place: a [B, L, K, H] cache
+# would be transposed (copied whole) by every layer at every step.
+CACHE_SLOT_AXIS = {"cached_key": 2, "cached_value": 2, "cached_pos": 1}
 
 
 class MultiHeadAttention(nn.Module):
@@ -92,8 +97,8 @@ class MultiHeadAttention(nn.Module):
             k, v = self._proj("key", kv_heads)(src), self._proj("value", kv_heads)(src)  # [B S K H]
         else:  # cross-attention while decoding: project the encoder output once
             key_proj, value_proj = self._proj("key", kv_heads), self._proj("value", kv_heads)
-            k = self.variable("cache", "cross_key", lambda: key_proj(kv)).value
-            v = self.variable("cache", "cross_value", lambda: value_proj(kv)).value
+            k = self.variable("cache", "cross_key", lambda: _heads_major(key_proj(kv))).value  # [B K S H]
+            v = self.variable("cache", "cross_value", lambda: _heads_major(value_proj(kv))).value
         if self.rotary_base is not None and is_self:
             if q_positions is None:
                 q_positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
@@ -113,7 +118,7 @@ class MultiHeadAttention(nn.Module):
             out = self._cached_step(q, k, v, bias, valid)
         elif decode:  # cross-attention over the cached encoder keys
             mask = (jnp.ones(k.shape[:2], bool) if kv_segment_ids is None else kv_segment_ids != 0)
-            out = grouped_attention(q, k, v, jnp.broadcast_to(mask[:, None, :], (q.shape[0], q.shape[1], k.shape[1])),
+            out = grouped_attention(q, k, v, jnp.broadcast_to(mask[:, None, :], (q.shape[0], q.shape[1], k.shape[2])),
                                     bias)
         else:
             k, v = self._repeat_kv(k), self._repeat_kv(v)  # [B S N H]
@@ -160,7 +165,7 @@ class MultiHeadAttention(nn.Module):
         """Positions the cache holds: its own shape once it exists (`decode.init_cache` may size it
         to the work), else `fallback`."""
         if self.has_variable("cache", name):
-            return self.get_variable("cache", name).shape[1]
+            return self.get_variable("cache", name).shape[CACHE_SLOT_AXIS[name]]
         return fallback
 
     def _cached_step(self, q: Array, k: Array, v: Array, bias: Array | None, valid: Array) -> Array:
@@ -181,14 +186,16 @@ class MultiHeadAttention(nn.Module):
         index = self.variable("cache", "cache_index", lambda: jnp.zeros((b,), jnp.int32))
         i = index.value  # [B] next position of each row
         qpos = i[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B T]
-        ck = self.variable("cache", "cached_key", jnp.zeros, (b, length) + k.shape[2:], k.dtype)
-        cv = self.variable("cache", "cached_value", jnp.zeros, (b, length) + v.shape[2:], v.dtype)
+        kv_heads, h = k.shape[2:]
+        ck = self.variable("cache", "cached_key", jnp.zeros, (b, kv_heads, length, h), k.dtype)  # [B K L H]
+        cv = self.variable("cache", "cached_value", jnp.zeros, (b, kv_heads, length, h), v.dtype)
         index.value = i + valid
         if window is not None:
             return self._ring_step(q, k, v, bias, ck, cv, i, qpos, valid, length, window)
         rows = jnp.arange(b)[:, None]
-        ck.value = ck.value.at[rows, qpos].set(k.astype(ck.value.dtype), mode="drop")
-        cv.value = cv.value.at[rows, qpos].set(v.astype(cv.value.dtype), mode="drop")
+        # [B, :, T] positions of a [B K L H] cache take k [B T K H] as it is (numpy's advanced indexing)
+        ck.value = ck.value.at[rows, :, qpos].set(k.astype(ck.value.dtype), mode="drop")
+        cv.value = cv.value.at[rows, :, qpos].set(v.astype(cv.value.dtype), mode="drop")
         slots = jnp.arange(length, dtype=jnp.int32)
         visible = slots[None, None, :] <= qpos[:, :, None]  # [B T L]
         pattern = _causal_pattern(self.spec, self.cache_len)
@@ -209,8 +216,9 @@ class MultiHeadAttention(nn.Module):
                              "add a score bias")
         b, t = q.shape[:2]
         cpos = self.variable("cache", "cached_pos", lambda: jnp.full((b, length), -1, jnp.int32))
-        keys = jnp.concatenate([ck.value, k.astype(ck.value.dtype)], axis=1)  # [B L+T K H]
-        values = jnp.concatenate([cv.value, v.astype(cv.value.dtype)], axis=1)
+        k, v = _heads_major(k.astype(ck.value.dtype)), _heads_major(v.astype(cv.value.dtype))  # [B K T H]
+        keys = jnp.concatenate([ck.value, k], axis=2)  # [B K L+T H]
+        values = jnp.concatenate([cv.value, v], axis=2)
         kpos = jnp.concatenate([cpos.value, qpos], axis=1)  # [B L+T]
         gap = qpos[:, :, None] - kpos[:, None, :]  # [B T L+T]
         visible = (kpos[:, None, :] >= 0) & (gap >= 0) & (gap <= window)
@@ -219,9 +227,9 @@ class MultiHeadAttention(nn.Module):
         end = (i + valid)[:, None]  # [B 1]
         p = end - 1 - jnp.mod(end - 1 - jnp.arange(length)[None, :], length)  # [B L]
         fresh = p >= i[:, None]
-        pick = jnp.clip(p - i[:, None], 0, t - 1)[..., None, None]
-        ck.value = jnp.where(fresh[..., None, None], jnp.take_along_axis(k.astype(ck.value.dtype), pick, 1), ck.value)
-        cv.value = jnp.where(fresh[..., None, None], jnp.take_along_axis(v.astype(cv.value.dtype), pick, 1), cv.value)
+        pick = jnp.clip(p - i[:, None], 0, t - 1)[:, None, :, None]  # [B 1 L 1]
+        ck.value = jnp.where(fresh[:, None, :, None], jnp.take_along_axis(k, pick, 2), ck.value)
+        cv.value = jnp.where(fresh[:, None, :, None], jnp.take_along_axis(v, pick, 2), cv.value)
         cpos.value = jnp.where(fresh, p, cpos.value)
         return out
 
@@ -234,23 +242,29 @@ def _causal_pattern(spec, n: int) -> np.ndarray | None:
     return None if np.array_equal(pattern, np.tril(np.ones((n, n), bool))) else pattern
 
 
+def _heads_major(x: Array) -> Array:
+    """[B, S, K, H] -> [B, K, S, H], the layout of the decode caches."""
+    return jnp.swapaxes(x, 1, 2)
+
+
 def grouped_attention(q: Array, k: Array, v: Array, visible: Array, bias: Array | None) -> Array:
-    """Softmax attention of q [B, T, N, H] over k, v [B, S, K, H] (K divides N: grouped-query heads
-    share a key/value head, Ainslie et al. 2023) under visible [B, T, S] -> [B, T, N, H].
+    """Softmax attention of q [B, T, N, H] over k, v [B, K, S, H] (heads-major, as the decode
+    caches hold them; K divides N: grouped-query heads share a key/value head, Ainslie et al. 2023)
+    under visible [B, T, S] -> [B, T, N, H].
 
     The decode path: keys are read once per group instead of repeated to N heads. Scores and softmax
     in float32 (as `masked_softmax_attention`); a query that sees no key gives zeros. `bias` [B|1,
     N, T, S] is added to the scores.
     """
     b, t, n, h = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
     q = (q * jnp.asarray(1.0 / np.sqrt(h), q.dtype)).reshape(b, t, kv, n // kv, h)
-    s = einsum_f32("btkgh,bskh->bkgts", q, k)  # [B K G T S]
+    s = einsum_f32("btkgh,bksh->bkgts", q, k)  # [B K G T S]
     if bias is not None:
         s = s + bias.astype(jnp.float32).reshape(bias.shape[0], kv, n // kv, *bias.shape[2:])
     s = jnp.where(visible[:, None, None], s, jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1)
-    out = jnp.einsum("bkgts,bskh->btkgh", p.astype(v.dtype), v).reshape(b, t, n, h)
+    out = jnp.einsum("bkgts,bksh->btkgh", p.astype(v.dtype), v).reshape(b, t, n, h)
     seen = jnp.any(visible, axis=-1)[:, :, None, None]  # [B T 1 1]
     return jnp.where(seen, out, jnp.zeros((), out.dtype))
 
