@@ -35,6 +35,7 @@ teacher's (train/distill.py checks the vocabularies).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -175,12 +176,19 @@ def cache_dir(workdir: str) -> str:
 
 
 def _write_atomic(path: str, text: str) -> None:
+    """`text` to `path` whole or not at all; a failed write (disk full) leaves no temporary file and
+    names `path` (as train/logs.py's `write_json_atomic`)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OSError(err.errno, err.strerror, path) from None
 
 
 def write_cache(workdir: str, manifest: dict, targets: list[str]) -> None:
