@@ -31,7 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Knowledge distillation (transformer_jax/train/distill.py): a teacher workdir or Hugging Face
     # directory; loss = alpha·CE + (1-alpha)·T²·KL(teacher/T || student/T); init_from_teacher:
     # "every_other" (DistilBERT) or teacher layer indices "0,2,5", one per student layer.
-    c.distill = ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5, init_from_teacher=""))
+    # sequence_level (translation, seq2seq; train/sequence_kd.py): the teacher's beam outputs (beam_size,
+    # length_penalty), made once and cached in the workdir, are the targets; alpha=1: those alone.
+    c.distill = ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5, init_from_teacher="",
+                                               sequence_level=False, beam_size=4, length_penalty=0.6))
     # Every field of transformer_jax.TransformerConfig, its defaults overridden here (a preset's
     # instead: model_section("base", ...)); attention specs may be strings, e.g. "Windowed(128)".
     c.model = model_section(vocab_size=512, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=3,
@@ -39,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         dataset="tjax_numbers", tokenizer="sentencepiece", vocab_size=512,  # SentencePiece BPE pieces
         max_src_len=32, max_tgt_len=32, pack=True, data_dir="",
+        train_split="train",  # tfds split syntax, e.g. "train[:8000]": train on part of the split
         text_keys=(),  # source and target feature names, e.g. ("en", "de"); () = the task's default
         eval_split="validation", test_split="test"))
     c.batch_size = 64  # global, in (packed) rows

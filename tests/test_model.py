@@ -73,7 +73,7 @@ def test_windowed_decode_cache_holds_only_the_window():
     _, state = model.apply(variables, encoded, src, tgt_in, decode=True, mutable=["cache"],
                            method=tj.Transformer.decode)
     cached = state["cache"]["decoder"]["layer_0"]["self_attention"]["cached_key"]
-    assert cached.shape == (2, 4, cfg.num_heads, cfg.resolved_head_dim)  # window + 1, not max_len
+    assert cached.shape == (2, cfg.num_heads, 4, cfg.resolved_head_dim)  # [B K L H]: window + 1, not max_len
 
 
 def test_padding_does_not_change_outputs():

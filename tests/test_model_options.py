@@ -34,7 +34,7 @@ def test_gqa_shares_kv_heads_and_sizes_the_cache():
                                atol=1e-6, rtol=1e-6)
     model = tj.DecoderLM(cfg)
     cache = tj.init_cache(model, 2)
-    assert cache["decoder"]["layer_0"]["self_attention"]["cached_key"].shape == (2, cfg.max_len, 2, 8)
+    assert cache["decoder"]["layer_0"]["self_attention"]["cached_key"].shape == (2, 2, cfg.max_len, 8)  # [B K L H]
 
 
 def np_bucket(rel, bidirectional, num_buckets, max_distance):

@@ -38,6 +38,48 @@ _RECURRENT = {name: value for cls in SPECS for name, value in getattr(cls, "deco
 BATCHED_CACHE = ("cached_key", "cached_value", "cached_pos", "cache_index", "cross_key", "cross_value") + tuple(_RECURRENT)
 # The value of each self-attention cache entry before the first step (`decode.init_cache`).
 FRESH_CACHE = {"cached_key": 0, "cached_value": 0, "cached_pos": -1, "cache_index": 0, **_RECURRENT}
+# The axis of the cached positions in each cache entry that holds one per position (counted with the
+# batch axis; a scanned stack adds its layer axis in front). Keys are stored [B, K, L, H] and values
+# [B, K, H, L]: each is then the row-major matrix of the decode attention's batched matrix-vector
+# products (scores = keys . q over H, out = values . p over L), read in place, where a
+# [B, L, K, H] cache is transposed (copied whole) by every layer at every step.
+CACHE_SLOT_AXIS = {"cached_key": 2, "cached_value": 3, "cached_pos": 1}
+
+
+def _as_cached_keys(k: Array) -> Array:
+    """[B, S, K, H] -> [B, K, S, H], the layout of the key caches."""
+    return jnp.swapaxes(k, 1, 2)
+
+
+def _as_cached_values(v: Array) -> Array:
+    """[B, S, K, H] -> [B, K, H, S], the layout of the value caches."""
+    return jnp.transpose(v, (0, 2, 3, 1))
+
+
+def _after(index: Array, result: Array) -> Array:
+    """`index`, made to depend on `result` (min(argmax, 0) is 0 for any values, NaN included), so
+    that XLA orders the reads that produced `result` before a write at `index` and writes the cache
+    in place. With no data dependency between the two, it copies the cache, whole, twice per layer
+    per step to keep the reads safe."""
+    return index + jnp.minimum(jnp.argmax(result.reshape(-1)[:result.shape[-1]]), 0).astype(index.dtype)
+
+
+def _write_positions(cache: Array, new: Array, qpos: Array, axis: int) -> Array:
+    """`cache` with row b's positions qpos[b] [B, T] (along `axis`) set to `new`, laid out as the
+    cache with T positions; positions past the end are dropped, except for one row's one position
+    (a plain decode step at batch 1), which lands in the last slot: XLA turns a one-row scatter into
+    a select over the whole cache, a copy of it per layer per step, where `dynamic_update_slice`
+    writes in place. That slot is harmless: a position past the end has its output poisoned
+    (`_cached_step`), and so has every later one, and a slot is never visible before it is written
+    again at its own position (speculative decoding rolls back to a smaller index)."""
+    b, t = qpos.shape
+    new = new.astype(cache.dtype)
+    if b == t == 1:
+        at = jnp.minimum(qpos[0, 0], cache.shape[axis] - 1)
+        return jax.lax.dynamic_update_slice_in_dim(cache, new, at, axis)
+    # (rows, :, ..., qpos) takes [B, T, ...the other axes] (numpy's advanced indexing)
+    index = (jnp.arange(b)[:, None],) + (slice(None),) * (axis - 1) + (qpos,)
+    return cache.at[index].set(jnp.moveaxis(new, axis, 1), mode="drop")
 
 
 class MultiHeadAttention(nn.Module):
@@ -92,8 +134,8 @@ class MultiHeadAttention(nn.Module):
             k, v = self._proj("key", kv_heads)(src), self._proj("value", kv_heads)(src)  # [B S K H]
         else:  # cross-attention while decoding: project the encoder output once
             key_proj, value_proj = self._proj("key", kv_heads), self._proj("value", kv_heads)
-            k = self.variable("cache", "cross_key", lambda: key_proj(kv)).value
-            v = self.variable("cache", "cross_value", lambda: value_proj(kv)).value
+            k = self.variable("cache", "cross_key", lambda: _as_cached_keys(key_proj(kv))).value  # [B K S H]
+            v = self.variable("cache", "cross_value", lambda: _as_cached_values(value_proj(kv))).value
         if self.rotary_base is not None and is_self:
             if q_positions is None:
                 q_positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
@@ -113,8 +155,8 @@ class MultiHeadAttention(nn.Module):
             out = self._cached_step(q, k, v, bias, valid)
         elif decode:  # cross-attention over the cached encoder keys
             mask = (jnp.ones(k.shape[:2], bool) if kv_segment_ids is None else kv_segment_ids != 0)
-            out = grouped_attention(q, k, v, jnp.broadcast_to(mask[:, None, :], (q.shape[0], q.shape[1], k.shape[1])),
-                                    bias)
+            visible = jnp.broadcast_to(mask[:, None, :], (q.shape[0], q.shape[1], k.shape[2]))
+            out = grouped_attention(q, [(k, v, visible, bias)])
         else:
             k, v = self._repeat_kv(k), self._repeat_kv(v)  # [B S N H]
             extra = {} if bias is None else {"bias": bias}
@@ -160,7 +202,7 @@ class MultiHeadAttention(nn.Module):
         """Positions the cache holds: its own shape once it exists (`decode.init_cache` may size it
         to the work), else `fallback`."""
         if self.has_variable("cache", name):
-            return self.get_variable("cache", name).shape[1]
+            return self.get_variable("cache", name).shape[CACHE_SLOT_AXIS[name]]
         return fallback
 
     def _cached_step(self, q: Array, k: Array, v: Array, bias: Array | None, valid: Array) -> Array:
@@ -171,6 +213,11 @@ class MultiHeadAttention(nn.Module):
         garbage and which later steps overwrite (a dense cache) or never write (the ring buffer).
         The row's index then moves on by valid[b], so rows of different prompt lengths continue
         from their own ends.
+
+        The queries attend to the cache as it was (slots before index[b]) and to the new positions,
+        in one softmax; the new keys and values are written after, so that the cache has no reader
+        but its write, which XLA then does in place (written first, each layer's cache would be
+        copied whole at every step).
         """
         window = self.spec.decode_window
         fallback = self.cache_len if window is None else min(window + 1, self.cache_len)
@@ -181,23 +228,33 @@ class MultiHeadAttention(nn.Module):
         index = self.variable("cache", "cache_index", lambda: jnp.zeros((b,), jnp.int32))
         i = index.value  # [B] next position of each row
         qpos = i[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B T]
-        ck = self.variable("cache", "cached_key", jnp.zeros, (b, length) + k.shape[2:], k.dtype)
-        cv = self.variable("cache", "cached_value", jnp.zeros, (b, length) + v.shape[2:], v.dtype)
+        kv_heads, h = k.shape[2:]
+        ck = self.variable("cache", "cached_key", jnp.zeros, (b, kv_heads, length, h), k.dtype)  # [B K L H]
+        cv = self.variable("cache", "cached_value", jnp.zeros, (b, kv_heads, h, length), v.dtype)  # [B K H L]
         index.value = i + valid
+        k, v = _as_cached_keys(k.astype(ck.value.dtype)), _as_cached_values(v.astype(cv.value.dtype))
         if window is not None:
             return self._ring_step(q, k, v, bias, ck, cv, i, qpos, valid, length, window)
-        rows = jnp.arange(b)[:, None]
-        ck.value = ck.value.at[rows, qpos].set(k.astype(ck.value.dtype), mode="drop")
-        cv.value = cv.value.at[rows, qpos].set(v.astype(cv.value.dtype), mode="drop")
         slots = jnp.arange(length, dtype=jnp.int32)
-        visible = slots[None, None, :] <= qpos[:, :, None]  # [B T L]
+        old = slots[None, None, :] < i[:, None, None]  # [B T L] the slots written before this call
+        new = jnp.arange(t)[None, :, None] >= jnp.arange(t)[None, None, :]  # [1 T T] causal among the new
         pattern = _causal_pattern(self.spec, self.cache_len)
         if pattern is not None:  # the rows of the spec's own causal pattern (sized as before)
-            visible = visible & jnp.asarray(pattern[:, :length])[jnp.minimum(qpos, self.cache_len - 1)]
+            rows = jnp.asarray(pattern)[jnp.minimum(qpos, self.cache_len - 1)]  # [B T cache_len]
+            old = old & rows[..., :length]
+            new = new & jnp.take_along_axis(rows, jnp.minimum(qpos, self.cache_len - 1)[:, None, :], axis=-1)
+        old_bias = new_bias = None
         if bias is not None:  # the caller's bias spans cfg.max_len slots; a longer cache gets zeros past them
-            bias = bias[..., :length]
-            bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(0, length - bias.shape[-1])])
-        out = grouped_attention(q, ck.value, cv.value, visible, bias)
+            width = bias.shape[-1]
+            old_bias = jnp.pad(bias[..., :length], [(0, 0)] * (bias.ndim - 1) + [(0, max(0, length - width))])
+            rows_bias = jnp.broadcast_to(bias, (b,) + bias.shape[1:])  # [B N T S]
+            cols = jnp.broadcast_to(jnp.minimum(qpos, width - 1)[:, None, None, :], (b,) + bias.shape[1:3] + (t,))
+            new_bias = jnp.where(qpos[:, None, None, :] < width, jnp.take_along_axis(rows_bias, cols, axis=-1), 0.0)
+        old, new = jnp.broadcast_to(old, (b, t, length)), jnp.broadcast_to(new, (b, t, t))
+        out = grouped_attention(q, [(ck.value, cv.value, old, old_bias), (k, v, new, new_bias)])
+        at = _after(qpos, out)
+        ck.value = _write_positions(ck.value, k, at, CACHE_SLOT_AXIS["cached_key"])
+        cv.value = _write_positions(cv.value, v, at, CACHE_SLOT_AXIS["cached_value"])
         # past a full cache there is no slot left: poison the real positions, never clamp
         real = jnp.arange(t)[None, :] < valid[:, None]
         return jnp.where(((qpos < length) | ~real)[:, :, None, None], out, jnp.nan)
@@ -209,19 +266,24 @@ class MultiHeadAttention(nn.Module):
                              "add a score bias")
         b, t = q.shape[:2]
         cpos = self.variable("cache", "cached_pos", lambda: jnp.full((b, length), -1, jnp.int32))
-        keys = jnp.concatenate([ck.value, k.astype(ck.value.dtype)], axis=1)  # [B L+T K H]
-        values = jnp.concatenate([cv.value, v.astype(cv.value.dtype)], axis=1)
-        kpos = jnp.concatenate([cpos.value, qpos], axis=1)  # [B L+T]
-        gap = qpos[:, :, None] - kpos[:, None, :]  # [B T L+T]
-        visible = (kpos[:, None, :] >= 0) & (gap >= 0) & (gap <= window)
-        out = grouped_attention(q, keys, values, visible, None)
+        gap = qpos[:, :, None] - cpos.value[:, None, :]  # [B T L]
+        old = (cpos.value[:, None, :] >= 0) & (gap >= 0) & (gap <= window)
+        gap_new = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]  # [T T] among the new positions
+        new = ((gap_new >= 0) & (gap_new <= window))[None]
+        out = grouped_attention(q, [(ck.value, cv.value, old, None), (k, v, jnp.broadcast_to(new, (b, t, t)), None)])
         # slot s now holds the last position p < i + valid with p % length == s
         end = (i + valid)[:, None]  # [B 1]
         p = end - 1 - jnp.mod(end - 1 - jnp.arange(length)[None, :], length)  # [B L]
         fresh = p >= i[:, None]
-        pick = jnp.clip(p - i[:, None], 0, t - 1)[..., None, None]
-        ck.value = jnp.where(fresh[..., None, None], jnp.take_along_axis(k.astype(ck.value.dtype), pick, 1), ck.value)
-        cv.value = jnp.where(fresh[..., None, None], jnp.take_along_axis(v.astype(cv.value.dtype), pick, 1), cv.value)
+        pick = jnp.clip(p - i[:, None], 0, t - 1)
+
+        def update(cache, new, axis):  # slots holding a fresh position take it from new
+            shape = [b, 1, 1, 1]
+            shape[axis] = length
+            return jnp.where(fresh.reshape(shape), jnp.take_along_axis(new, pick.reshape(shape), axis), cache)
+
+        ck.value = update(ck.value, k, CACHE_SLOT_AXIS["cached_key"])
+        cv.value = update(cv.value, v, CACHE_SLOT_AXIS["cached_value"])
         cpos.value = jnp.where(fresh, p, cpos.value)
         return out
 
@@ -234,25 +296,33 @@ def _causal_pattern(spec, n: int) -> np.ndarray | None:
     return None if np.array_equal(pattern, np.tril(np.ones((n, n), bool))) else pattern
 
 
-def grouped_attention(q: Array, k: Array, v: Array, visible: Array, bias: Array | None) -> Array:
-    """Softmax attention of q [B, T, N, H] over k, v [B, S, K, H] (K divides N: grouped-query heads
-    share a key/value head, Ainslie et al. 2023) under visible [B, T, S] -> [B, T, N, H].
+def grouped_attention(q: Array, blocks: list[tuple[Array, Array, Array, Array | None]]) -> Array:
+    """Softmax attention of q [B, T, N, H] over blocks of keys and values, one softmax over all:
+    each block is (keys [B, K, S, H], values [B, K, H, S] (as the decode caches hold them),
+    visible [B, T, S], bias [B|1, N, T, S] or None added to the scores) -> [B, T, N, H].
 
-    The decode path: keys are read once per group instead of repeated to N heads. Scores and softmax
-    in float32 (as `masked_softmax_attention`); a query that sees no key gives zeros. `bias` [B|1,
-    N, T, S] is added to the scores.
+    The decode path: a cache and the positions being added are two blocks, attended to without
+    joining them. K divides N: grouped-query heads share a key/value head (Ainslie et al. 2023),
+    whose keys are read once per group instead of repeated to N heads. Scores and softmax in
+    float32 (as `masked_softmax_attention`); a query that sees no key gives zeros.
     """
     b, t, n, h = q.shape
-    kv = k.shape[2]
+    kv = blocks[0][0].shape[1]
     q = (q * jnp.asarray(1.0 / np.sqrt(h), q.dtype)).reshape(b, t, kv, n // kv, h)
-    s = einsum_f32("btkgh,bskh->bkgts", q, k)  # [B K G T S]
-    if bias is not None:
-        s = s + bias.astype(jnp.float32).reshape(bias.shape[0], kv, n // kv, *bias.shape[2:])
-    s = jnp.where(visible[:, None, None], s, jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1)
-    out = jnp.einsum("bkgts,bskh->btkgh", p.astype(v.dtype), v).reshape(b, t, n, h)
-    seen = jnp.any(visible, axis=-1)[:, :, None, None]  # [B T 1 1]
-    return jnp.where(seen, out, jnp.zeros((), out.dtype))
+    scores = []
+    for k, _, visible, bias in blocks:
+        s = einsum_f32("btkgh,bksh->bkgts", q, k)  # [B K G T S]
+        if bias is not None:
+            s = s + bias.astype(jnp.float32).reshape(bias.shape[0], kv, n // kv, *bias.shape[2:])
+        scores.append(jnp.where(visible[:, None, None], s, jnp.finfo(jnp.float32).min))
+    p = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
+    out, start = 0, 0
+    for _, v, _, _ in blocks:
+        width = v.shape[-1]
+        out = out + jnp.einsum("bkgts,bkhs->btkgh", p[..., start:start + width].astype(v.dtype), v)
+        start += width
+    seen = jnp.any(jnp.concatenate([visible for _, _, visible, _ in blocks], axis=-1), axis=-1)
+    return jnp.where(seen[:, :, None, None], out.reshape(b, t, n, h), jnp.zeros((), out.dtype))
 
 
 def keys_per_query(spec, n: int, causal: bool) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 from flax import traverse_util
 from jax import Array
 
-from transformer_jax.attention.module import BATCHED_CACHE, FRESH_CACHE
+from transformer_jax.attention.module import BATCHED_CACHE, CACHE_SLOT_AXIS, FRESH_CACHE
 from transformer_jax.decode.config import GenerationConfig
 from transformer_jax.decode.core import BEAM_SCORING, _is_any, _leaf_name, batched_by_name, beam_search, sample
 from transformer_jax.decode.processors import Processing, new_lengths
@@ -26,7 +26,6 @@ from transformer_jax.scan import SCAN_NAME
 
 _FRESH = {**FRESH_CACHE, "decode_index": 0}  # attention caches (the module knows its own), the decoder's index
 _FIRST_STEP = ("cross_key", "cross_value")  # projected from the encoder output on the first step
-_SLOTS = ("cached_key", "cached_value", "cached_pos")  # one entry per cached position (axis after the batch)
 _DECODER_BATCHED = ("decode_index",)  # the decoder's per-row position
 
 
@@ -42,8 +41,8 @@ def _fresh_cache(shapes, length: int | None = None) -> dict:
             raise ValueError(f"init_cache: no fresh value known for cache entry {'/'.join(path)}; "
                              f"known: {', '.join(_FRESH)} (extend decode.adapters._FRESH)")
         shape = list(leaf.shape)
-        if length is not None and name in _SLOTS:
-            axis = (1 if SCAN_NAME in path else 0) + 1  # after the batch axis
+        if length is not None and name in CACHE_SLOT_AXIS:
+            axis = (1 if SCAN_NAME in path else 0) + CACHE_SLOT_AXIS[name]
             shape[axis] = min(shape[axis], length)
         out[path] = jnp.full(shape, _FRESH[name], leaf.dtype)
     return traverse_util.unflatten_dict(out)

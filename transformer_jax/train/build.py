@@ -21,7 +21,7 @@ import numpy as np
 
 from transformer_jax import sharding as shd
 from transformer_jax import tasks
-from transformer_jax.train import adapters, checkpoint_source, distill, optim
+from transformer_jax.train import adapters, checkpoint_source, distill, optim, sequence_kd
 from transformer_jax.train.experiment import (MODEL_CONFIG, SYNTHETIC, build_model_and_source, check_batch_fits,
                                               config_task, validate_config)
 from transformer_jax.train.state import TrainState, abstract_state, create_train_state
@@ -127,8 +127,9 @@ def _tokenizer_from(source: str, path: str) -> None:
 
 
 def make_data_iterator(config, split: str, tokenizer, *, repeat: bool, batch_size: int | None = None,
-                       seed: int | None = None, task: tasks.Task | None = None):
-    """This process's iterator over `split` (its `1/process_count` share of each global batch)."""
+                       seed: int | None = None, task: tasks.Task | None = None, records: list | None = None):
+    """This process's iterator over `split` (its `1/process_count` share of each global batch);
+    `records`: that split's records as given (sequence-level KD's, with the teacher's targets)."""
     batch_size = config.batch_size if batch_size is None else batch_size
     local = batch_size // jax.process_count()
     seed = config.seed if seed is None else seed
@@ -141,8 +142,11 @@ def make_data_iterator(config, split: str, tokenizer, *, repeat: bool, batch_siz
     from transformer_jax import data
 
     task = config_task(config) if task is None else task
-    source = file_source(config, split, task) if config.get("task", "") else None
-    return data.make_iterator(config.data.dataset if source is None else f"files:{split}", split, layout=task,
+    source = file_source(config, split, task) if config.get("task", "") and records is None else records
+    name = f"files:{split}" if config.get("task", "") else config.data.dataset
+    if records is not None:
+        name += "+sequence_kd"  # a saved position of the reference data does not restore into these
+    return data.make_iterator(name, split, layout=task,
                               source=source, tokenizer=tokenizer, batch_size=local,
                               max_src_len=config.data.max_src_len, max_tgt_len=config.data.max_tgt_len,
                               pack=config.data.pack if repeat else False, seed=seed,
@@ -199,9 +203,23 @@ def _peek(iterator) -> dict[str, np.ndarray]:
     return batch
 
 
-def check_data(config, splits: tuple[str, ...] = ("train",)) -> None:
-    """Open the data task's splits (cheap; prepares built-in tasks) so a missing dataset fails before
-    anything is written to the workdir. DatasetNotPreparedError (a FileNotFoundError) says how."""
+def train_split(config) -> str:
+    """`config.data.train_split` (tfds split syntax, e.g. "train[:8000]"; default "train"). Runs on the
+    user's files (`config.task`) and synthetic data read their whole train split."""
+    split = config.data.get("train_split", "train") or "train"
+    if not isinstance(split, str):
+        raise ValueError(f"config.data.train_split={split!r} must be a tfds split string, e.g. 'train[:8000]'")
+    if split != "train" and (config.get("task", "") or config.data.dataset == SYNTHETIC):
+        where = "config.data.train_files" if config.get("task", "") else "synthetic data"
+        raise ValueError(f"config.data.train_split={split!r}: {where} has one train split; leave it 'train'")
+    return split
+
+
+def check_data(config, splits: tuple[str, ...] | None = None) -> None:
+    """Open the data task's splits (default: the train split; cheap; prepares built-in tasks) so a
+    missing dataset fails before anything is written to the workdir. DatasetNotPreparedError (a
+    FileNotFoundError) says how."""
+    splits = (train_split(config),) if splits is None else splits
     if config.get("task", ""):  # the user's files: every row checked (named errors) before anything is built
         task = config_task(config)
         for split in splits:
@@ -278,8 +296,12 @@ class Setup:
         return self.shardings.params if self.lora is None else self.shardings.frozen
 
 
-def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Setup, Any]:
+def setup(config, workdir: str, *, train_iter=None, tokenizer=None, training: bool = False) -> tuple[Setup, Any]:
     """Validate, build the mesh, model, optimiser and sharded state (not yet restored).
+
+    `training`: the train iterator is the one training reads (with `distill.sequence_level`, the
+    teacher's translations as targets, generated or read from the workdir's cache); eval and decode
+    build it only for its shapes, from the references.
 
     The workdir is created only after the config and the data check out; if this call created it
     and anything fails before it returns, it is removed again (no half-made workdirs).
@@ -288,11 +310,14 @@ def setup(config, workdir: str, *, train_iter=None, tokenizer=None) -> tuple[Set
     distill.check_teacher_early(config)  # a teacher workdir that does not fit the student: before any write
     if train_iter is None:
         check_data(config)
+    elif training and sequence_kd.enabled(config):
+        raise ValueError("config.distill.sequence_level=True makes the training batches from the teacher's "
+                         "translations; train(..., train_iter=...) passes batches of its own")
     epochs_to_steps(config)
     fresh = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
     try:
-        return _build(config, workdir, sizes, train_iter, tokenizer)
+        return _build(config, workdir, sizes, train_iter, tokenizer, training)
     except BaseException:
         if fresh and jax.process_index() == 0:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -337,7 +362,8 @@ def _model(config, task, workdir: str, resuming: bool):
     return model, variables
 
 
-def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -> tuple[Setup, Any]:
+def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer, training: bool = False
+           ) -> tuple[Setup, Any]:
     task = config_task(config)
     mesh = shd.make_mesh(sizes)
     resuming = has_checkpoint(workdir)
@@ -350,7 +376,10 @@ def _build(config, workdir: str, sizes: dict[str, int], train_iter, tokenizer) -
         raise ValueError(f"config.model.vocab_size={model.cfg.vocab_size} is smaller than the tokenizer's "
                          f"vocabulary ({tokenizer.vocab_size}); set it to at least {tokenizer.vocab_size}")
     if train_iter is None:
-        train_iter = make_data_iterator(config, "train", tokenizer, repeat=True, task=task)
+        split = train_split(config)
+        records = sequence_kd.train_records(config, workdir, split, task, mesh, tokenizer, model, resuming=resuming,
+                                            log=log) if training and sequence_kd.enabled(config) else None
+        train_iter = make_data_iterator(config, split, tokenizer, repeat=True, task=task, records=records)
     example = _peek(train_iter)
     check_batch_fits(config, task, example)
     shapes = {k: jax.ShapeDtypeStruct((config.batch_size, *np.shape(v)[1:]), np.asarray(v).dtype)

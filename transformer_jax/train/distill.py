@@ -4,6 +4,8 @@
     --config.distill.temperature=T      softens both distributions (default 2)
     --config.distill.alpha=A            weight of the hard-target cross-entropy (default 0.5)
     --config.distill.init_from_teacher=every_other | "0,2,5"   student layer i <- teacher layer map[i]
+    --config.distill.sequence_level=True   translation: the teacher's beam outputs are the targets
+                                        (Kim & Rush 2016 §3.2; train/sequence_kd.py)
 
 The loss is a wrapper around the task's own loss sums (train/step.py `_loss_sums(..., extra=...)`):
 
@@ -17,7 +19,8 @@ one loss. The T² keeps the soft-target gradients on the scale of the hard ones 
 The teacher's forward runs inside the same jitted, sharded train step: its parameters are a third,
 non-trained argument of the step, placed by the same logical-axis rules as the student's. They are
 not part of the train state: a resumed run reloads them from DIR, so checkpoints stay the
-student's alone and resume stays exact.
+student's alone and resume stays exact. With alpha = 1 there is no soft term, and the teacher is
+not in the step at all (it may still initialise the student, or supply sequence-level targets).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from flax.traverse_util import flatten_dict
 
-from transformer_jax.train import checkpoint_source
+from transformer_jax.train import checkpoint_source, sequence_kd
 from transformer_jax.train.state import abstract_state, abstract_train_state
 from transformer_jax.train.warm_start import _in_layout, load_matching, summarize
 
@@ -83,6 +86,12 @@ class Teacher:
     alpha: float
     where: str
 
+    @property
+    def in_step(self) -> bool:
+        """Whether the train step runs the teacher: only when soft targets are mixed in (alpha < 1);
+        with alpha = 1 the teacher serves init_from_teacher or sequence-level targets alone."""
+        return self.alpha < 1.0
+
     def abstract_params(self):
         """The parameters' shapes with their shardings (what the jitted step is lowered for)."""
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.params,
@@ -107,9 +116,10 @@ class Teacher:
 
 def check_config(config) -> None:
     """`config.distill`'s values (before anything is built): a teacher directory of the right kind,
-    T > 0, alpha in [0, 1], a readable layer map."""
+    T > 0, alpha in [0, 1], a readable layer map; sequence-level settings (train/sequence_kd.py)."""
     d = section(config)
     if d is None:
+        sequence_kd.check_config(config)  # sequence_level=True without a teacher: named
         return
     path = d.teacher
     if not os.path.isdir(path):
@@ -132,6 +142,7 @@ def check_config(config) -> None:
     if config.get("init_from", "") and d.get("init_from_teacher", ""):
         raise ValueError(f"config.init_from={config.init_from!r} and config.distill.init_from_teacher="
                          f"{d.init_from_teacher!r} both initialise the student; set one")
+    sequence_kd.check_config(config)
 
 
 def parse_layer_map(value) -> str | tuple[int, ...] | None:
@@ -223,9 +234,14 @@ def _teacher_model_and_params(path: str, mesh, task, example, student_model):
 
 
 def load_teacher(config, mesh, task, example, student_model, log=print) -> Teacher | None:
-    """The run's Teacher (None without `config.distill.teacher`), its parameters on `mesh`."""
+    """The run's Teacher, its parameters on `mesh`; None without `config.distill.teacher`, or when
+    the run has no use for it in training (alpha = 1 and no init_from_teacher)."""
     d = section(config)
     if d is None:
+        return None
+    if float(d.alpha) >= 1.0 and parse_layer_map(d.get("init_from_teacher", "")) is None:
+        log(f"distill: alpha={d.alpha}: no soft targets, the teacher stays out of the train step"
+            + (" (its translations are the targets)" if sequence_kd.enabled(config) else ""))
         return None
     model, params, shardings, where = _teacher_model_and_params(d.teacher, mesh, task, example, student_model)
     log(f"distill: teacher {type(model).__name__} ({where}), T={d.temperature}, alpha={d.alpha}")

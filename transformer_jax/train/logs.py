@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -72,12 +73,19 @@ def read_metrics(workdir: str) -> dict[int, dict]:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
+    """Write `obj` to `path` whole or not at all; a failed write (disk full) leaves no temporary
+    file and names `path`."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OSError(err.errno, err.strerror, path) from None
 
 
 

@@ -14,6 +14,7 @@ and restarted reproduces the uninterrupted run's losses and parameters bit for b
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -25,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from transformer_jax import sharding as shd
+from transformer_jax.checkpoint import cause, committed_steps, storage_errno
 from transformer_jax.model import param_count
 from transformer_jax.train import adapters, budget, distill
 from transformer_jax.train.build import (Setup, checkpointer, has_checkpoint, load_config,  # noqa: F401
@@ -42,6 +44,14 @@ from transformer_jax.train.step import jit_train_step, make_train_step
 
 class NonFiniteError(FloatingPointError):
     """The loss or gradient norm became NaN/inf; the last checkpoint on disk is left as it was."""
+
+
+class WorkdirWriteError(ValueError):
+    """Writing metrics, budget.json or eval.json failed for want of storage (disk full, quota,
+    read-only): one line; the checkpoints are the Checkpointer's and stay as they were."""
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # only a write meets these
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,9 +138,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_iter: Iterat
     terminal). SIGTERM or Ctrl-C saves a checkpoint after the current step and returns with
     `summary["preempted"]` and `summary["signal"]` set.
     """
-    s, train_iter = setup(config, workdir, train_iter=train_iter)
+    s, train_iter = setup(config, workdir, train_iter=train_iter, training=True)
     with workdir_lock(workdir):  # before anything is written there: one trainer per workdir (train/lock.py)
-        return _train(s, config, workdir, train_iter, eval_iter_fn, progress)
+        try:
+            return _train(s, config, workdir, train_iter, eval_iter_fn, progress)
+        except OSError as err:
+            if storage_errno(err) not in FULL_ERRNOS:  # a read that fails (EACCES, EIO) is not this
+                raise
+            steps = committed_steps(os.path.join(workdir, "checkpoints"))
+            kept = f"the last checkpoint (step {steps[-1]}) is intact" if steps else "no checkpoint had been saved yet"
+            where = f" ({err.filename})" if err.filename else ""
+            raise WorkdirWriteError(f"writing in --workdir={workdir!r} failed{where}: {cause(err)}; {kept}; "
+                                    "free space and run the same command to resume") from None
 
 
 def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter: Iterator,
@@ -157,7 +176,7 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
     if restored is None and layer_map is not None:  # a fresh student: layers copied from the teacher
         state = distill.init_student(state, s.shardings, teacher, s.model, layer_map, _log)
     start = int(jax.device_get(state.step))
-    compiled = _compile(s, state, teacher)
+    compiled = _compile(s, state, teacher if teacher is not None and teacher.in_step else None)
     clock = budget.Clock(workdir, config.get("budget_minutes", 0.0), start, writer=jax.process_index() == 0,
                          eval_every_minutes=config.get("eval_every_minutes", 0.0))
     clock.start()  # the budget counts training time from here (compilation excluded; budget.py)
@@ -262,10 +281,12 @@ def _train(s: Setup, config: ml_collections.ConfigDict, workdir: str, train_iter
                 write_json_atomic(os.path.join(workdir, "eval.json"), result)
             summary["eval"] = result
     finally:
-        profiler.stop()  # a run that ended (or failed) inside the traced steps
-        bar.close()
-        writer.close()
-        ckpt.close()
+        try:
+            profiler.stop()  # a run that ended (or failed) inside the traced steps
+            bar.close()
+            writer.close()
+        finally:
+            ckpt.close()  # even when the disk is full and writer.close() failed: Orbax's threads end first
     summary["state"] = state
     return summary
 
