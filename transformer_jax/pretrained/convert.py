@@ -369,8 +369,8 @@ def _config_differences(model, family: Family, id2label) -> tuple[dict, str, lis
     if head in ("sequence_classification", "token_classification"):
         hf.update(_labels(kept, cfg.num_classes, id2label))
         hf["num_labels"] = cfg.num_classes
-    elif len(kept.get("id2label") or {}) not in (0, cfg.num_classes):  # a source's labels of another head
-        hf.update(_labels({}, cfg.num_classes, None))  # (QA: num_labels 2, start and end)
+    elif head == "question_answering" and len(kept.get("id2label") or {}) not in (0, 2):
+        hf.update(_labels({}, 2, None))  # a source's labels of another head: QA has two (start, end)
     try:
         diffs = _differences(cfg, family.to_config(hf), type(model).__name__)
     except ValueError as e:  # the exported config is itself unsupported
