@@ -122,7 +122,7 @@ class DecoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, segment_ids=None, positions=None, encoded=None, src_segment_ids=None,
-                 deterministic: bool = True, decode: bool = False, bias=None):
+                 deterministic: bool = True, decode: bool | str = False, bias=None):
         cfg = self.cfg
         attn = _attention(cfg, self.spec, True, "self_attention")
         x = Residual(cfg, name="attention_block")(
@@ -292,8 +292,9 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, encoded=None, src_segment_ids=None,
-                 deterministic: bool = True, decode: bool = False, logits_at=None):
-        """[B, T] tokens -> [B, T, V] float32 logits; `decode=True` runs a cached step.
+                 deterministic: bool = True, decode: bool | str = False, logits_at=None):
+        """[B, T] tokens -> [B, T, V] float32 logits; `decode=True` runs a cached step, and
+        `decode="prefill"` (`attention.module.PREFILL`) one on an empty cache (a generation's first).
 
         Decoder inputs are never padding (T5 and Marian start with the pad id): without segment
         ids every token is real, which causal attention makes harmless for trailing padding.
@@ -353,7 +354,7 @@ class Transformer(nn.Module):
         return self.encoder(src, src_segment_ids, src_positions, deterministic)
 
     def decode(self, encoded, src, tgt_in, *, src_segment_ids=None, tgt_segment_ids=None,
-               tgt_positions=None, deterministic: bool = True, decode: bool = False, logits_at=None):
+               tgt_positions=None, deterministic: bool = True, decode: bool | str = False, logits_at=None):
         """encoded [B, S, D], src [B, S] (for its padding), tgt_in [B, T] -> logits [B, T, V] float32.
         While decoding, `tgt_segment_ids` mark right padding of a multi-token chunk (see `Decoder`)."""
         src_seg = _default_segments(src, self.cfg.pad_id) if src_segment_ids is None else src_segment_ids
@@ -490,7 +491,7 @@ class DecoderLM(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, *, segment_ids=None, positions=None, deterministic: bool = True,
-                 decode: bool = False, logits_at=None):
+                 decode: bool | str = False, logits_at=None):
         return Decoder(self.cfg, _embed(self.cfg, "embedding"), cross=False, name="decoder")(
             inputs, segment_ids, positions, deterministic=deterministic, decode=decode, logits_at=logits_at)
 

@@ -36,6 +36,7 @@ Dtype = Any
 _RECURRENT = {name: value for cls in SPECS for name, value in getattr(cls, "decode_fresh", {}).items()}
 # Cache entries with a leading batch axis; beam search reorders these and nothing else.
 BATCHED_CACHE = ("cached_key", "cached_value", "cached_pos", "cache_index", "cross_key", "cross_value") + tuple(_RECURRENT)
+PREFILL = "prefill"  # `decode=PREFILL`: a cached step on an empty cache (see MultiHeadAttention)
 # The value of each self-attention cache entry before the first step (`decode.init_cache`).
 FRESH_CACHE = {"cached_key": 0, "cached_value": 0, "cached_pos": -1, "cache_index": 0, **_RECURRENT}
 # The axis of the cached positions in each cache entry that holds one per position (counted with the
@@ -118,8 +119,11 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, kv: Array | None = None, *, q_segment_ids=None, kv_segment_ids=None,
                  q_positions=None, kv_positions=None, bias: Array | None = None,
-                 decode: bool = False) -> Array:
+                 decode: bool | str = False) -> Array:
         """x [B, T, D] attends to itself, or (cross) to kv [B, S, D] -> [B, T, D].
+
+        `decode=True` runs a cached step; `decode="prefill"` one on an empty cache (the first call
+        of a generation), whose queries then attend to the new positions only.
 
         `bias` [B or 1, N, T, S] is added to the scores (T5's relative positions; Dense specs and
         cached decoding only). While decoding, its last axis spans the cache.
@@ -152,9 +156,9 @@ class MultiHeadAttention(nn.Module):
                                  "cannot add a score bias")
             out = self._recurrent_step(q, k, v, valid)
         elif decode and is_self:
-            out = self._cached_step(q, k, v, bias, valid)
+            out = self._cached_step(q, k, v, bias, valid, empty=decode == PREFILL)
         elif decode:  # cross-attention over the cached encoder keys
-            mask = (jnp.ones(k.shape[:2], bool) if kv_segment_ids is None else kv_segment_ids != 0)
+            mask = (jnp.ones((k.shape[0], k.shape[2]), bool) if kv_segment_ids is None else kv_segment_ids != 0)
             visible = jnp.broadcast_to(mask[:, None, :], (q.shape[0], q.shape[1], k.shape[2]))
             out = grouped_attention(q, [(k, v, visible, bias)])
         else:
@@ -205,7 +209,8 @@ class MultiHeadAttention(nn.Module):
             return self.get_variable("cache", name).shape[CACHE_SLOT_AXIS[name]]
         return fallback
 
-    def _cached_step(self, q: Array, k: Array, v: Array, bias: Array | None, valid: Array) -> Array:
+    def _cached_step(self, q: Array, k: Array, v: Array, bias: Array | None, valid: Array,
+                     empty: bool = False) -> Array:
         """Decoding T >= 1 positions per row (a prompt prefill, a single step, or a chunk of draft
         tokens): q [B, T, N, H], k, v [B, T, K, H] at positions index[b] + t -> [B, T, N, H].
 
@@ -217,7 +222,8 @@ class MultiHeadAttention(nn.Module):
         The queries attend to the cache as it was (slots before index[b]) and to the new positions,
         in one softmax; the new keys and values are written after, so that the cache has no reader
         but its write, which XLA then does in place (written first, each layer's cache would be
-        copied whole at every step).
+        copied whole at every step). `empty`: the cache holds nothing yet (a prefill), so the
+        queries attend to the new positions only.
         """
         window = self.spec.decode_window
         fallback = self.cache_len if window is None else min(window + 1, self.cache_len)
@@ -234,7 +240,7 @@ class MultiHeadAttention(nn.Module):
         index.value = i + valid
         k, v = _as_cached_keys(k.astype(ck.value.dtype)), _as_cached_values(v.astype(cv.value.dtype))
         if window is not None:
-            return self._ring_step(q, k, v, bias, ck, cv, i, qpos, valid, length, window)
+            return self._ring_step(q, k, v, bias, ck, cv, i, qpos, valid, length, window, empty)
         slots = jnp.arange(length, dtype=jnp.int32)
         old = slots[None, None, :] < i[:, None, None]  # [B T L] the slots written before this call
         new = jnp.arange(t)[None, :, None] >= jnp.arange(t)[None, None, :]  # [1 T T] causal among the new
@@ -251,7 +257,8 @@ class MultiHeadAttention(nn.Module):
             cols = jnp.broadcast_to(jnp.minimum(qpos, width - 1)[:, None, None, :], (b,) + bias.shape[1:3] + (t,))
             new_bias = jnp.where(qpos[:, None, None, :] < width, jnp.take_along_axis(rows_bias, cols, axis=-1), 0.0)
         old, new = jnp.broadcast_to(old, (b, t, length)), jnp.broadcast_to(new, (b, t, t))
-        out = grouped_attention(q, [(ck.value, cv.value, old, old_bias), (k, v, new, new_bias)])
+        blocks = [] if empty else [(ck.value, cv.value, old, old_bias)]
+        out = grouped_attention(q, blocks + [(k, v, new, new_bias)])
         at = _after(qpos, out)
         ck.value = _write_positions(ck.value, k, at, CACHE_SLOT_AXIS["cached_key"])
         cv.value = _write_positions(cv.value, v, at, CACHE_SLOT_AXIS["cached_value"])
@@ -259,7 +266,8 @@ class MultiHeadAttention(nn.Module):
         real = jnp.arange(t)[None, :] < valid[:, None]
         return jnp.where(((qpos < length) | ~real)[:, :, None, None], out, jnp.nan)
 
-    def _ring_step(self, q, k, v, bias, ck, cv, i, qpos, valid, length: int, window: int) -> Array:
+    def _ring_step(self, q, k, v, bias, ck, cv, i, qpos, valid, length: int, window: int,
+                   empty: bool = False) -> Array:
         """The windowed cache: a ring of the last `length` (= window + 1) positions, slot p % length."""
         if bias is not None:
             raise ValueError(f"MultiHeadAttention: {self.spec!r} decodes from a ring buffer and cannot "
@@ -270,7 +278,8 @@ class MultiHeadAttention(nn.Module):
         old = (cpos.value[:, None, :] >= 0) & (gap >= 0) & (gap <= window)
         gap_new = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]  # [T T] among the new positions
         new = ((gap_new >= 0) & (gap_new <= window))[None]
-        out = grouped_attention(q, [(ck.value, cv.value, old, None), (k, v, jnp.broadcast_to(new, (b, t, t)), None)])
+        blocks = [] if empty else [(ck.value, cv.value, old, None)]
+        out = grouped_attention(q, blocks + [(k, v, jnp.broadcast_to(new, (b, t, t)), None)])
         # slot s now holds the last position p < i + valid with p % length == s
         end = (i + valid)[:, None]  # [B 1]
         p = end - 1 - jnp.mod(end - 1 - jnp.arange(length)[None, :], length)  # [B L]

@@ -15,7 +15,7 @@ import numpy as np
 from flax import traverse_util
 from jax import Array
 
-from transformer_jax.attention.module import BATCHED_CACHE, CACHE_SLOT_AXIS, FRESH_CACHE
+from transformer_jax.attention.module import BATCHED_CACHE, CACHE_SLOT_AXIS, FRESH_CACHE, PREFILL
 from transformer_jax.decode.config import GenerationConfig
 from transformer_jax.decode.core import BEAM_SCORING, _is_any, _leaf_name, batched_by_name, beam_search, sample
 from transformer_jax.decode.processors import Processing, new_lengths
@@ -64,7 +64,8 @@ def _decoder_lm_cache(model: DecoderLM, batch_size: int, length: int | None = No
 
 class Prepared(NamedTuple):
     """A model ready for the core: `step(cache, tokens [B]) -> (logits [B, V], cache)`;
-    `prefill(cache, prompt [B, P], lengths [B]) -> (logits [B, V] after each row's prompt, cache)`;
+    `prefill(cache, prompt [B, P], lengths [B]) -> (logits [B, V] after each row's prompt, cache)`,
+    on the fresh cache only (it attends to the prompt alone);
     `chunk(cache, tokens [B, T]) -> (logits [B, T, V], cache)` (T positions per row at once, for
     speculative decoding); the initial cache; the prompt the core continues; which cache leaves
     carry the batch (`core.batched_by_name`)."""
@@ -79,8 +80,9 @@ class Prepared(NamedTuple):
 
 def _fresh(model, batch_size: int, length: int | None):
     """`init_cache`, opaque to XLA: made inside the jitted generation, the empty cache would be a
-    constant, and XLA would evaluate the prefill's attention over it while compiling (constant
-    folding: seconds per layer, a minute at 1 x 512 tokens)."""
+    constant, and XLA would evaluate any attention over it while compiling (constant folding:
+    seconds per layer, a minute for a 1 x 512-token prompt before prefills skipped the empty cache;
+    steps without a prefill still read it)."""
     return jax.lax.optimization_barrier(init_cache(model, batch_size, length))
 
 
@@ -93,12 +95,12 @@ def _encdec_prepare(model: Transformer, variables, src: Array, src_segment_ids, 
     cache = {"model": _fresh(model, src.shape[0], cache_length), "src": src,
              "src_segment_ids": src_segment_ids}
 
-    def chunk(cache, tokens, segment_ids=None, logits_at=None):
+    def chunk(cache, tokens, segment_ids=None, logits_at=None, decode=True):
         first = not any(_leaf_name(path) == "cross_key"
                         for path, _ in jax.tree_util.tree_leaves_with_path(cache["model"]))
         logits, state = model.apply(
             {**variables, "cache": cache["model"]}, encoded if first else None, cache["src"],
-            tokens, src_segment_ids=cache["src_segment_ids"], tgt_segment_ids=segment_ids, decode=True,
+            tokens, src_segment_ids=cache["src_segment_ids"], tgt_segment_ids=segment_ids, decode=decode,
             logits_at=logits_at, mutable=["cache"], method=Transformer.decode)
         return logits, {**cache, "model": state["cache"]}
 
@@ -108,7 +110,7 @@ def _encdec_prepare(model: Transformer, variables, src: Array, src_segment_ids, 
 
     def prefill(cache, prompt, lengths):
         segment_ids = (jnp.arange(prompt.shape[1])[None, :] < lengths[:, None]).astype(jnp.int32)
-        logits, cache = chunk(cache, prompt, segment_ids, (lengths - 1)[:, None])
+        logits, cache = chunk(cache, prompt, segment_ids, (lengths - 1)[:, None], PREFILL)  # a fresh cache
         return logits[:, 0], cache
 
     prompt = jnp.full((src.shape[0], 1), config.decoder_start_id, jnp.int32)
@@ -118,9 +120,9 @@ def _encdec_prepare(model: Transformer, variables, src: Array, src_segment_ids, 
 
 def _decoder_lm_prepare(model: DecoderLM, variables, prompt: Array, src_segment_ids, config,
                         cache_length: int | None = None) -> Prepared:
-    def chunk(cache, tokens, segment_ids=None, logits_at=None):
+    def chunk(cache, tokens, segment_ids=None, logits_at=None, decode=True):
         logits, state = model.apply({**variables, "cache": cache}, tokens, segment_ids=segment_ids,
-                                    decode=True, logits_at=logits_at, mutable=["cache"])
+                                    decode=decode, logits_at=logits_at, mutable=["cache"])
         return logits, state["cache"]
 
     def step(cache, tokens):
@@ -129,7 +131,7 @@ def _decoder_lm_prepare(model: DecoderLM, variables, prompt: Array, src_segment_
 
     def prefill(cache, prompt, lengths):
         segment_ids = (jnp.arange(prompt.shape[1])[None, :] < lengths[:, None]).astype(jnp.int32)
-        logits, cache = chunk(cache, prompt, segment_ids, (lengths - 1)[:, None])
+        logits, cache = chunk(cache, prompt, segment_ids, (lengths - 1)[:, None], PREFILL)  # a fresh cache
         return logits[:, 0], cache
 
     return Prepared(step, prefill, chunk, _fresh(model, prompt.shape[0], cache_length), prompt,
