@@ -387,3 +387,13 @@ def test_models_without_an_adapter_are_named():
         tj.generate(model, {}, tokens(0, (1, 3)), max_new_tokens=2)
     with pytest.raises(TypeError, match="MaskedLM"):
         decode.init_cache(model, 1)
+
+
+def test_a_source_past_learned_positions_is_named_before_compiling(monkeypatch):
+    cfg = tj.tiny(position="learned", max_len=8)
+    model = tj.Transformer(cfg)
+    variables = model.init(jax.random.key(0), tokens(1, (1, 4)), tokens(2, (1, 4)))
+    monkeypatch.setattr(decode.adapters, "_generate", lambda *a, **k: pytest.fail("reached compilation"))
+    with pytest.raises(ValueError, match=r"a source of 12 tokens, but the model's learned positions end at "
+                                         r"cfg.max_len = 8"):
+        tj.generate(model, variables, tokens(3, (1, 12)), max_new_tokens=2)

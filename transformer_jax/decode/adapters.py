@@ -366,6 +366,9 @@ def generate(model, variables, inputs: Array, *, max_len: int | None = None,
     if p + n - 1 > model.cfg.max_len:  # positions the cache must hold: prompt, then all but the last
         raise ValueError(f"generate: a prompt of {p} plus {n} new tokens needs {p + n - 1} cache positions "
                          f"but the model's cfg.max_len is {model.cfg.max_len}")
+    if not adapter.keeps_prompt and model.cfg.position == "learned" and inputs.shape[1] > model.cfg.max_len:
+        raise ValueError(f"generate: a source of {inputs.shape[1]} tokens, but the model's learned positions "
+                         f"end at cfg.max_len = {model.cfg.max_len}: cut the sources (a task's data.max_src_len)")
     temperature = _finite("temperature", temperature, 0.0)
     length_penalty = _finite("length_penalty", length_penalty)
     top_p = _finite("top_p", top_p)
