@@ -72,13 +72,13 @@ def read_metrics(workdir: str) -> dict[int, dict]:
     return out
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write `obj` to `path` whole or not at all; a failed write (disk full) leaves no temporary
+def write_text_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` whole or not at all; a failed write (disk full) leaves no temporary
     file and names `path`."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -87,6 +87,10 @@ def write_json_atomic(path: str, obj: Any) -> None:
             os.remove(tmp)
         raise OSError(err.errno, err.strerror, path) from None
 
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """`obj` as indented JSON, through `write_text_atomic`."""
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def format_duration(seconds: float) -> str:

@@ -35,7 +35,6 @@ teacher's (train/distill.py checks the vocabularies).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -48,6 +47,7 @@ import jax
 from transformer_jax import tasks
 from transformer_jax.tasks.seq2seq import Seq2Seq
 from transformer_jax.train import checkpoint_source
+from transformer_jax.train.logs import write_text_atomic
 
 DIRNAME = "sequence_kd"
 MANIFEST = "manifest.json"
@@ -175,29 +175,13 @@ def cache_dir(workdir: str) -> str:
     return os.path.join(workdir, DIRNAME)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    """`text` to `path` whole or not at all; a failed write (disk full) leaves no temporary file and
-    names `path` (as train/logs.py's `write_json_atomic`)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise OSError(err.errno, err.strerror, path) from None
-
-
 def write_cache(workdir: str, manifest: dict, targets: list[str]) -> None:
     """targets.jsonl, then manifest.json (with the targets' sha256): each atomically, the manifest last."""
     directory = cache_dir(workdir)
     os.makedirs(directory, exist_ok=True)
     text = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in targets)
-    _write_atomic(os.path.join(directory, TARGETS), text)
-    _write_atomic(os.path.join(directory, MANIFEST),
+    write_text_atomic(os.path.join(directory, TARGETS), text)
+    write_text_atomic(os.path.join(directory, MANIFEST),
                   json.dumps({**manifest, "targets_sha256": _sha256(text)}, indent=2, ensure_ascii=False))
 
 
